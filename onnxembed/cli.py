@@ -1,0 +1,130 @@
+"""The ``onnxembed`` command: export, encode, info.
+
+Errors become one line on stderr and exit code 1 (2 for usage errors, from argparse); no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TextIO
+
+import numpy as np
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="onnxembed", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    export = commands.add_parser("export", help="export a SentenceTransformer directory to ONNX and verify it")
+    export.add_argument("src", help="SentenceTransformer directory, or a model name in the local HF cache")
+    export.add_argument("out_dir", help="directory to write (onnx/model.onnx, tokenizer, configs, onnxembed.json)")
+    export.add_argument("--base-model", help="base model directory for a PEFT adapter (overrides adapter_config.json)")
+    export.add_argument("--exporter", choices=("auto", "torchscript", "dynamo"), default="auto")
+    export.add_argument("--external-data", action=argparse.BooleanOptionalAction, default=None,
+                        help="store weights beside the graph (default: only when over 2 GB)")
+    export.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it holds a model")
+    export.add_argument("--no-verify", dest="verify", action="store_false", help="skip the check against the source")
+
+    encode = commands.add_parser("encode", help="embed one text per line into an .npy file")
+    encode.add_argument("model", help="directory written by `onnxembed export`")
+    encode.add_argument("input", nargs="?", default="-", help="text file, one text per line (default: stdin)")
+    encode.add_argument("-o", "--output", required=True, help=".npy file to write, (n, dim) float32")
+    encode.add_argument("--batch-size", type=int, default=32)
+    encode.add_argument("--prompt-name", help="one of the model's prompts")
+    encode.add_argument("--prompt", help="a prompt string to prepend to every text")
+    encode.add_argument("--normalize", action="store_true", help="L2-normalize the embeddings")
+    encode.add_argument("--provider", default="auto", help="auto, cpu, cuda or an onnxruntime provider name")
+    encode.add_argument("--threads", type=int, help="intra-op threads (default: one per core)")
+    encode.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
+
+    info = commands.add_parser("info", help="show what an exported directory holds")
+    info.add_argument("model", help="directory written by `onnxembed export`")
+    info.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    return parser
+
+
+def _read_lines(stream: TextIO) -> Iterator[str]:
+    for line in stream:
+        yield line.rstrip("\r\n")
+
+
+def _run_export(args: argparse.Namespace) -> None:
+    from onnxembed.export import export
+
+    manifest = export(
+        args.src, args.out_dir, base_model=args.base_model, exporter=args.exporter,
+        external_data=args.external_data, overwrite=args.overwrite, verify=args.verify,
+    )
+    accuracy = manifest.variants["fp32"].accuracy
+    print(f"exported {args.src} -> {args.out_dir} ({manifest.architecture}, dim {manifest.dim})")
+    if accuracy:
+        print(f"verified: min cosine {accuracy.get('min_cosine', float('nan')):.7f}, "
+              f"max abs diff {accuracy.get('max_abs_diff', float('nan')):.2e} vs {accuracy.get('sentence_transformers')}")
+
+
+def _run_encode(args: argparse.Namespace) -> None:
+    from onnxembed.runtime import Encoder
+
+    encoder = Encoder(args.model, provider=args.provider, threads=args.threads)
+    if args.input == "-":
+        texts = list(_read_lines(sys.stdin))
+    else:
+        with open(args.input, encoding="utf-8") as stream:
+            texts = list(_read_lines(stream))
+    embeddings = encoder.encode(
+        texts, batch_size=args.batch_size, prompt_name=args.prompt_name, prompt=args.prompt,
+        normalize_embeddings=args.normalize, show_progress_bar=args.progress,
+    )
+    np.save(args.output, embeddings)
+    print(f"wrote {args.output}: {embeddings.shape[0]} x {embeddings.shape[1]} float32", file=sys.stderr)
+
+
+def _run_info(args: argparse.Namespace) -> None:
+    from onnxembed.manifest import Manifest
+
+    manifest = Manifest.read(args.model)
+    if args.json:
+        print(manifest.to_json(), end="")
+        return
+    print(f"model:           {args.model}")
+    print(f"architecture:    {manifest.architecture}  (source: {manifest.source.get('path')})")
+    if manifest.source.get("adapter"):
+        print(f"adapter merged:  {manifest.source['adapter']}")
+    print(f"dim:             {manifest.dim}")
+    print(f"pooling:         {'+'.join(manifest.pooling_modes)}{'' if manifest.include_prompt else ' (prompt excluded)'}")
+    print(f"normalize:       {manifest.normalize}")
+    print(f"max_seq_length:  {manifest.max_seq_length}  (lowercase: {manifest.do_lower_case})")
+    print(f"similarity:      {manifest.similarity_fn_name}")
+    print(f"inputs:          {', '.join(manifest.input_names)}")
+    print(f"prompts:         {json.dumps(manifest.prompts, ensure_ascii=False)}  (default: {manifest.default_prompt_name})")
+    for name, variant in manifest.variants.items():
+        accuracy = ", ".join(f"{key} {value:.7g}" if isinstance(value, float) else f"{key} {value}"
+                             for key, value in variant.accuracy.items())
+        print(f"variant {name}:    {variant.file}  [{accuracy or 'not verified'}]")
+    print(f"versions:        {', '.join(f'{k} {v}' for k, v in manifest.versions.items())}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    commands = {"export": _run_export, "encode": _run_encode, "info": _run_info}
+    try:
+        commands[args.command](args)
+    except KeyboardInterrupt:
+        print("onnxembed: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # the CLI's contract: one line, no traceback
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        print(f"onnxembed {args.command}: error: {message}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

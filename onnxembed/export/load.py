@@ -1,0 +1,135 @@
+"""Load the pieces of a SentenceTransformer for export: its HF encoder (adapters merged) and tokenizer.
+
+In scope: finding SRC (a directory, or a model name in the local Hugging Face cache, offline),
+refusing architectures onnxembed cannot carry, merging a PEFT LoRA adapter, the effective
+max_seq_length as sentence-transformers computes it.
+Not in scope: tracing to ONNX (onnx_export.py) and checking the result (verify.py).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from onnxembed.export.config import SentenceTransformerConfig, UnsupportedModelError
+from onnxembed.export.lora import ADAPTER_CONFIG, merge_lora, read_adapter_config
+
+logger = logging.getLogger(__name__)
+
+# model_type -> the encoder class sentence-transformers' Transformer module loads for it.
+SUPPORTED_ARCHITECTURES = {
+    "bert": "BertModel",
+    "roberta": "RobertaModel",
+    "xlm-roberta": "XLMRobertaModel",
+    "distilbert": "DistilBertModel",
+    "mpnet": "MPNetModel",
+}
+
+
+@dataclass
+class LoadedEncoder:
+    model: Any  # transformers.PreTrainedModel, eval mode, adapters merged
+    tokenizer: Any  # transformers.PreTrainedTokenizerFast
+    max_seq_length: int
+    architecture: str
+    adapter: dict[str, Any] | None  # what was merged, for the manifest
+
+
+def resolve_source(src: str | Path) -> Path:
+    """A SentenceTransformer directory, or a hub name that is already in the local cache."""
+    path = Path(src).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise ValueError(f"{src} is a file; expected a SentenceTransformer directory")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(str(src), local_files_only=True))
+    except Exception as error:  # huggingface_hub raises several types for "not cached" / bad names
+        raise ValueError(
+            f"{src!r} is neither a directory nor a model in the local Hugging Face cache "
+            f"(no network is used): {type(error).__name__}"
+        ) from error
+
+
+def _resolve_base(adapter_dir: Path, adapter_config: dict[str, Any], base_model: str | Path | None) -> Path:
+    if base_model is not None:
+        path = Path(base_model).expanduser()
+        if not path.is_dir():
+            raise ValueError(f"--base-model {base_model} is not a directory")
+        return path
+    name = adapter_config.get("base_model_name_or_path")
+    if not name:
+        raise ValueError(f"{adapter_dir / ADAPTER_CONFIG} names no base model; pass --base-model PATH")
+    try:
+        return resolve_source(name)
+    except ValueError:
+        raise ValueError(
+            f"the adapter's base model {name!r} (from {adapter_dir / ADAPTER_CONFIG}) is not available offline: "
+            f"it is not a directory here nor in the local Hugging Face cache; pass --base-model PATH"
+        ) from None
+
+
+def _check_architecture(model_dir: Path) -> str:
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(str(model_dir))
+    if config.model_type not in SUPPORTED_ARCHITECTURES:
+        architectures = ", ".join(getattr(config, "architectures", None) or [config.model_type])
+        raise UnsupportedModelError(
+            f"architecture {architectures} (model_type {config.model_type!r}) is not supported; supported: "
+            f"{', '.join(SUPPORTED_ARCHITECTURES.values())}"
+        )
+    return SUPPORTED_ARCHITECTURES[config.model_type]
+
+
+def load_encoder(st_config: SentenceTransformerConfig, base_model: str | Path | None = None) -> LoadedEncoder:
+    """Load the Transformer module of ``st_config`` as sentence-transformers would, on CPU in fp32."""
+    from transformers import AutoModel, AutoTokenizer
+
+    transformer_dir = st_config.transformer_dir
+    adapter = None
+    weights_dir = transformer_dir
+    if (transformer_dir / ADAPTER_CONFIG).is_file():
+        adapter_config = read_adapter_config(transformer_dir)
+        weights_dir = _resolve_base(transformer_dir, adapter_config, base_model)
+        adapter = {"base_model": str(weights_dir), "r": adapter_config.get("r"), "lora_alpha": adapter_config.get("lora_alpha")}
+    architecture = _check_architecture(weights_dir)
+    # Eager attention traces to plain MatMul/Softmax, which onnxruntime's optimizer can fuse later.
+    model = AutoModel.from_pretrained(str(weights_dir), attn_implementation="eager")
+    if type(model).__name__ != architecture:
+        raise UnsupportedModelError(f"{weights_dir} loads as {type(model).__name__}; expected {architecture}")
+    if adapter is not None:
+        adapter["merged_layers"] = merge_lora(model, transformer_dir)
+        logger.info("merged LoRA adapter into %d layers of %s", adapter["merged_layers"], weights_dir)
+    model.eval()
+
+    tokenizer_dir = transformer_dir if (transformer_dir / "tokenizer_config.json").is_file() else weights_dir
+    tokenizer_kwargs: dict[str, Any] = {}
+    if st_config.max_seq_length is not None:
+        tokenizer_kwargs["model_max_length"] = st_config.max_seq_length
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir), **tokenizer_kwargs)
+    if not tokenizer.is_fast:
+        raise UnsupportedModelError(f"the tokenizer in {tokenizer_dir} has no fast (tokenizers) version")
+    max_seq_length = st_config.max_seq_length
+    if max_seq_length is None:
+        # sentence-transformers caps the tokenizer's limit at the model's position table.
+        max_seq_length = min(tokenizer.model_max_length, model.config.max_position_embeddings)
+        tokenizer.model_max_length = max_seq_length
+    if st_config.do_lower_case:
+        _add_lowercase(tokenizer)
+    return LoadedEncoder(model, tokenizer, int(max_seq_length), architecture, adapter)
+
+
+def _add_lowercase(tokenizer: Any) -> None:
+    """Lowercase in the tokenizer's own normalizer, as sentence-transformers does for do_lower_case."""
+    from tokenizers import normalizers
+
+    backend = tokenizer.backend_tokenizer
+    current = backend.normalizer
+    parts = list(current) if isinstance(current, normalizers.Sequence) else ([current] if current else [])
+    if not any(isinstance(part, normalizers.Lowercase) for part in parts):
+        backend.normalizer = normalizers.Sequence([normalizers.Lowercase(), *parts])

@@ -1,0 +1,153 @@
+"""The export job: read SRC, load the encoder, trace it, write OUT_DIR, verify, record the manifest.
+
+OUT_DIR holds onnx/model.onnx, the tokenizer, config.json and the sentence-transformers module
+configs, so that it also loads with ``SentenceTransformer(OUT_DIR, backend="onnx")``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import shutil
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from onnxembed.export.config import SentenceTransformerConfig, read_sentence_transformer_config
+from onnxembed.manifest import MANIFEST_NAME, Manifest, Variant
+
+logger = logging.getLogger(__name__)
+
+ONNX_FILE = "onnx/model.onnx"
+_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def _require_export_extra() -> None:
+    try:
+        import onnx  # noqa: F401
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+    except ImportError as error:
+        raise ImportError(f"exporting needs {error.name}: pip install 'onnxembed[export]'") from error
+
+
+def _versions() -> dict[str, str]:
+    versions = {}
+    for package in ("onnxembed", "torch", "transformers", "sentence-transformers", "onnx", "onnxruntime", "tokenizers"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def _prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
+    if out_dir.exists() and any(out_dir.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f"{out_dir} exists and is not empty; pass overwrite=True (--overwrite) to replace it")
+        if not (out_dir / MANIFEST_NAME).is_file() and not (out_dir / "modules.json").is_file():
+            raise FileExistsError(f"{out_dir} is not a model directory; refusing to overwrite it")
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _write_sentence_transformers_files(st_config: SentenceTransformerConfig, out_dir: Path, max_seq_length: int) -> None:
+    """modules.json with the Transformer at the root, and each module's config copied over."""
+    modules = []
+    for index, module in enumerate(st_config.modules):
+        kind = str(module["type"]).rsplit(".", 1)[-1]
+        path = "" if kind == "Transformer" else f"{index}_{kind}"
+        modules.append({"idx": index, "name": str(index), "path": path, "type": module["type"]})
+        source = st_config.root / str(module.get("path", ""))
+        if kind == "Pooling":
+            (out_dir / path).mkdir()
+            shutil.copyfile(source / "config.json", out_dir / path / "config.json")
+        elif kind == "Normalize":
+            (out_dir / path).mkdir()
+    (out_dir / "modules.json").write_text(json.dumps(modules, indent=2) + "\n", encoding="utf-8")
+    bert_config: dict[str, Any] = {}
+    if (st_config.transformer_dir / "sentence_bert_config.json").is_file():
+        bert_config = json.loads((st_config.transformer_dir / "sentence_bert_config.json").read_text(encoding="utf-8"))
+    bert_config.update(max_seq_length=max_seq_length, do_lower_case=st_config.do_lower_case)
+    (out_dir / "sentence_bert_config.json").write_text(json.dumps(bert_config, indent=2) + "\n", encoding="utf-8")
+    if (st_config.root / "config_sentence_transformers.json").is_file():
+        shutil.copyfile(st_config.root / "config_sentence_transformers.json", out_dir / "config_sentence_transformers.json")
+
+
+def export(
+    src: str | Path,
+    out_dir: str | Path,
+    *,
+    base_model: str | Path | None = None,
+    exporter: str = "auto",
+    external_data: bool | None = None,
+    overwrite: bool = False,
+    verify: bool = True,
+    min_cosine: float = 0.99999,
+    atol: float = 1e-4,
+) -> Manifest:
+    """Export the SentenceTransformer at ``src`` to ``out_dir`` and verify it; return the manifest.
+
+    ``base_model``: the base model directory of a PEFT adapter, overriding adapter_config.json.
+    ``exporter``: "auto" (TorchScript on transformers 4.x, dynamo on 5.x), "torchscript" or "dynamo".
+    ``external_data``: store weights beside the graph (None: only when over 2 GB).
+    Verification raises ExportVerificationError (and removes the manifest) when the graph or the
+    whole pipeline does not reproduce the source within ``min_cosine`` / ``atol``.
+    """
+    _require_export_extra()
+    from onnxembed.export.load import load_encoder, resolve_source
+    from onnxembed.export.onnx_export import OUTPUT_NAME, export_onnx
+    from onnxembed.export.verify import verify_graph, verify_pipeline
+
+    if exporter not in ("auto", "torchscript", "dynamo"):
+        raise ValueError(f"exporter must be 'auto', 'torchscript' or 'dynamo'; got {exporter!r}")
+    source = resolve_source(src)
+    st_config = read_sentence_transformer_config(source)
+    loaded = load_encoder(st_config, base_model)
+    out = Path(out_dir)
+    _prepare_out_dir(out, overwrite)
+
+    tokenizer, model = loaded.tokenizer, loaded.model
+    if tokenizer.pad_token_id is None:
+        raise ValueError(f"the tokenizer of {source} has no pad token; it cannot batch texts")
+    accepted = set(inspect.signature(model.forward).parameters)
+    input_names = tuple(name for name in _INPUTS if name in tokenizer.model_input_names and name in accepted)
+    tokenizer.save_pretrained(str(out))
+    model.config.save_pretrained(str(out))
+    _write_sentence_transformers_files(st_config, out, loaded.max_seq_length)
+    trace = export_onnx(model, input_names, tokenizer.pad_token_id, out / ONNX_FILE, exporter, external_data)  # type: ignore[arg-type]
+
+    manifest = Manifest(
+        dim=model.config.hidden_size * len(st_config.pooling_modes),
+        pooling_modes=st_config.pooling_modes,
+        include_prompt=st_config.include_prompt,
+        normalize=st_config.normalize,
+        max_seq_length=loaded.max_seq_length,
+        do_lower_case=st_config.do_lower_case,
+        pad_token_id=int(tokenizer.pad_token_id),
+        padding_side=str(tokenizer.padding_side),
+        input_names=input_names,
+        output_name=OUTPUT_NAME,
+        prompts=st_config.prompts,
+        default_prompt_name=st_config.default_prompt_name,
+        similarity_fn_name=st_config.similarity_fn_name or "cosine",
+        architecture=loaded.architecture,
+        source={"path": str(source), "adapter": loaded.adapter, **trace},
+        versions=_versions(),
+        variants={"fp32": Variant(file=ONNX_FILE, dtype="fp32")},
+    )
+    manifest.write(out)
+    if not verify:
+        return manifest
+    try:
+        graph_diff = verify_graph(model, out / ONNX_FILE, input_names, tokenizer.pad_token_id, loaded.max_seq_length, atol=max(atol, 1e-4))
+        accuracy = {"token_embeddings_max_abs_diff": graph_diff, **verify_pipeline(source, out, "fp32", min_cosine, atol)}
+    except Exception:
+        (out / MANIFEST_NAME).unlink(missing_ok=True)
+        raise
+    variants = {"fp32": Variant(file=ONNX_FILE, dtype="fp32", accuracy=accuracy)}
+    manifest = Manifest(**{**manifest.__dict__, "variants": variants})
+    manifest.write(out)
+    logger.info("exported %s -> %s: %s", source, out, accuracy)
+    return manifest

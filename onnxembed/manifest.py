@@ -1,0 +1,84 @@
+"""The manifest (onnxembed.json) that an export writes and the runtime reads.
+
+In scope: the frozen dataclasses that describe an exported model and their JSON round trip.
+Not in scope: how the values are found (export/) or used (runtime/). Imports the standard library only.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+MANIFEST_NAME = "onnxembed.json"
+FORMAT_VERSION = 1
+
+
+class ModelLoadError(ValueError):
+    """An exported model directory is missing, incomplete or corrupt. The message names the file."""
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One ONNX graph of the model and the accuracy measured for it at export."""
+
+    file: str  # relative to the model directory, e.g. "onnx/model.onnx"
+    dtype: str = "fp32"
+    accuracy: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What the runtime needs to turn text into the same embeddings as sentence-transformers."""
+
+    dim: int
+    pooling_modes: tuple[str, ...]
+    include_prompt: bool
+    normalize: bool
+    max_seq_length: int
+    do_lower_case: bool
+    pad_token_id: int
+    padding_side: str
+    input_names: tuple[str, ...]
+    output_name: str
+    prompts: dict[str, str] = field(default_factory=dict)
+    default_prompt_name: str | None = None
+    similarity_fn_name: str = "cosine"
+    architecture: str = ""
+    source: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+    variants: dict[str, Variant] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, ensure_ascii=False) + "\n"
+
+    def write(self, model_dir: str | Path) -> Path:
+        path = Path(model_dir) / MANIFEST_NAME
+        path.write_text(self.to_json(), encoding="utf-8")
+        return path
+
+    @classmethod
+    def read(cls, model_dir: str | Path) -> Manifest:
+        path = Path(model_dir) / MANIFEST_NAME
+        if not Path(model_dir).is_dir():
+            raise ModelLoadError(f"model directory {str(model_dir)!r} does not exist")
+        if not path.is_file():
+            raise ModelLoadError(
+                f"{path} is missing: {model_dir} is not an onnxembed export (run `onnxembed export SRC OUT`)"
+            )
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+            if raw.get("format_version") != FORMAT_VERSION:
+                raise ModelLoadError(
+                    f"{path} has format_version {raw.get('format_version')!r}; this onnxembed reads {FORMAT_VERSION}"
+                )
+            raw["variants"] = {name: Variant(**variant) for name, variant in raw.get("variants", {}).items()}
+            for key in ("pooling_modes", "input_names"):
+                raw[key] = tuple(raw[key])
+            return cls(**raw)
+        except ModelLoadError:
+            raise
+        except (ValueError, TypeError, KeyError, AttributeError) as error:
+            raise ModelLoadError(f"{path} is corrupt: {error}") from error

@@ -1,0 +1,72 @@
+"""The one place that builds onnxruntime sessions: provider choice and SessionOptions.
+
+In scope: resolving a provider name, thread settings, loading an ONNX file with clear errors.
+Not in scope: tokenization, batching and pooling (see encoder.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+import onnxruntime as ort
+
+from onnxembed.manifest import ModelLoadError
+
+logger = logging.getLogger(__name__)
+
+# Short names users type, mapped to onnxruntime's provider names.
+_PROVIDER_ALIASES = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "gpu": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+    "coreml": "CoreMLExecutionProvider",
+    "openvino": "OpenVINOExecutionProvider",
+    "dml": "DmlExecutionProvider",
+}
+
+
+def resolve_provider(provider: str) -> str:
+    """Return the onnxruntime provider name for ``provider`` ("auto", a short name or a full name).
+
+    "auto" picks CUDA when onnxruntime has it, else CPU with a warning when a CUDA build was expected.
+    An explicit provider that is not available raises ValueError listing the available ones.
+    """
+    available = ort.get_available_providers()
+    if provider == "auto":
+        if "CUDAExecutionProvider" in available:
+            return "CUDAExecutionProvider"
+        if ort.get_device() == "GPU":
+            warnings.warn(
+                f"onnxruntime has no CUDAExecutionProvider here; falling back to CPU (available: {', '.join(available)})",
+                stacklevel=3,
+            )
+        return "CPUExecutionProvider"
+    name = _PROVIDER_ALIASES.get(provider.lower(), provider)
+    if name not in available:
+        raise ValueError(f"provider {provider!r} is not available; available: {', '.join(available)}")
+    return name
+
+
+def create_session(onnx_path: Path, provider: str, threads: int | None) -> ort.InferenceSession:
+    """Load ``onnx_path`` on ``provider`` (already resolved) with ``threads`` intra-op threads."""
+    if not onnx_path.is_file():
+        raise ModelLoadError(f"ONNX file {onnx_path} does not exist")
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads must be a positive integer or None; got {threads}")
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads is not None:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    providers = [provider] if provider == "CPUExecutionProvider" else [provider, "CPUExecutionProvider"]
+    if provider == "CUDAExecutionProvider" and hasattr(ort, "preload_dlls"):
+        ort.preload_dlls()
+    try:
+        session = ort.InferenceSession(str(onnx_path), sess_options=options, providers=providers)
+    except Exception as error:  # onnxruntime raises several private exception types for a bad file
+        raise ModelLoadError(f"could not load ONNX file {onnx_path}: {error}") from error
+    logger.debug("loaded %s on %s", onnx_path, session.get_providers())
+    return session

@@ -1,0 +1,66 @@
+"""Text to padded numpy arrays with the `tokenizers` library, as sentence-transformers tokenizes.
+
+In scope: loading tokenizer.json with the model's own max_seq_length (not the padding and truncation
+baked into tokenizer.json), padding a batch to its longest text, prompt lengths.
+Not in scope: choosing batches or running the model (see encoder.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Encoding, Tokenizer
+
+from onnxembed.manifest import Manifest, ModelLoadError
+
+TOKENIZER_FILE = "tokenizer.json"
+
+
+class TextTokenizer:
+    """Tokenizes text into the (batch, seq) int64 arrays the exported graph takes."""
+
+    def __init__(self, model_dir: Path, manifest: Manifest) -> None:
+        path = model_dir / TOKENIZER_FILE
+        if not path.is_file():
+            raise ModelLoadError(f"tokenizer file {path} does not exist")
+        try:
+            tokenizer = Tokenizer.from_file(str(path))
+        except Exception as error:  # tokenizers raises a bare Exception on a corrupt file
+            raise ModelLoadError(f"tokenizer file {path} is corrupt: {error}") from error
+        # tokenizer.json may carry a fixed padding/truncation (all-MiniLM-L6-v2 pads and truncates at 128):
+        # drop it, pad to the longest text in each batch ourselves, truncate at the model's max_seq_length.
+        tokenizer.no_padding()
+        tokenizer.enable_truncation(max_length=manifest.max_seq_length, strategy="longest_first", direction="right")
+        self._tokenizer = tokenizer
+        self._pad_token_id = manifest.pad_token_id
+        self._left_padding = manifest.padding_side == "left"
+        self._special_ids = {
+            token_id for token_id, token in tokenizer.get_added_tokens_decoder().items() if token.special
+        }
+
+    def encode(self, texts: Sequence[str]) -> list[Encoding]:
+        """Tokenize without padding; each Encoding keeps its own length."""
+        return self._tokenizer.encode_batch(list(texts), add_special_tokens=True)
+
+    def pad(self, encodings: Sequence[Encoding]) -> dict[str, np.ndarray]:
+        """Pad encodings to the longest one: input_ids, attention_mask, token_type_ids, each (batch, seq) int64."""
+        longest = max(len(encoding.ids) for encoding in encodings)
+        shape = (len(encodings), longest)
+        input_ids = np.full(shape, self._pad_token_id, dtype=np.int64)
+        attention_mask = np.zeros(shape, dtype=np.int64)
+        token_type_ids = np.zeros(shape, dtype=np.int64)
+        for row, encoding in enumerate(encodings):
+            length = len(encoding.ids)
+            span = slice(longest - length, longest) if self._left_padding else slice(0, length)
+            input_ids[row, span] = encoding.ids
+            attention_mask[row, span] = 1
+            token_type_ids[row, span] = encoding.type_ids
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
+
+    def prompt_length(self, prompt: str) -> int:
+        """Tokens a prompt takes at the start of a text, excluding a trailing special token
+        (sentence-transformers' rule for ``include_prompt=False``)."""
+        ids = self._tokenizer.encode(prompt, add_special_tokens=True).ids
+        return len(ids) - 1 if ids and ids[-1] in self._special_ids else len(ids)
