@@ -10,7 +10,6 @@ import json
 import logging
 import sys
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import TextIO
 
 import numpy as np
@@ -26,8 +25,12 @@ def _build_parser() -> argparse.ArgumentParser:
     export.add_argument("out_dir", help="directory to write (onnx/model.onnx, tokenizer, configs, onnxembed.json)")
     export.add_argument("--base-model", help="base model directory for a PEFT adapter (overrides adapter_config.json)")
     export.add_argument("--exporter", choices=("auto", "torchscript", "dynamo"), default="auto")
-    export.add_argument("--external-data", action=argparse.BooleanOptionalAction, default=None,
-                        help="store weights beside the graph (default: only when over 2 GB)")
+    export.add_argument(
+        "--external-data",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="store weights beside the graph (default: only when over 2 GB)",
+    )
     export.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it holds a model")
     export.add_argument("--no-verify", dest="verify", action="store_false", help="skip the check against the source")
 
@@ -58,14 +61,21 @@ def _run_export(args: argparse.Namespace) -> None:
     from onnxembed.export import export
 
     manifest = export(
-        args.src, args.out_dir, base_model=args.base_model, exporter=args.exporter,
-        external_data=args.external_data, overwrite=args.overwrite, verify=args.verify,
+        args.src,
+        args.out_dir,
+        base_model=args.base_model,
+        exporter=args.exporter,
+        external_data=args.external_data,
+        overwrite=args.overwrite,
+        verify=args.verify,
     )
     accuracy = manifest.variants["fp32"].accuracy
     print(f"exported {args.src} -> {args.out_dir} ({manifest.architecture}, dim {manifest.dim})")
     if accuracy:
-        print(f"verified: min cosine {accuracy.get('min_cosine', float('nan')):.7f}, "
-              f"max abs diff {accuracy.get('max_abs_diff', float('nan')):.2e} vs {accuracy.get('sentence_transformers')}")
+        print(
+            f"verified: min cosine {accuracy.get('min_cosine', float('nan')):.7f}, "
+            f"max abs diff {accuracy.get('max_abs_diff', float('nan')):.2e} vs {accuracy.get('sentence_transformers')}"
+        )
 
 
 def _run_encode(args: argparse.Namespace) -> None:
@@ -78,8 +88,12 @@ def _run_encode(args: argparse.Namespace) -> None:
         with open(args.input, encoding="utf-8") as stream:
             texts = list(_read_lines(stream))
     embeddings = encoder.encode(
-        texts, batch_size=args.batch_size, prompt_name=args.prompt_name, prompt=args.prompt,
-        normalize_embeddings=args.normalize, show_progress_bar=args.progress,
+        texts,
+        batch_size=args.batch_size,
+        prompt_name=args.prompt_name,
+        prompt=args.prompt,
+        normalize_embeddings=args.normalize,
+        show_progress_bar=args.progress,
     )
     np.save(args.output, embeddings)
     print(f"wrote {args.output}: {embeddings.shape[0]} x {embeddings.shape[1]} float32", file=sys.stderr)
@@ -97,15 +111,20 @@ def _run_info(args: argparse.Namespace) -> None:
     if manifest.source.get("adapter"):
         print(f"adapter merged:  {manifest.source['adapter']}")
     print(f"dim:             {manifest.dim}")
-    print(f"pooling:         {'+'.join(manifest.pooling_modes)}{'' if manifest.include_prompt else ' (prompt excluded)'}")
+    print(
+        f"pooling:         {'+'.join(manifest.pooling_modes)}{'' if manifest.include_prompt else ' (prompt excluded)'}"
+    )
     print(f"normalize:       {manifest.normalize}")
     print(f"max_seq_length:  {manifest.max_seq_length}  (lowercase: {manifest.do_lower_case})")
     print(f"similarity:      {manifest.similarity_fn_name}")
     print(f"inputs:          {', '.join(manifest.input_names)}")
-    print(f"prompts:         {json.dumps(manifest.prompts, ensure_ascii=False)}  (default: {manifest.default_prompt_name})")
+    prompts = json.dumps(manifest.prompts, ensure_ascii=False)
+    print(f"prompts:         {prompts}  (default: {manifest.default_prompt_name})")
     for name, variant in manifest.variants.items():
-        accuracy = ", ".join(f"{key} {value:.7g}" if isinstance(value, float) else f"{key} {value}"
-                             for key, value in variant.accuracy.items())
+        accuracy = ", ".join(
+            f"{key} {value:.7g}" if isinstance(value, float) else f"{key} {value}"
+            for key, value in variant.accuracy.items()
+        )
         print(f"variant {name}:    {variant.file}  [{accuracy or 'not verified'}]")
     print(f"versions:        {', '.join(f'{k} {v}' for k, v in manifest.versions.items())}")
 

@@ -75,7 +75,8 @@ def _unigram(texts: list[str], specials: list[str], unk: str, bos: str, eos: str
     trainer = trainers.UnigramTrainer(vocab_size=400, special_tokens=specials, unk_token=unk)
     tokenizer.train_from_iterator(texts, trainer)
     tokenizer.post_processor = processors.TemplateProcessing(
-        single=f"{bos} $A {eos}", pair=f"{bos} $A {eos} {eos} $B {eos}",
+        single=f"{bos} $A {eos}",
+        pair=f"{bos} $A {eos} {eos} $B {eos}",
         special_tokens=[(bos, tokenizer.token_to_id(bos)), (eos, tokenizer.token_to_id(eos))],
     )
     return tokenizer
@@ -89,8 +90,13 @@ def _bert_fast(tokenizer: Any, token_type_ids: bool = True) -> Any:
 
     names = ["input_ids", "token_type_ids", "attention_mask"] if token_type_ids else ["input_ids", "attention_mask"]
     return BertTokenizerFast(
-        tokenizer_object=tokenizer, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
-        sep_token="[SEP]", mask_token="[MASK]", model_input_names=names,
+        tokenizer_object=tokenizer,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        model_input_names=names,
     )
 
 
@@ -121,7 +127,10 @@ def _save_sentence_transformer(
     if normalize:
         modules.append(models.Normalize())
     model = SentenceTransformer(
-        modules=modules, device="cpu", prompts=prompts, default_prompt_name=default_prompt_name,
+        modules=modules,
+        device="cpu",
+        prompts=prompts,
+        default_prompt_name=default_prompt_name,
         similarity_fn_name=similarity_fn_name,
     )
     model.save(str(out))
@@ -137,8 +146,14 @@ def _tiny_bert_config(vocab_size: int, **overrides: Any) -> Any:
     from transformers import BertConfig
 
     return BertConfig(
-        vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=8, intermediate_size=64,
-        max_position_embeddings=512, pad_token_id=1, **overrides,
+        vocab_size=vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=8,
+        intermediate_size=64,
+        max_position_embeddings=512,
+        pad_token_id=1,
+        **overrides,
     )
 
 
@@ -152,6 +167,14 @@ def chinese_bert(replicas_dir: Path) -> Replica:
     tokenizer = _bert_fast(_wordpiece(CORPUS, lowercase=True, specials=BERT_SPECIALS))
     model = BertModel(_tiny_bert_config(tokenizer.vocab_size), add_pooling_layer=False)
     path = _save_sentence_transformer(replicas_dir / "chinese-bert", model, tokenizer, max_seq_length=256)
+    # Like all-MiniLM-L6-v2's tokenizer.json: a fixed padding and truncation at 16 that the model's own
+    # max_seq_length (256) overrides in sentence-transformers, and must in onnxembed.
+    from tokenizers import Tokenizer
+
+    fixed = Tokenizer.from_file(str(path / "tokenizer.json"))
+    fixed.enable_padding(length=16, pad_id=1, pad_token="[PAD]")
+    fixed.enable_truncation(max_length=16)
+    fixed.save(str(path / "tokenizer.json"))
     return Replica("chinese-bert", path)
 
 
@@ -164,7 +187,11 @@ def korean_sentencepiece_bert(replicas_dir: Path) -> Replica:
     torch.manual_seed(1)
     raw = _unigram(CORPUS, specials=BERT_SPECIALS, unk="[UNK]", bos="[CLS]", eos="[SEP]")
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=raw, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]",
+        tokenizer_object=raw,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
         mask_token="[MASK]",
     )
     model = BertModel(_tiny_bert_config(raw.get_vocab_size()), add_pooling_layer=False)
@@ -182,8 +209,15 @@ def xlm_roberta(replicas_dir: Path) -> Replica:
     raw = _unigram(CORPUS, specials=["<s>", "<pad>", "</s>", "<unk>", "<mask>"], unk="<unk>", bos="<s>", eos="</s>")
     tokenizer = XLMRobertaTokenizerFast(tokenizer_object=raw)
     config = XLMRobertaConfig(
-        vocab_size=raw.get_vocab_size(), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-        intermediate_size=64, max_position_embeddings=514, pad_token_id=1, bos_token_id=0, eos_token_id=2,
+        vocab_size=raw.get_vocab_size(),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=514,
+        pad_token_id=1,
+        bos_token_id=0,
+        eos_token_id=2,
         type_vocab_size=1,
     )
     model = XLMRobertaModel(config, add_pooling_layer=False)
@@ -203,12 +237,21 @@ def roberta_lora(replicas_dir: Path) -> Replica:
     torch.manual_seed(3)
     tokenizer = _bert_fast(_wordpiece(CORPUS, lowercase=False, specials=BERT_SPECIALS))
     config = RobertaConfig(
-        vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-        intermediate_size=64, max_position_embeddings=130, pad_token_id=1, type_vocab_size=1,
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=130,
+        pad_token_id=1,
+        type_vocab_size=1,
     )
     base = _save_sentence_transformer(
-        replicas_dir / "roberta-base", RobertaModel(config, add_pooling_layer=False), tokenizer,
-        max_seq_length=128, prompts=QUERY_PROMPTS,
+        replicas_dir / "roberta-base",
+        RobertaModel(config, add_pooling_layer=False),
+        tokenizer,
+        max_seq_length=128,
+        prompts=QUERY_PROMPTS,
     )
     model = SentenceTransformer(str(base), device="cpu")
     model.add_adapter(LoraConfig(r=4, lora_alpha=8, target_modules=["query", "value", "dense"], lora_dropout=0.0))
@@ -230,10 +273,19 @@ def distilbert_lowercase(replicas_dir: Path) -> Replica:
     torch.manual_seed(4)
     tokenizer = _bert_fast(_wordpiece(CORPUS, lowercase=False, specials=BERT_SPECIALS), token_type_ids=False)
     config = DistilBertConfig(
-        vocab_size=tokenizer.vocab_size, dim=32, n_layers=2, n_heads=4, hidden_dim=64, pad_token_id=1,
+        vocab_size=tokenizer.vocab_size,
+        dim=32,
+        n_layers=2,
+        n_heads=4,
+        hidden_dim=64,
+        pad_token_id=1,
     )
     path = _save_sentence_transformer(
-        replicas_dir / "distilbert", DistilBertModel(config), tokenizer, max_seq_length=64, normalize=True,
+        replicas_dir / "distilbert",
+        DistilBertModel(config),
+        tokenizer,
+        max_seq_length=64,
+        normalize=True,
         do_lower_case=True,
     )
     return Replica("distilbert", path)
@@ -248,12 +300,22 @@ def mpnet_prompts(replicas_dir: Path) -> Replica:
     torch.manual_seed(5)
     tokenizer = _bert_fast(_wordpiece(CORPUS, lowercase=True, specials=BERT_SPECIALS), token_type_ids=False)
     config = MPNetConfig(
-        vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-        intermediate_size=64, max_position_embeddings=514, pad_token_id=1,
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=514,
+        pad_token_id=1,
     )
     path = _save_sentence_transformer(
-        replicas_dir / "mpnet", MPNetModel(config, add_pooling_layer=False), tokenizer, max_seq_length=128,
-        normalize=True, prompts={"query": "query: ", "document": "passage: "}, default_prompt_name="query",
+        replicas_dir / "mpnet",
+        MPNetModel(config, add_pooling_layer=False),
+        tokenizer,
+        max_seq_length=128,
+        normalize=True,
+        prompts={"query": "query: ", "document": "passage: "},
+        default_prompt_name="query",
     )
     return Replica("mpnet", path, prompts={"query": "query: ", "document": "passage: "})
 
@@ -268,7 +330,12 @@ def cls_pooling_bert(replicas_dir: Path) -> Replica:
     tokenizer = _bert_fast(_wordpiece(CORPUS, lowercase=True, specials=BERT_SPECIALS))
     model = BertModel(_tiny_bert_config(tokenizer.vocab_size), add_pooling_layer=False)
     path = _save_sentence_transformer(
-        replicas_dir / "cls-bert", model, tokenizer, max_seq_length=96, pooling_mode="cls", similarity_fn_name="dot",
+        replicas_dir / "cls-bert",
+        model,
+        tokenizer,
+        max_seq_length=96,
+        pooling_mode="cls",
+        similarity_fn_name="dot",
     )
     return Replica("cls-bert", path)
 
@@ -285,7 +352,11 @@ def multi_pooling_bert(replicas_dir: Path) -> Replica:
     model = BertModel(_tiny_bert_config(tokenizer.vocab_size), add_pooling_layer=False)
     prompts = {"query": "query: ", "long": "instruct: find the passage that answers this question, then "}
     path = _save_sentence_transformer(
-        replicas_dir / "multi-pool-bert", model, tokenizer, max_seq_length=80, prompts=prompts,
+        replicas_dir / "multi-pool-bert",
+        model,
+        tokenizer,
+        max_seq_length=80,
+        prompts=prompts,
     )
     legacy = {
         "word_embedding_dimension": 32,

@@ -98,9 +98,13 @@ def read_sentence_transformer_config(root: Path) -> SentenceTransformerConfig:
             f"module order {' -> '.join(kinds)} is not supported; expected Transformer -> Pooling [-> Normalize]"
         )
     if "Pooling" not in kinds:
-        raise UnsupportedModelError("a model without a Pooling module gives token embeddings, which onnxembed does not export")
+        raise UnsupportedModelError(
+            "a model without a Pooling module gives token embeddings, which onnxembed does not export"
+        )
     if kinds.index("Pooling") != 1 or ("Normalize" in kinds and kinds[-1] != "Normalize"):
-        raise UnsupportedModelError(f"module order {' -> '.join(kinds)} is not supported; expected Transformer -> Pooling [-> Normalize]")
+        raise UnsupportedModelError(
+            f"module order {' -> '.join(kinds)} is not supported; expected Transformer -> Pooling [-> Normalize]"
+        )
 
     transformer_dir = root / str(modules[0].get("path", ""))
     st_config: dict[str, Any] = {}

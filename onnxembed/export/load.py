@@ -96,7 +96,11 @@ def load_encoder(st_config: SentenceTransformerConfig, base_model: str | Path | 
     if (transformer_dir / ADAPTER_CONFIG).is_file():
         adapter_config = read_adapter_config(transformer_dir)
         weights_dir = _resolve_base(transformer_dir, adapter_config, base_model)
-        adapter = {"base_model": str(weights_dir), "r": adapter_config.get("r"), "lora_alpha": adapter_config.get("lora_alpha")}
+        adapter = {
+            "base_model": str(weights_dir),
+            "r": adapter_config.get("r"),
+            "lora_alpha": adapter_config.get("lora_alpha"),
+        }
     architecture = _check_architecture(weights_dir)
     # Eager attention traces to plain MatMul/Softmax, which onnxruntime's optimizer can fuse later.
     model = AutoModel.from_pretrained(str(weights_dir), attn_implementation="eager")

@@ -97,10 +97,14 @@ def merge_lora(model: torch.nn.Module, adapter_dir: Path) -> int:
         if isinstance(module, torch.nn.Embedding):
             delta = delta.T  # peft stores embedding LoRA as A: (r, vocab), B: (dim, r)
         elif not isinstance(module, torch.nn.Linear):
-            raise ValueError(f"LoRA on {type(module).__name__} ({module_name}) is not supported: Linear and Embedding only")
+            raise ValueError(
+                f"LoRA on {type(module).__name__} ({module_name}) is not supported: Linear and Embedding only"
+            )
         elif config.get("fan_in_fan_out"):
             delta = delta.T
         if delta.shape != module.weight.shape:
-            raise ValueError(f"LoRA delta for {module_name} has shape {tuple(delta.shape)}, weight {tuple(module.weight.shape)}")
+            raise ValueError(
+                f"LoRA delta for {module_name} has shape {tuple(delta.shape)}, weight {tuple(module.weight.shape)}"
+            )
         module.weight += delta.to(module.weight.dtype)
     return len(pairs)

@@ -65,7 +65,7 @@ def choose_exporter(exporter: Exporter) -> Literal["torchscript", "dynamo"]:
 
 
 def export_onnx(
-    model: torch.nn.Module,
+    model: Any,  # transformers.PreTrainedModel
     input_names: tuple[str, ...],
     pad_token_id: int,
     out_file: Path,
@@ -77,7 +77,7 @@ def export_onnx(
 
     method = choose_exporter(exporter)
     wrapper = _TokenEmbeddings(model).eval()
-    sample = export_sample(input_names, model.config.vocab_size, pad_token_id)
+    sample = export_sample(input_names, int(model.config.vocab_size), pad_token_id)
     axes = {name: {0: "batch", 1: "sequence"} for name in input_names}
     axes[OUTPUT_NAME] = {0: "batch", 1: "sequence"}
     out_file.parent.mkdir(parents=True, exist_ok=True)
@@ -85,25 +85,44 @@ def export_onnx(
         traced = Path(scratch) / "model.onnx"
         if method == "torchscript":
             torch.onnx.export(
-                wrapper, sample, str(traced), input_names=list(input_names), output_names=[OUTPUT_NAME],
-                dynamic_axes=axes, opset_version=OPSET, dynamo=False, do_constant_folding=True,
+                wrapper,
+                sample,
+                str(traced),
+                input_names=list(input_names),
+                output_names=[OUTPUT_NAME],
+                dynamic_axes=axes,
+                opset_version=OPSET,
+                dynamo=False,
+                do_constant_folding=True,
             )
         else:
             batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
             shapes = tuple({0: batch, 1: sequence} for _ in input_names)
             program = torch.onnx.export(
-                wrapper, sample, input_names=list(input_names), output_names=[OUTPUT_NAME],
-                dynamic_shapes=shapes, opset_version=OPSET, dynamo=True, optimize=True,
+                wrapper,
+                sample,
+                input_names=list(input_names),
+                output_names=[OUTPUT_NAME],
+                dynamic_shapes=shapes,
+                opset_version=OPSET,
+                dynamo=True,
+                optimize=True,
             )
+            if program is None:
+                raise RuntimeError("torch.onnx.export(dynamo=True) returned no program")
             program.save(str(traced))
         graph = onnx.load(str(traced), load_external_data=True)
-    size = sum(len(tensor.raw_data) for tensor in graph.graph.initializer)
+    size = graph.ByteSize()  # what must fit in one protobuf unless weights go to external data
     external = size > _EXTERNAL_DATA_BYTES if external_data is None else external_data
     for stale in (out_file, out_file.with_name(out_file.name + "_data")):
         stale.unlink(missing_ok=True)
     onnx.save_model(
-        graph, str(out_file), save_as_external_data=external, all_tensors_to_one_file=True,
-        location=out_file.name + "_data", size_threshold=1024,
+        graph,
+        str(out_file),
+        save_as_external_data=external,
+        all_tensors_to_one_file=True,
+        location=out_file.name + "_data",
+        size_threshold=1024,
     )
-    logger.info("exported %s with %s (%d MB of weights, external data: %s)", out_file, method, size >> 20, external)
-    return {"exporter": method, "opset": OPSET, "external_data": external, "weight_bytes": size}
+    logger.info("exported %s with %s (%d MB, external data: %s)", out_file, method, size >> 20, external)
+    return {"exporter": method, "opset": OPSET, "external_data": external, "graph_bytes": size}

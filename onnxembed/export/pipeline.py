@@ -52,7 +52,9 @@ def _prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
 
 
-def _write_sentence_transformers_files(st_config: SentenceTransformerConfig, out_dir: Path, max_seq_length: int) -> None:
+def _write_sentence_transformers_files(
+    st_config: SentenceTransformerConfig, out_dir: Path, max_seq_length: int
+) -> None:
     """modules.json with the Transformer at the root, and each module's config copied over."""
     modules = []
     for index, module in enumerate(st_config.modules):
@@ -72,7 +74,9 @@ def _write_sentence_transformers_files(st_config: SentenceTransformerConfig, out
     bert_config.update(max_seq_length=max_seq_length, do_lower_case=st_config.do_lower_case)
     (out_dir / "sentence_bert_config.json").write_text(json.dumps(bert_config, indent=2) + "\n", encoding="utf-8")
     if (st_config.root / "config_sentence_transformers.json").is_file():
-        shutil.copyfile(st_config.root / "config_sentence_transformers.json", out_dir / "config_sentence_transformers.json")
+        shutil.copyfile(
+            st_config.root / "config_sentence_transformers.json", out_dir / "config_sentence_transformers.json"
+        )
 
 
 def export(
@@ -141,8 +145,13 @@ def export(
     if not verify:
         return manifest
     try:
-        graph_diff = verify_graph(model, out / ONNX_FILE, input_names, tokenizer.pad_token_id, loaded.max_seq_length, atol=max(atol, 1e-4))
-        accuracy = {"token_embeddings_max_abs_diff": graph_diff, **verify_pipeline(source, out, "fp32", min_cosine, atol)}
+        graph_diff = verify_graph(
+            model, out / ONNX_FILE, input_names, tokenizer.pad_token_id, loaded.max_seq_length, atol=max(atol, 1e-4)
+        )
+        accuracy = {
+            "token_embeddings_max_abs_diff": graph_diff,
+            **verify_pipeline(source, out, "fp32", min_cosine, atol),
+        }
     except Exception:
         (out / MANIFEST_NAME).unlink(missing_ok=True)
         raise

@@ -34,7 +34,9 @@ VERIFY_TEXTS = (
 )
 
 
-def _graph_batches(input_names: tuple[str, ...], vocab_size: int, pad_token_id: int, max_len: int) -> list[dict[str, np.ndarray]]:
+def _graph_batches(
+    input_names: tuple[str, ...], vocab_size: int, pad_token_id: int, max_len: int
+) -> list[dict[str, np.ndarray]]:
     """Batches of 3 and 1 rows with lengths unlike the export sample (2 x 8)."""
     rng = np.random.default_rng(1)
     batches = []
@@ -52,7 +54,12 @@ def _graph_batches(input_names: tuple[str, ...], vocab_size: int, pad_token_id: 
 
 @torch.no_grad()
 def verify_graph(
-    model: torch.nn.Module, onnx_file: Path, input_names: tuple[str, ...], pad_token_id: int, max_len: int, atol: float
+    model: Any,  # transformers.PreTrainedModel
+    onnx_file: Path,
+    input_names: tuple[str, ...],
+    pad_token_id: int,
+    max_len: int,
+    atol: float,
 ) -> float:
     """Max abs difference of token embeddings on real tokens; raises ExportVerificationError over ``atol``."""
     import onnxruntime as ort
@@ -98,7 +105,10 @@ def verify_pipeline(src: Path, out_dir: Path, variant: str, min_cosine: float, a
         expected = reference.encode(list(VERIFY_TEXTS), prompt_name=prompt_name, convert_to_numpy=True)
         actual = encoder.encode(list(VERIFY_TEXTS), prompt_name=prompt_name)
         scores = compare_embeddings(expected, actual)
-        worst = {"min_cosine": min(worst["min_cosine"], scores["min_cosine"]), "max_abs_diff": max(worst["max_abs_diff"], scores["max_abs_diff"])}
+        worst = {
+            "min_cosine": min(worst["min_cosine"], scores["min_cosine"]),
+            "max_abs_diff": max(worst["max_abs_diff"], scores["max_abs_diff"]),
+        }
     report.update(worst)
     if worst["min_cosine"] < min_cosine or worst["max_abs_diff"] > atol:
         raise ExportVerificationError(

@@ -51,7 +51,9 @@ class Encoder:
         self._input_names = [graph_input.name for graph_input in self._session.get_inputs()]
         unknown = [name for name in self._input_names if name not in _KNOWN_INPUTS]
         if unknown:
-            raise ModelLoadError(f"{self.manifest.variants[variant].file} takes inputs {unknown} that onnxembed cannot feed")
+            raise ModelLoadError(
+                f"{self.manifest.variants[variant].file} takes inputs {unknown} that onnxembed cannot feed"
+            )
         self._output_name = self.manifest.output_name
         self._tokenizer = TextTokenizer(self.path, self.manifest)
 
@@ -93,7 +95,7 @@ class Encoder:
         Normalize module always applies; ``normalize_embeddings=True`` normalizes a model without one.
         """
         single = isinstance(sentences, str)
-        texts = [sentences] if single else _checked_texts(sentences)
+        texts: list[str] = [sentences] if isinstance(sentences, str) else _checked_texts(sentences)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}")
         prompt_text = self._resolve_prompt(prompt_name, prompt)

@@ -40,7 +40,8 @@ def resolve_provider(provider: str) -> str:
             return "CUDAExecutionProvider"
         if ort.get_device() == "GPU":
             warnings.warn(
-                f"onnxruntime has no CUDAExecutionProvider here; falling back to CPU (available: {', '.join(available)})",
+                "onnxruntime has no CUDAExecutionProvider here; falling back to CPU "
+                f"(available: {', '.join(available)})",
                 stacklevel=3,
             )
         return "CPUExecutionProvider"

@@ -1,0 +1,107 @@
+"""Similarity matrices against sentence-transformers' util.cos_sim / util.dot_score."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sentence_transformers import SimilarityFunction, util
+
+from onnxembed.kernels import SIMILARITY_FNS, cos_sim, dot_score, similarity
+
+TOL = {"rtol": 1e-5, "atol": 1e-6}
+ORACLES = {"cosine": (cos_sim, util.cos_sim), "dot": (dot_score, util.dot_score)}
+
+
+def _pair(seed: int, n: int, m: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal((n, dim)).astype(np.float32)
+    b = (rng.standard_normal((m, dim)) * 3).astype(np.float32)
+    return a, b
+
+
+@pytest.mark.parametrize("fn", sorted(ORACLES))
+@pytest.mark.parametrize(("n", "m", "dim"), [(1, 1, 3), (4, 7, 16), (9, 2, 384), (3, 3, 1)])
+def test_matches_sentence_transformers(fn: str, n: int, m: int, dim: int) -> None:
+    ours, theirs = ORACLES[fn]
+    a, b = _pair(seed=n * 100 + m, n=n, m=m, dim=dim)
+    expected = theirs(torch.from_numpy(a), torch.from_numpy(b)).numpy()
+    got = ours(a, b)
+    assert got.shape == (n, m)
+    np.testing.assert_allclose(got, expected, **TOL)
+
+
+def test_cos_sim_with_a_zero_vector_matches_sentence_transformers() -> None:
+    a, b = _pair(seed=11, n=3, m=4, dim=8)
+    a[1] = 0.0
+    b[2] = 0.0
+    got = cos_sim(a, b)
+    np.testing.assert_allclose(got, util.cos_sim(torch.from_numpy(a), torch.from_numpy(b)).numpy(), **TOL)
+    assert np.isfinite(got).all()
+    np.testing.assert_array_equal(got[1], 0.0)
+    np.testing.assert_array_equal(got[:, 2], 0.0)
+
+
+@pytest.mark.parametrize("fn", sorted(ORACLES))
+def test_one_dimensional_inputs_are_one_row(fn: str) -> None:
+    ours, theirs = ORACLES[fn]
+    a, b = _pair(seed=12, n=1, m=5, dim=6)
+    expected = theirs(torch.from_numpy(a[0]), torch.from_numpy(b)).numpy()
+    got = ours(a[0], b)
+    assert got.shape == (1, 5)
+    np.testing.assert_allclose(got, expected, **TOL)
+    np.testing.assert_allclose(ours(a[0], b[3]), theirs(torch.from_numpy(a[0]), torch.from_numpy(b[3])).numpy(), **TOL)
+
+
+@pytest.mark.parametrize("fn", SIMILARITY_FNS)
+def test_similarity_uses_the_named_function(fn: str) -> None:
+    a, b = _pair(seed=13, n=5, m=6, dim=10)
+    oracle = SimilarityFunction.to_similarity_fn(fn)
+    np.testing.assert_allclose(similarity(a, b, fn), oracle(torch.from_numpy(a), torch.from_numpy(b)).numpy(), **TOL)
+
+
+def test_similarity_defaults_to_cosine() -> None:
+    a, b = _pair(seed=14, n=3, m=2, dim=4)
+    np.testing.assert_allclose(similarity(a, b), util.cos_sim(torch.from_numpy(a), torch.from_numpy(b)).numpy(), **TOL)
+
+
+def test_cosine_and_dot_differ_on_unnormalized_input() -> None:
+    a, b = _pair(seed=15, n=3, m=3, dim=8)
+    assert not np.allclose(similarity(a, b, "cosine"), similarity(a, b, "dot"), **TOL)
+
+
+def test_tiny_arrays_by_hand() -> None:
+    a = np.array([[1.0, 0.0], [1.0, 1.0]])
+    b = np.array([[0.0, 2.0], [3.0, 0.0]])
+    half_root_two = 1.0 / np.sqrt(2.0)
+    np.testing.assert_allclose(cos_sim(a, b), [[0.0, 1.0], [half_root_two, half_root_two]], **TOL)
+    np.testing.assert_allclose(dot_score(a, b), [[0.0, 3.0], [2.0, 3.0]], **TOL)
+    np.testing.assert_allclose(dot_score([1.0, 2.0], [3.0, 4.0]), [[11.0]], **TOL)
+
+
+@pytest.mark.parametrize("fn", SIMILARITY_FNS)
+def test_output_is_float32_for_float64_input(fn: str) -> None:
+    a, b = _pair(seed=16, n=2, m=3, dim=4)
+    got = similarity(a.astype(np.float64), b.astype(np.float64), fn)
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, similarity(a, b, fn), **TOL)
+
+
+@pytest.mark.parametrize("function", [cos_sim, dot_score])
+@pytest.mark.parametrize(("a_shape", "b_shape"), [((2, 3), (4, 5)), ((3,), (2, 4)), ((1, 8), (8, 1))])
+def test_dimension_mismatch_is_an_error(function, a_shape, b_shape) -> None:
+    with pytest.raises(ValueError, match="dimension mismatch"):
+        function(np.ones(a_shape, dtype=np.float32), np.ones(b_shape, dtype=np.float32))
+
+
+@pytest.mark.parametrize("function", [cos_sim, dot_score])
+def test_three_dimensional_input_is_an_error(function) -> None:
+    with pytest.raises(ValueError, match=r"\(n, dim\)"):
+        function(np.ones((2, 3, 4), dtype=np.float32), np.ones((2, 4), dtype=np.float32))
+
+
+@pytest.mark.parametrize("fn", ["euclidean", "manhattan", "Cosine", ""])
+def test_unknown_similarity_function_is_named(fn: str) -> None:
+    a, b = _pair(seed=17, n=2, m=2, dim=3)
+    with pytest.raises(ValueError, match=f"unknown similarity function {fn!r}"):
+        similarity(a, b, fn)
