@@ -111,8 +111,9 @@ def export_onnx(
             if program is None:
                 raise RuntimeError("torch.onnx.export(dynamo=True) returned no program")
             program.save(str(traced))
+        # The exporters may already have spilled weights to files beside the graph: count them all.
+        size = sum(path.stat().st_size for path in Path(scratch).iterdir())
         graph = onnx.load(str(traced), load_external_data=True)
-    size = graph.ByteSize()  # what must fit in one protobuf unless weights go to external data
     external = size > _EXTERNAL_DATA_BYTES if external_data is None else external_data
     for stale in (out_file, out_file.with_name(out_file.name + "_data")):
         stale.unlink(missing_ok=True)

@@ -146,3 +146,17 @@ def test_a_wrong_graph_fails_verification(chinese_bert: Replica, cls_pooling_ber
     assert verify_graph(same, graph, names, pad_token_id=1, max_len=256, atol=1e-4) <= 1e-4
     with torch.no_grad(), pytest.raises(ExportVerificationError, match="disagrees with the torch model"):
         verify_graph(other, graph, names, pad_token_id=1, max_len=256, atol=1e-4)
+
+
+def test_model_name_from_the_local_hf_cache(chinese_bert: Replica, tmp_path: Path, monkeypatch) -> None:
+    """SRC may be a hub name that is already cached; it is looked up offline."""
+    import huggingface_hub.constants
+
+    snapshot = tmp_path / "hub" / "models--someone--tiny-chinese" / "snapshots" / "0123abcd"
+    shutil.copytree(chinese_bert.path, snapshot)
+    (tmp_path / "hub" / "models--someone--tiny-chinese" / "refs").mkdir()
+    (tmp_path / "hub" / "models--someone--tiny-chinese" / "refs" / "main").write_text("0123abcd")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    manifest = export("someone/tiny-chinese", tmp_path / "out")
+    assert manifest.source["path"] == str(snapshot)
+    assert manifest.variants["fp32"].accuracy["min_cosine"] >= 0.99999
