@@ -117,6 +117,8 @@ def _run_info(args: argparse.Namespace) -> None:
     print(f"normalize:       {manifest.normalize}")
     print(f"max_seq_length:  {manifest.max_seq_length}  (lowercase: {manifest.do_lower_case})")
     print(f"similarity:      {manifest.similarity_fn_name}")
+    if manifest.truncate_dim is not None:
+        print(f"truncate_dim:    {manifest.truncate_dim}")
     print(f"inputs:          {', '.join(manifest.input_names)}")
     prompts = json.dumps(manifest.prompts, ensure_ascii=False)
     print(f"prompts:         {prompts}  (default: {manifest.default_prompt_name})")

@@ -45,6 +45,7 @@ class SentenceTransformerConfig:
     prompts: dict[str, str] = field(default_factory=dict)
     default_prompt_name: str | None = None
     similarity_fn_name: str | None = None
+    truncate_dim: int | None = None
     modules: tuple[dict[str, Any], ...] = ()  # modules.json entries
 
 
@@ -136,5 +137,6 @@ def read_sentence_transformer_config(root: Path) -> SentenceTransformerConfig:
         prompts=dict(prompts),
         default_prompt_name=default_prompt_name,
         similarity_fn_name=pipeline_config.get("similarity_fn_name"),
+        truncate_dim=pipeline_config.get("truncate_dim"),
         modules=tuple(modules),
     )

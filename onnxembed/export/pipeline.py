@@ -136,6 +136,7 @@ def export(
         prompts=st_config.prompts,
         default_prompt_name=st_config.default_prompt_name,
         similarity_fn_name=st_config.similarity_fn_name or "cosine",
+        truncate_dim=st_config.truncate_dim,
         architecture=loaded.architecture,
         source={"path": str(source), "adapter": loaded.adapter, **trace},
         versions=_versions(),

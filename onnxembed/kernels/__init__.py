@@ -1,15 +1,19 @@
-"""Pure-numpy kernels: pooling, normalization and similarity. Imports numpy only."""
+"""Pure-numpy kernels: pooling, normalization, similarity, search and embedding quantization. Imports numpy only."""
 
 from onnxembed.kernels.pooling import POOLING_MODES, exclude_prompt, normalize, pool
-from onnxembed.kernels.similarity import SIMILARITY_FNS, cos_sim, dot_score, similarity
+from onnxembed.kernels.quantization import PRECISIONS, quantize_embeddings
+from onnxembed.kernels.similarity import SIMILARITY_FNS, cos_sim, dot_score, similarity, similarity_pairwise
 
 __all__ = [
     "POOLING_MODES",
+    "PRECISIONS",
     "SIMILARITY_FNS",
     "cos_sim",
     "dot_score",
     "exclude_prompt",
     "normalize",
     "pool",
+    "quantize_embeddings",
     "similarity",
+    "similarity_pairwise",
 ]

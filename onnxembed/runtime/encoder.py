@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from onnxembed.kernels import exclude_prompt, normalize, pool, similarity
+from onnxembed.kernels import exclude_prompt, normalize, pool, similarity, similarity_pairwise
+from onnxembed.kernels.quantization import PRECISIONS, Precision, quantize_embeddings
 from onnxembed.manifest import Manifest, ModelLoadError
 from onnxembed.runtime.session import create_session, resolve_provider
 from onnxembed.runtime.tokenize import TextTokenizer
@@ -27,9 +28,10 @@ _KNOWN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 class Encoder:
     """Encode text with a model exported by ``onnxembed export``.
 
-    ``Encoder(path, provider="auto", threads=None, variant="fp32")``: provider is "auto", "cpu", "cuda"
-    or an onnxruntime provider name; threads is the number of intra-op threads (None: onnxruntime's
-    default, one per core). An Encoder is safe to share between threads.
+    ``Encoder(path, provider="auto", threads=None, variant="fp32", truncate_dim=None)``: provider is
+    "auto", "cpu", "cuda" or an onnxruntime provider name; threads is the number of intra-op threads
+    (None: onnxruntime's default, one per core); truncate_dim keeps the first dimensions of every
+    embedding (Matryoshka models; None: the model's own setting). An Encoder is safe to share between threads.
     """
 
     def __init__(
@@ -38,9 +40,13 @@ class Encoder:
         provider: str = "auto",
         threads: int | None = None,
         variant: str = "fp32",
+        truncate_dim: int | None = None,
     ) -> None:
         self.path = Path(path)
         self.manifest = Manifest.read(self.path)
+        self.truncate_dim = _checked_truncate_dim(
+            truncate_dim if truncate_dim is not None else self.manifest.truncate_dim
+        )
         if variant not in self.manifest.variants:
             raise ValueError(
                 f"variant {variant!r} is not in {self.path}; available: {', '.join(self.manifest.variants)}"
@@ -59,8 +65,8 @@ class Encoder:
 
     @property
     def dim(self) -> int:
-        """Length of one embedding."""
-        return self.manifest.dim
+        """Length of one embedding (after truncate_dim)."""
+        return self.manifest.dim if self.truncate_dim is None else min(self.manifest.dim, self.truncate_dim)
 
     @property
     def max_seq_length(self) -> int:
@@ -87,33 +93,51 @@ class Encoder:
         prompt_name: str | None = None,
         prompt: str | None = None,
         show_progress_bar: bool = False,
+        precision: Precision = "float32",
+        truncate_dim: int | None = None,
     ) -> np.ndarray:
-        """Embed sentences: (n, dim) float32 in input order, or (dim,) for a single str.
+        """Embed sentences: (n, dim) in input order, or (dim,) for a single str.
 
-        As sentence-transformers: ``prompt`` (a string) or ``prompt_name`` (a key of ``prompts``) is
-        prepended to every text; without either the model's default prompt applies. The model's own
-        Normalize module always applies; ``normalize_embeddings=True`` normalizes a model without one.
+        As sentence-transformers' ``encode``, step by step: ``prompt`` (a string) or ``prompt_name`` (a
+        key of ``prompts``) is prepended to every text, and without either the model's default prompt;
+        the model pools and, if it has a Normalize module, normalizes; ``truncate_dim`` (default: the
+        Encoder's) keeps the first dimensions — so a normalizing model's truncated vectors are *not*
+        unit length unless ``normalize_embeddings=True``, which L2-normalizes after truncating;
+        ``precision`` other than "float32" quantizes the whole result as ``quantize_embeddings`` does
+        (int8/uint8 ranges from these embeddings; binary/ubinary packed to (n, dim / 8)).
         """
         single = isinstance(sentences, str)
         texts: list[str] = [sentences] if isinstance(sentences, str) else _checked_texts(sentences)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision {precision!r} is not supported; choose from {PRECISIONS}")
+        truncate_dim = _checked_truncate_dim(truncate_dim if truncate_dim is not None else self.truncate_dim)
+        dim = self.manifest.dim if truncate_dim is None else min(self.manifest.dim, truncate_dim)
         prompt_text = self._resolve_prompt(prompt_name, prompt)
         if prompt_text:
             texts = [prompt_text + text for text in texts]
-        embeddings = np.empty((len(texts), self.dim), dtype=np.float32)
+        embeddings = np.empty((len(texts), dim), dtype=np.float32)
         if texts:
             prompt_length = None
             if prompt_text and not self.manifest.include_prompt:
                 prompt_length = self._tokenizer.prompt_length(prompt_text)
             self._encode_into(embeddings, texts, batch_size, prompt_length, show_progress_bar)
-        if normalize_embeddings and not self.manifest.normalize:
+        if normalize_embeddings:
             embeddings = normalize(embeddings)
+        if precision != "float32":
+            # Zero rows have no ranges of their own; any ranges give the right shape and dtype.
+            ranges = None if len(embeddings) else np.zeros((2, dim), dtype=np.float32)
+            embeddings = quantize_embeddings(embeddings, precision, ranges=ranges)
         return embeddings[0] if single else embeddings
 
     def similarity(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        """(n, m) similarity matrix with the model's similarity function (cosine or dot)."""
+        """(n, m) similarity matrix with the model's similarity function (cosine, dot, euclidean, manhattan)."""
         return similarity(a, b, self.manifest.similarity_fn_name)
+
+    def similarity_pairwise(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """(n,) similarity of a[i] and b[i] with the model's similarity function."""
+        return similarity_pairwise(a, b, self.manifest.similarity_fn_name)
 
     def _resolve_prompt(self, prompt_name: str | None, prompt: str | None) -> str | None:
         if prompt is not None:
@@ -149,11 +173,21 @@ class Encoder:
             if prompt_length is not None:
                 mask = exclude_prompt(mask, prompt_length)
             pooled = pool(token_embeddings, mask, self.manifest.pooling_modes)
-            out[indices] = normalize(pooled) if self.manifest.normalize else pooled
+            if self.manifest.normalize:
+                pooled = normalize(pooled)
+            out[indices] = pooled[:, : out.shape[1]]
             if progress is not None:
                 progress.update(len(indices))
         if progress is not None:
             progress.close()
+
+
+def _checked_truncate_dim(truncate_dim: int | None) -> int | None:
+    if truncate_dim is not None and (
+        isinstance(truncate_dim, bool) or not isinstance(truncate_dim, int) or truncate_dim < 1
+    ):
+        raise ValueError(f"truncate_dim must be a positive integer or None; got {truncate_dim!r}")
+    return truncate_dim
 
 
 def _checked_texts(sentences: Iterable[str]) -> list[str]:

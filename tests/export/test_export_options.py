@@ -160,3 +160,16 @@ def test_model_name_from_the_local_hf_cache(chinese_bert: Replica, tmp_path: Pat
     manifest = export("someone/tiny-chinese", tmp_path / "out")
     assert manifest.source["path"] == str(snapshot)
     assert manifest.variants["fp32"].accuracy["min_cosine"] >= 0.99999
+
+
+def test_models_own_truncate_dim(chinese_bert: Replica, tmp_path: Path) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    src = tmp_path / "truncating"
+    SentenceTransformer(str(chinese_bert.path), device="cpu", truncate_dim=20).save(str(src))
+    assert json.loads((src / "config_sentence_transformers.json").read_text())["truncate_dim"] == 20
+    export(src, tmp_path / "out")
+    encoder = Encoder(tmp_path / "out")
+    assert encoder.dim == 20
+    expected = SentenceTransformer(str(src), device="cpu").encode(MIXED_TEXTS)
+    np.testing.assert_allclose(encoder.encode(MIXED_TEXTS), expected, atol=1e-4, rtol=0)

@@ -1,4 +1,4 @@
-"""Similarity matrices against sentence-transformers' util.cos_sim / util.dot_score."""
+"""Similarity matrices and pairwise similarities against sentence-transformers' util functions."""
 
 from __future__ import annotations
 
@@ -7,10 +7,16 @@ import pytest
 import torch
 from sentence_transformers import SimilarityFunction, util
 
-from onnxembed.kernels import SIMILARITY_FNS, cos_sim, dot_score, similarity
+from onnxembed.kernels import SIMILARITY_FNS, cos_sim, dot_score, similarity, similarity_pairwise
+from onnxembed.kernels.similarity import euclidean_sim, manhattan_sim
 
 TOL = {"rtol": 1e-5, "atol": 1e-6}
-ORACLES = {"cosine": (cos_sim, util.cos_sim), "dot": (dot_score, util.dot_score)}
+ORACLES = {
+    "cosine": (cos_sim, util.cos_sim),
+    "dot": (dot_score, util.dot_score),
+    "euclidean": (euclidean_sim, util.euclidean_sim),
+    "manhattan": (manhattan_sim, util.manhattan_sim),
+}
 
 
 def _pair(seed: int, n: int, m: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
@@ -100,7 +106,33 @@ def test_three_dimensional_input_is_an_error(function) -> None:
         function(np.ones((2, 3, 4), dtype=np.float32), np.ones((2, 4), dtype=np.float32))
 
 
-@pytest.mark.parametrize("fn", ["euclidean", "manhattan", "Cosine", ""])
+@pytest.mark.parametrize("fn", SIMILARITY_FNS)
+@pytest.mark.parametrize(("n", "dim"), [(1, 3), (6, 16), (4, 384)])
+def test_pairwise_matches_sentence_transformers(fn: str, n: int, dim: int) -> None:
+    a, b = _pair(seed=n + dim, n=n, m=n, dim=dim)
+    oracle = SimilarityFunction.to_similarity_pairwise_fn(fn)
+    expected = oracle(torch.from_numpy(a), torch.from_numpy(b)).numpy()
+    got = similarity_pairwise(a, b, fn)
+    assert got.shape == (n,) and got.dtype == np.float32
+    np.testing.assert_allclose(got, expected, **TOL)
+    # the pairwise value is the diagonal of the matrix
+    np.testing.assert_allclose(got, np.diag(similarity(a, b, fn)), **TOL)
+
+
+def test_distances_by_hand() -> None:
+    a = np.array([[0.0, 0.0], [1.0, 1.0]])
+    b = np.array([[3.0, 4.0]])
+    np.testing.assert_allclose(euclidean_sim(a, b), [[-5.0], [-np.sqrt(13.0)]], **TOL)
+    np.testing.assert_allclose(manhattan_sim(a, b), [[-7.0], [-5.0]], **TOL)
+    np.testing.assert_array_equal(euclidean_sim(a, a).diagonal(), 0.0)  # exact for identical vectors
+
+
+def test_pairwise_needs_equal_rows() -> None:
+    with pytest.raises(ValueError, match="as many rows"):
+        similarity_pairwise(np.ones((2, 3)), np.ones((3, 3)))
+
+
+@pytest.mark.parametrize("fn", ["euclidian", "dot_product", "Cosine", ""])
 def test_unknown_similarity_function_is_named(fn: str) -> None:
     a, b = _pair(seed=17, n=2, m=2, dim=3)
     with pytest.raises(ValueError, match=f"unknown similarity function {fn!r}"):

@@ -1,0 +1,92 @@
+"""encode's sentence-transformers options — truncate_dim, normalize_embeddings, precision — against
+SentenceTransformer.encode with the same arguments."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from onnxembed import Encoder
+from tests.conftest import CORPUS, MIXED_TEXTS, Replica, exported
+
+TEXTS = MIXED_TEXTS + CORPUS[12:40]
+
+
+@pytest.fixture(scope="module", params=["mpnet_prompts", "chinese_bert"])
+def pair(request: pytest.FixtureRequest, exports_dir: Path):
+    """(SentenceTransformer, exported dir) for a normalizing model (mpnet) and a non-normalizing one."""
+    from sentence_transformers import SentenceTransformer
+
+    replica: Replica = request.getfixturevalue(request.param)
+    return SentenceTransformer(str(replica.path), device="cpu"), exported(replica, exports_dir), replica
+
+
+@pytest.mark.parametrize("normalize_embeddings", [False, True])
+@pytest.mark.parametrize("truncate_dim", [8, 13, 32, 64])
+def test_truncate_dim(pair, truncate_dim: int, normalize_embeddings: bool) -> None:
+    reference, out, _ = pair
+    expected = reference.encode(TEXTS, truncate_dim=truncate_dim, normalize_embeddings=normalize_embeddings)
+    actual = Encoder(out).encode(TEXTS, truncate_dim=truncate_dim, normalize_embeddings=normalize_embeddings)
+    assert actual.shape == expected.shape == (len(TEXTS), min(truncate_dim, 32))
+    np.testing.assert_allclose(actual, expected, atol=1e-4, rtol=0)
+
+
+def test_truncate_dim_on_the_encoder(pair) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    _, out, replica = pair
+    reference = SentenceTransformer(str(replica.path), device="cpu", truncate_dim=12)
+    encoder = Encoder(out, truncate_dim=12)
+    assert encoder.dim == reference.get_sentence_embedding_dimension() == 12
+    np.testing.assert_allclose(encoder.encode(TEXTS), reference.encode(TEXTS), atol=1e-4, rtol=0)
+    # a truncated vector of a normalizing model is not unit length unless asked
+    norms = np.linalg.norm(encoder.encode(TEXTS[:5]), axis=1)
+    assert not np.allclose(norms, 1.0, atol=1e-3)
+    np.testing.assert_allclose(
+        np.linalg.norm(encoder.encode(TEXTS[:5], normalize_embeddings=True), axis=1), 1.0, atol=1e-5
+    )
+
+
+@pytest.mark.parametrize("precision", ["float32", "int8", "uint8", "binary", "ubinary"])
+def test_precision(pair, precision: str) -> None:
+    reference, out, _ = pair
+    expected = reference.encode(TEXTS, precision=precision)
+    actual = Encoder(out).encode(TEXTS, precision=precision)
+    assert actual.dtype == expected.dtype and actual.shape == expected.shape
+    if precision == "float32":
+        np.testing.assert_allclose(actual, expected, atol=1e-4, rtol=0)
+        return
+    # Float embeddings agree to ~1e-7, so a value may sit on the other side of a rounding step.
+    step_differences = np.abs(actual.astype(np.int32) - expected.astype(np.int32))
+    assert step_differences.max() <= (1 if precision in ("int8", "uint8") else 0)
+    assert (step_differences == 0).mean() > 0.99
+
+
+def test_single_text_with_precision(pair) -> None:
+    reference, out, _ = pair
+    np.testing.assert_array_equal(
+        Encoder(out).encode(TEXTS[2], precision="ubinary"), reference.encode(TEXTS[2], precision="ubinary")
+    )
+
+
+@pytest.mark.parametrize("truncate_dim", [0, -3, 2.5])
+def test_bad_truncate_dim(tiny_export: Path, truncate_dim) -> None:
+    with pytest.raises(ValueError, match="truncate_dim must be a positive integer"):
+        Encoder(tiny_export).encode(["a"], truncate_dim=truncate_dim)
+    with pytest.raises(ValueError, match="truncate_dim must be a positive integer"):
+        Encoder(tiny_export, truncate_dim=truncate_dim)
+
+
+def test_unknown_precision(tiny_export: Path) -> None:
+    with pytest.raises(ValueError, match="'int4'"):
+        Encoder(tiny_export).encode(["a"], precision="int4")  # type: ignore[arg-type]
+
+
+def test_similarity_pairwise_uses_the_models_function(pair) -> None:
+    reference, out, _ = pair
+    encoder = Encoder(out)
+    a, b = encoder.encode(TEXTS[:6]), encoder.encode(TEXTS[6:12])
+    expected = reference.similarity_pairwise(a, b).numpy()
+    np.testing.assert_allclose(encoder.similarity_pairwise(a, b), expected, rtol=1e-5, atol=1e-6)
