@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 MANIFEST_NAME = "onnxembed.json"
+# The graph inputs an export may declare and the runtime knows how to fill.
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 FORMAT_VERSION = 1
 
 
@@ -46,6 +48,7 @@ class Manifest:
     default_prompt_name: str | None = None
     similarity_fn_name: str = "cosine"
     truncate_dim: int | None = None
+    truncation_side: str = "right"
     architecture: str = ""
     source: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)

@@ -11,9 +11,8 @@ import types
 from pathlib import Path
 from typing import Any
 
-from onnxembed.export.config import UnsupportedModelError
+from onnxembed.export.errors import ExportVerificationError, UnsupportedModelError
 from onnxembed.export.pipeline import export
-from onnxembed.export.verify_errors import ExportVerificationError
 from onnxembed.manifest import Manifest
 
 __all__ = ["ExportVerificationError", "UnsupportedModelError", "export"]

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from onnxembed.export.errors import UnsupportedModelError
 from onnxembed.kernels import POOLING_MODES
 
 # The legacy boolean keys, in the order sentence-transformers concatenates them.
@@ -25,10 +26,21 @@ _LEGACY_POOLING_KEYS = {
     "pooling_mode_lasttoken": "lasttoken",
 }
 _SUPPORTED_MODULES = ("Transformer", "Pooling", "Normalize")
-
-
-class UnsupportedModelError(ValueError):
-    """The model has a module or architecture onnxembed cannot carry; the message names it."""
+# sentence-transformers looks for the Transformer module's config under these names, in this order.
+TRANSFORMER_CONFIG_NAMES = (
+    "sentence_bert_config.json",
+    "sentence_roberta_config.json",
+    "sentence_distilbert_config.json",
+    "sentence_camembert_config.json",
+    "sentence_albert_config.json",
+    "sentence_xlm-roberta_config.json",
+    "sentence_xlnet_config.json",
+)
+# Keys that change how text is processed or the model is built in ways onnxembed does not reproduce:
+# refused by name rather than left for verification to find.
+_MODEL_KWARG_KEYS = ("model_args", "model_kwargs", "config_args", "config_kwargs")
+# Loading options that leave an fp32 CPU export's numbers as they are.
+_HARMLESS_MODEL_KWARGS = {"trust_remote_code", "torch_dtype", "dtype", "device_map", "low_cpu_mem_usage", "revision"}
 
 
 @dataclass(frozen=True)
@@ -47,21 +59,76 @@ class SentenceTransformerConfig:
     similarity_fn_name: str | None = None
     truncate_dim: int | None = None
     modules: tuple[dict[str, Any], ...] = ()  # modules.json entries
+    processor_kwargs: dict[str, Any] = field(default_factory=dict)  # for AutoTokenizer.from_pretrained
+    transformer_config: dict[str, Any] = field(default_factory=dict)  # the module's own config, as read
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def _read_json(path: Path) -> Any:
+    """The JSON value in ``path`` (an object, or a list for modules.json); ValueError naming the file."""
     try:
-        value = json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
         raise ValueError(f"could not read {path}: {error}") from error
-    if not isinstance(value, dict) and not isinstance(value, list):
-        raise ValueError(f"{path} is not a JSON object")
-    return value  # type: ignore[return-value]
 
 
-def _module_kind(type_name: str) -> str:
+def module_kind(type_name: str) -> str:
     """'sentence_transformers.models.Pooling' -> 'Pooling'."""
     return type_name.rsplit(".", 1)[-1]
+
+
+def _check_module_order(modules: list[dict[str, Any]]) -> list[str]:
+    kinds = [module_kind(str(module.get("type", ""))) for module in modules]
+    for module, kind in zip(modules, kinds, strict=True):
+        if kind not in _SUPPORTED_MODULES:
+            raise UnsupportedModelError(
+                f"module {module.get('type')!r} ({module.get('path') or 'root'}) is not supported: onnxembed "
+                f"exports {' -> '.join(_SUPPORTED_MODULES)} pipelines only"
+            )
+    if "Pooling" not in kinds:
+        raise UnsupportedModelError(
+            "a model without a Pooling module gives token embeddings, which onnxembed does not export"
+        )
+    if kinds not in (["Transformer", "Pooling"], ["Transformer", "Pooling", "Normalize"]):
+        raise UnsupportedModelError(
+            f"module order {' -> '.join(kinds)} is not supported; expected Transformer -> Pooling [-> Normalize]"
+        )
+    return kinds
+
+
+def _transformer_config(transformer_dir: Path) -> dict[str, Any]:
+    """The Transformer module's own config, under the first of sentence-transformers' file names found."""
+    for name in TRANSFORMER_CONFIG_NAMES:
+        if (transformer_dir / name).is_file():
+            config = _read_json(transformer_dir / name)
+            if not isinstance(config, dict):
+                raise ValueError(f"{transformer_dir / name} is not a JSON object")
+            if config.get("processing_kwargs"):
+                raise UnsupportedModelError(
+                    f"{transformer_dir / name}: processing_kwargs={config['processing_kwargs']!r} is not supported"
+                )
+            for key in _MODEL_KWARG_KEYS:
+                unknown = set(config.get(key) or {}) - _HARMLESS_MODEL_KWARGS
+                if unknown:
+                    raise UnsupportedModelError(
+                        f"{transformer_dir / name}: {key} {sorted(unknown)} change the model; "
+                        "onnxembed does not apply them"
+                    )
+            task = config.get("transformer_task", "feature-extraction")
+            if task != "feature-extraction":
+                raise UnsupportedModelError(f"{transformer_dir / name}: transformer_task {task!r} is not supported")
+            return config  # type: ignore[no-any-return]
+    return {}
+
+
+def _prompts(pipeline_config: dict[str, Any], path: Path) -> dict[str, str]:
+    """Prompts as sentence-transformers holds them: its default empty 'query' and 'document' prompts,
+    overridden by the model's, with None read as ''."""
+    saved = pipeline_config.get("prompts") or {}
+    if not isinstance(saved, dict) or not all(value is None or isinstance(value, str) for value in saved.values()):
+        raise ValueError(f"{path}: prompts must map names to strings")
+    prompts = {"query": "", "document": ""}
+    prompts.update({name: value or "" for name, value in saved.items()})
+    return prompts
 
 
 def pooling_modes_from_config(config: dict[str, Any]) -> tuple[str, ...]:
@@ -78,6 +145,14 @@ def pooling_modes_from_config(config: dict[str, Any]) -> tuple[str, ...]:
     return modes
 
 
+def _processor_kwargs(st_config: dict[str, Any]) -> dict[str, Any]:
+    """tokenizer_args (older name) or processor_kwargs, without trust_remote_code, as sentence-transformers
+    passes them to AutoTokenizer/AutoProcessor."""
+    kwargs = dict(st_config.get("processor_kwargs") or st_config.get("tokenizer_args") or {})
+    kwargs.pop("trust_remote_code", None)
+    return kwargs
+
+
 def read_sentence_transformer_config(root: Path) -> SentenceTransformerConfig:
     """Read ``root`` (a SentenceTransformer directory). Raises UnsupportedModelError for a module
     other than Transformer, Pooling and Normalize, in that order."""
@@ -87,44 +162,22 @@ def read_sentence_transformer_config(root: Path) -> SentenceTransformerConfig:
     modules = _read_json(modules_path)
     if not isinstance(modules, list) or not modules:
         raise ValueError(f"{modules_path} does not list any module")
-    kinds = [_module_kind(str(module.get("type", ""))) for module in modules]
-    for module, kind in zip(modules, kinds, strict=True):
-        if kind not in _SUPPORTED_MODULES:
-            raise UnsupportedModelError(
-                f"module {module.get('type')!r} ({module.get('path') or 'root'}) is not supported: onnxembed "
-                f"exports {' -> '.join(_SUPPORTED_MODULES)} pipelines only"
-            )
-    if kinds[0] != "Transformer" or kinds.count("Transformer") != 1 or kinds.count("Pooling") > 1:
-        raise UnsupportedModelError(
-            f"module order {' -> '.join(kinds)} is not supported; expected Transformer -> Pooling [-> Normalize]"
-        )
-    if "Pooling" not in kinds:
-        raise UnsupportedModelError(
-            "a model without a Pooling module gives token embeddings, which onnxembed does not export"
-        )
-    if kinds.index("Pooling") != 1 or ("Normalize" in kinds and kinds[-1] != "Normalize"):
-        raise UnsupportedModelError(
-            f"module order {' -> '.join(kinds)} is not supported; expected Transformer -> Pooling [-> Normalize]"
-        )
+    kinds = _check_module_order(modules)
 
     transformer_dir = root / str(modules[0].get("path", ""))
-    st_config: dict[str, Any] = {}
-    for name in ("sentence_bert_config.json", "sentence_roberta_config.json", "sentence_xlnet_config.json"):
-        if (transformer_dir / name).is_file():
-            st_config = _read_json(transformer_dir / name)
-            break
+    st_config = _transformer_config(transformer_dir)
 
     pooling_dir = root / str(modules[1].get("path", ""))
     pooling_config = _read_json(pooling_dir / "config.json")
-    pipeline_config: dict[str, Any] = {}
-    if (root / "config_sentence_transformers.json").is_file():
-        pipeline_config = _read_json(root / "config_sentence_transformers.json")
-    prompts = pipeline_config.get("prompts") or {}
-    if not isinstance(prompts, dict) or not all(isinstance(value, str) for value in prompts.values()):
-        raise ValueError(f"{root / 'config_sentence_transformers.json'}: prompts must map names to strings")
+    pipeline_path = root / "config_sentence_transformers.json"
+    pipeline_config = _read_json(pipeline_path) if pipeline_path.is_file() else {}
+    prompts = _prompts(pipeline_config, pipeline_path)
     default_prompt_name = pipeline_config.get("default_prompt_name")
     if default_prompt_name is not None and default_prompt_name not in prompts:
         raise ValueError(f"default_prompt_name {default_prompt_name!r} is not one of the prompts {list(prompts)}")
+    truncate_dim = pipeline_config.get("truncate_dim")
+    if truncate_dim is not None and (type(truncate_dim) is not int or truncate_dim < 1):
+        raise ValueError(f"{pipeline_path}: truncate_dim must be a positive integer; got {truncate_dim!r}")
 
     return SentenceTransformerConfig(
         root=root,
@@ -134,9 +187,11 @@ def read_sentence_transformer_config(root: Path) -> SentenceTransformerConfig:
         pooling_modes=pooling_modes_from_config(pooling_config),
         include_prompt=bool(pooling_config.get("include_prompt", True)),
         normalize="Normalize" in kinds,
-        prompts=dict(prompts),
+        prompts=prompts,
         default_prompt_name=default_prompt_name,
         similarity_fn_name=pipeline_config.get("similarity_fn_name"),
-        truncate_dim=pipeline_config.get("truncate_dim"),
+        truncate_dim=truncate_dim,
         modules=tuple(modules),
+        processor_kwargs=_processor_kwargs(st_config),
+        transformer_config=st_config,
     )

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from onnxembed.export.config import SentenceTransformerConfig, UnsupportedModelError
+from onnxembed.export.config import SentenceTransformerConfig
+from onnxembed.export.errors import UnsupportedModelError
 from onnxembed.export.lora import ADAPTER_CONFIG, merge_lora, read_adapter_config
 
 logger = logging.getLogger(__name__)
@@ -28,7 +29,7 @@ SUPPORTED_ARCHITECTURES = {
 }
 
 
-@dataclass
+@dataclass(frozen=True)
 class LoadedEncoder:
     model: Any  # transformers.PreTrainedModel, eval mode, adapters merged
     tokenizer: Any  # transformers.PreTrainedTokenizerFast
@@ -112,17 +113,17 @@ def load_encoder(st_config: SentenceTransformerConfig, base_model: str | Path | 
     model.eval()
 
     tokenizer_dir = transformer_dir if (transformer_dir / "tokenizer_config.json").is_file() else weights_dir
-    tokenizer_kwargs: dict[str, Any] = {}
-    if st_config.max_seq_length is not None:
+    # As sentence-transformers: the module's tokenizer options, max_seq_length unless they set
+    # model_max_length, and otherwise the tokenizer's own limit capped at the model's position table.
+    tokenizer_kwargs = dict(st_config.processor_kwargs)
+    if st_config.max_seq_length is not None and "model_max_length" not in tokenizer_kwargs:
         tokenizer_kwargs["model_max_length"] = st_config.max_seq_length
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir), **tokenizer_kwargs)
     if not tokenizer.is_fast:
         raise UnsupportedModelError(f"the tokenizer in {tokenizer_dir} has no fast (tokenizers) version")
-    max_seq_length = st_config.max_seq_length
-    if max_seq_length is None:
-        # sentence-transformers caps the tokenizer's limit at the model's position table.
-        max_seq_length = min(tokenizer.model_max_length, model.config.max_position_embeddings)
-        tokenizer.model_max_length = max_seq_length
+    if "model_max_length" not in tokenizer_kwargs:
+        tokenizer.model_max_length = min(tokenizer.model_max_length, model.config.max_position_embeddings)
+    max_seq_length = tokenizer.model_max_length
     if st_config.do_lower_case:
         _add_lowercase(tokenizer)
     return LoadedEncoder(model, tokenizer, int(max_seq_length), architecture, adapter)

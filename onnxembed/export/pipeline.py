@@ -6,21 +6,24 @@ configs, so that it also loads with ``SentenceTransformer(OUT_DIR, backend="onnx
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import logging
 import shutil
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
-from onnxembed.export.config import SentenceTransformerConfig, read_sentence_transformer_config
-from onnxembed.manifest import MANIFEST_NAME, Manifest, Variant
+from onnxembed.export.config import SentenceTransformerConfig, module_kind, read_sentence_transformer_config
+from onnxembed.manifest import MANIFEST_NAME, MODEL_INPUTS, Manifest, Variant
+
+if TYPE_CHECKING:
+    from onnxembed.export.onnx_export import Exporter
 
 logger = logging.getLogger(__name__)
 
 ONNX_FILE = "onnx/model.onnx"
-_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 def _require_export_extra() -> None:
@@ -42,7 +45,13 @@ def _versions() -> dict[str, str]:
     return versions
 
 
-def _prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
+def _prepare_out_dir(out_dir: Path, overwrite: bool, inputs: list[Path]) -> None:
+    """Create out_dir; replace an old export only with overwrite, and never a directory holding an input."""
+    target = out_dir.resolve()
+    for path in inputs:
+        resolved = path.resolve()
+        if resolved == target or target in resolved.parents:
+            raise FileExistsError(f"{out_dir} holds the model being exported ({path}); choose another OUT_DIR")
     if out_dir.exists() and any(out_dir.iterdir()):
         if not overwrite:
             raise FileExistsError(f"{out_dir} exists and is not empty; pass overwrite=True (--overwrite) to replace it")
@@ -58,7 +67,7 @@ def _write_sentence_transformers_files(
     """modules.json with the Transformer at the root, and each module's config copied over."""
     modules = []
     for index, module in enumerate(st_config.modules):
-        kind = str(module["type"]).rsplit(".", 1)[-1]
+        kind = module_kind(str(module["type"]))
         path = "" if kind == "Transformer" else f"{index}_{kind}"
         modules.append({"idx": index, "name": str(index), "path": path, "type": module["type"]})
         source = st_config.root / str(module.get("path", ""))
@@ -68,9 +77,12 @@ def _write_sentence_transformers_files(
         elif kind == "Normalize":
             (out_dir / path).mkdir()
     (out_dir / "modules.json").write_text(json.dumps(modules, indent=2) + "\n", encoding="utf-8")
-    bert_config: dict[str, Any] = {}
-    if (st_config.transformer_dir / "sentence_bert_config.json").is_file():
-        bert_config = json.loads((st_config.transformer_dir / "sentence_bert_config.json").read_text(encoding="utf-8"))
+    # Under the first name sentence-transformers looks for; tokenizer options are already in the saved tokenizer.
+    bert_config = {
+        key: value
+        for key, value in st_config.transformer_config.items()
+        if key not in ("tokenizer_args", "processor_kwargs")
+    }
     bert_config.update(max_seq_length=max_seq_length, do_lower_case=st_config.do_lower_case)
     (out_dir / "sentence_bert_config.json").write_text(json.dumps(bert_config, indent=2) + "\n", encoding="utf-8")
     if (st_config.root / "config_sentence_transformers.json").is_file():
@@ -84,7 +96,7 @@ def export(
     out_dir: str | Path,
     *,
     base_model: str | Path | None = None,
-    exporter: str = "auto",
+    exporter: Exporter = "auto",
     external_data: bool | None = None,
     overwrite: bool = False,
     verify: bool = True,
@@ -110,17 +122,18 @@ def export(
     st_config = read_sentence_transformer_config(source)
     loaded = load_encoder(st_config, base_model)
     out = Path(out_dir)
-    _prepare_out_dir(out, overwrite)
+    adapter_base = [Path(loaded.adapter["base_model"])] if loaded.adapter else []
+    _prepare_out_dir(out, overwrite, [source, *adapter_base])
 
     tokenizer, model = loaded.tokenizer, loaded.model
     if tokenizer.pad_token_id is None:
         raise ValueError(f"the tokenizer of {source} has no pad token; it cannot batch texts")
     accepted = set(inspect.signature(model.forward).parameters)
-    input_names = tuple(name for name in _INPUTS if name in tokenizer.model_input_names and name in accepted)
+    input_names = tuple(name for name in MODEL_INPUTS if name in tokenizer.model_input_names and name in accepted)
     tokenizer.save_pretrained(str(out))
     model.config.save_pretrained(str(out))
     _write_sentence_transformers_files(st_config, out, loaded.max_seq_length)
-    trace = export_onnx(model, input_names, tokenizer.pad_token_id, out / ONNX_FILE, exporter, external_data)  # type: ignore[arg-type]
+    trace = export_onnx(model, input_names, tokenizer.pad_token_id, out / ONNX_FILE, exporter, external_data)
 
     manifest = Manifest(
         dim=model.config.hidden_size * len(st_config.pooling_modes),
@@ -131,6 +144,7 @@ def export(
         do_lower_case=st_config.do_lower_case,
         pad_token_id=int(tokenizer.pad_token_id),
         padding_side=str(tokenizer.padding_side),
+        truncation_side=str(tokenizer.truncation_side),
         input_names=input_names,
         output_name=OUTPUT_NAME,
         prompts=st_config.prompts,
@@ -157,7 +171,7 @@ def export(
         (out / MANIFEST_NAME).unlink(missing_ok=True)
         raise
     variants = {"fp32": Variant(file=ONNX_FILE, dtype="fp32", accuracy=accuracy)}
-    manifest = Manifest(**{**manifest.__dict__, "variants": variants})
+    manifest = dataclasses.replace(manifest, variants=variants)
     manifest.write(out)
     logger.info("exported %s -> %s: %s", source, out, accuracy)
     return manifest

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from onnxembed.export.verify_errors import ExportVerificationError
+from onnxembed.export.errors import ExportVerificationError
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +80,10 @@ def verify_graph(
 
 def compare_embeddings(expected: np.ndarray, actual: np.ndarray) -> dict[str, float]:
     """Min cosine and max abs difference between two (n, dim) embedding arrays."""
+    if expected.shape != actual.shape:
+        raise ExportVerificationError(
+            f"onnxembed gives embeddings of shape {actual.shape}, sentence-transformers {expected.shape}"
+        )
     expected = expected.astype(np.float64)
     actual = actual.astype(np.float64)
     norms = np.linalg.norm(expected, axis=1) * np.linalg.norm(actual, axis=1)

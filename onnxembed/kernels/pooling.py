@@ -85,7 +85,7 @@ def _pool_one(embeddings: np.ndarray, mask: np.ndarray, mode: str) -> np.ndarray
         weights = mask * np.arange(1, mask.shape[1] + 1, dtype=np.float32)[None, :]
         total = _masked_sum(embeddings, weights)
         return total / np.maximum(weights.sum(axis=1, keepdims=True), _COUNT_EPS)
-    # lasttoken: the last real token of each row; a row with no real token takes the last position.
+    # lasttoken: the last real token of each row; a row with no real token gives zeros (position 0, masked).
     seq_len = mask.shape[1]
     flipped = mask[:, ::-1]
     from_end = flipped.argmax(axis=1)

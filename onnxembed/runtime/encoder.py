@@ -8,21 +8,21 @@ Not in scope: building sessions (session.py), tokenizing (tokenize.py), the math
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from onnxembed._checks import positive_int
 from onnxembed.kernels import exclude_prompt, normalize, pool, similarity, similarity_pairwise
 from onnxembed.kernels.quantization import PRECISIONS, Precision, quantize_embeddings
-from onnxembed.manifest import Manifest, ModelLoadError
+from onnxembed.manifest import MODEL_INPUTS, Manifest, ModelLoadError
 from onnxembed.runtime.session import create_session, resolve_provider
 from onnxembed.runtime.tokenize import TextTokenizer
 
 logger = logging.getLogger(__name__)
-
-_KNOWN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 class Encoder:
@@ -55,7 +55,7 @@ class Encoder:
         self.provider = resolve_provider(provider)
         self._session = create_session(self.path / self.manifest.variants[variant].file, self.provider, threads)
         self._input_names = [graph_input.name for graph_input in self._session.get_inputs()]
-        unknown = [name for name in self._input_names if name not in _KNOWN_INPUTS]
+        unknown = [name for name in self._input_names if name not in MODEL_INPUTS]
         if unknown:
             raise ModelLoadError(
                 f"{self.manifest.variants[variant].file} takes inputs {unknown} that onnxembed cannot feed"
@@ -108,21 +108,18 @@ class Encoder:
         """
         single = isinstance(sentences, str)
         texts: list[str] = [sentences] if isinstance(sentences, str) else _checked_texts(sentences)
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}")
+        batch_size = positive_int(batch_size, "batch_size")
         if precision not in PRECISIONS:
             raise ValueError(f"precision {precision!r} is not supported; choose from {PRECISIONS}")
         truncate_dim = _checked_truncate_dim(truncate_dim if truncate_dim is not None else self.truncate_dim)
         dim = self.manifest.dim if truncate_dim is None else min(self.manifest.dim, truncate_dim)
         prompt_text = self._resolve_prompt(prompt_name, prompt)
-        if prompt_text:
-            texts = [prompt_text + text for text in texts]
         embeddings = np.empty((len(texts), dim), dtype=np.float32)
         if texts:
             prompt_length = None
             if prompt_text and not self.manifest.include_prompt:
                 prompt_length = self._tokenizer.prompt_length(prompt_text)
-            self._encode_into(embeddings, texts, batch_size, prompt_length, show_progress_bar)
+            self._encode_into(embeddings, texts, batch_size, prompt_text or "", prompt_length, show_progress_bar)
         if normalize_embeddings:
             embeddings = normalize(embeddings)
         if precision != "float32":
@@ -143,6 +140,11 @@ class Encoder:
         if prompt is not None:
             if not isinstance(prompt, str):
                 raise TypeError(f"prompt must be a str; got {type(prompt).__name__}")
+            if prompt_name is not None:
+                warnings.warn(
+                    f"both prompt and prompt_name={prompt_name!r} given; using prompt, as sentence-transformers does",
+                    stacklevel=3,
+                )
             return prompt
         name = prompt_name if prompt_name is not None else self.manifest.default_prompt_name
         if name is None:
@@ -157,16 +159,19 @@ class Encoder:
         out: np.ndarray,
         texts: list[str],
         batch_size: int,
+        prompt: str,
         prompt_length: int | None,
         show_progress_bar: bool,
     ) -> None:
-        encodings = self._tokenizer.encode(texts)
-        # Longest first, so each batch pads to nearly its own length; results go back by index.
-        order = np.argsort([-len(encoding.ids) for encoding in encodings], kind="stable")
+        # Longest first, so each batch pads to nearly its own length; results go back by index. The key
+        # and the sort are sentence-transformers' own (characters, np.argsort's default kind): models that
+        # pad on the left and count positions from the padding (BERT) then see the very same batches.
+        order = np.argsort([-len(text) for text in texts])
         progress = _progress(len(texts), show_progress_bar)
         for start in range(0, len(order), batch_size):
             indices = order[start : start + batch_size]
-            arrays = self._tokenizer.pad([encodings[i] for i in indices])
+            # Tokenized a batch at a time: encodings cost ~190 bytes a token, too much to hold for a corpus.
+            arrays = self._tokenizer.pad(self._tokenizer.encode([prompt + texts[i] for i in indices]))
             feed = {name: arrays[name] for name in self._input_names}
             (token_embeddings,) = self._session.run([self._output_name], feed)
             mask = arrays["attention_mask"]
@@ -183,11 +188,7 @@ class Encoder:
 
 
 def _checked_truncate_dim(truncate_dim: int | None) -> int | None:
-    if truncate_dim is not None and (
-        isinstance(truncate_dim, bool) or not isinstance(truncate_dim, int) or truncate_dim < 1
-    ):
-        raise ValueError(f"truncate_dim must be a positive integer or None; got {truncate_dim!r}")
-    return truncate_dim
+    return None if truncate_dim is None else positive_int(truncate_dim, "truncate_dim")
 
 
 def _checked_texts(sentences: Iterable[str]) -> list[str]:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import onnxruntime as ort
 
+from onnxembed._checks import positive_int
 from onnxembed.manifest import ModelLoadError
 
 logger = logging.getLogger(__name__)
@@ -35,6 +36,8 @@ def resolve_provider(provider: str) -> str:
     An explicit provider that is not available raises ValueError listing the available ones.
     """
     available = ort.get_available_providers()
+    if not isinstance(provider, str):
+        raise TypeError(f"provider must be a str ('auto', 'cpu', 'cuda' or one of {', '.join(available)})")
     if provider == "auto":
         if "CUDAExecutionProvider" in available:
             return "CUDAExecutionProvider"
@@ -55,8 +58,8 @@ def create_session(onnx_path: Path, provider: str, threads: int | None) -> ort.I
     """Load ``onnx_path`` on ``provider`` (already resolved) with ``threads`` intra-op threads."""
     if not onnx_path.is_file():
         raise ModelLoadError(f"ONNX file {onnx_path} does not exist")
-    if threads is not None and threads < 1:
-        raise ValueError(f"threads must be a positive integer or None; got {threads}")
+    if threads is not None:
+        threads = positive_int(threads, "threads")
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads is not None:

@@ -32,7 +32,9 @@ class TextTokenizer:
         # tokenizer.json may carry a fixed padding/truncation (all-MiniLM-L6-v2 pads and truncates at 128):
         # drop it, pad to the longest text in each batch ourselves, truncate at the model's max_seq_length.
         tokenizer.no_padding()
-        tokenizer.enable_truncation(max_length=manifest.max_seq_length, strategy="longest_first", direction="right")
+        tokenizer.enable_truncation(
+            max_length=manifest.max_seq_length, strategy="longest_first", direction=manifest.truncation_side
+        )
         self._tokenizer = tokenizer
         self._pad_token_id = manifest.pad_token_id
         self._left_padding = manifest.padding_side == "left"
