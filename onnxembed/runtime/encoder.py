@@ -19,6 +19,7 @@ from onnxembed._checks import positive_int
 from onnxembed.kernels import exclude_prompt, normalize, pool, similarity, similarity_pairwise
 from onnxembed.kernels.quantization import PRECISIONS, Precision, quantize_embeddings
 from onnxembed.manifest import MODEL_INPUTS, Manifest, ModelLoadError
+from onnxembed.runtime.batching import batches, default_max_batch_tokens
 from onnxembed.runtime.session import create_session, resolve_provider
 from onnxembed.runtime.tokenize import TextTokenizer
 
@@ -95,6 +96,7 @@ class Encoder:
         show_progress_bar: bool = False,
         precision: Precision = "float32",
         truncate_dim: int | None = None,
+        max_batch_tokens: int | None = None,
     ) -> np.ndarray:
         """Embed sentences: (n, dim) in input order, or (dim,) for a single str.
 
@@ -105,10 +107,17 @@ class Encoder:
         unit length unless ``normalize_embeddings=True``, which L2-normalizes after truncating;
         ``precision`` other than "float32" quantizes the whole result as ``quantize_embeddings`` does
         (int8/uint8 ranges from these embeddings; binary/ubinary packed to (n, dim / 8)).
+
+        Batching does not change the results: a batch holds at most ``batch_size`` texts and at most
+        ``max_batch_tokens`` padded tokens (default: the best measured for the provider; see batching.py).
         """
         single = isinstance(sentences, str)
         texts: list[str] = [sentences] if isinstance(sentences, str) else _checked_texts(sentences)
         batch_size = positive_int(batch_size, "batch_size")
+        max_batch_tokens = positive_int(
+            max_batch_tokens if max_batch_tokens is not None else default_max_batch_tokens(self.provider),
+            "max_batch_tokens",
+        )
         if precision not in PRECISIONS:
             raise ValueError(f"precision {precision!r} is not supported; choose from {PRECISIONS}")
         truncate_dim = _checked_truncate_dim(truncate_dim if truncate_dim is not None else self.truncate_dim)
@@ -119,7 +128,9 @@ class Encoder:
             prompt_length = None
             if prompt_text and not self.manifest.include_prompt:
                 prompt_length = self._tokenizer.prompt_length(prompt_text)
-            self._encode_into(embeddings, texts, batch_size, prompt_text or "", prompt_length, show_progress_bar)
+            self._encode_into(
+                embeddings, texts, batch_size, max_batch_tokens, prompt_text or "", prompt_length, show_progress_bar
+            )
         if normalize_embeddings:
             embeddings = normalize(embeddings)
         if precision != "float32":
@@ -159,19 +170,16 @@ class Encoder:
         out: np.ndarray,
         texts: list[str],
         batch_size: int,
+        max_batch_tokens: int,
         prompt: str,
         prompt_length: int | None,
         show_progress_bar: bool,
     ) -> None:
-        # Longest first, so each batch pads to nearly its own length; results go back by index. The key
-        # and the sort are sentence-transformers' own (characters, np.argsort's default kind): models that
-        # pad on the left and count positions from the padding (BERT) then see the very same batches.
-        order = np.argsort([-len(text) for text in texts])
         progress = _progress(len(texts), show_progress_bar)
-        for start in range(0, len(order), batch_size):
-            indices = order[start : start + batch_size]
-            # Tokenized a batch at a time: encodings cost ~190 bytes a token, too much to hold for a corpus.
-            arrays = self._tokenizer.pad(self._tokenizer.encode([prompt + texts[i] for i in indices]))
+        planned = batches(
+            texts, self._tokenizer, prompt, batch_size, max_batch_tokens, self.manifest.padding_side == "left"
+        )
+        for indices, arrays in planned:
             feed = {name: arrays[name] for name in self._input_names}
             (token_embeddings,) = self._session.run([self._output_name], feed)
             mask = arrays["attention_mask"]

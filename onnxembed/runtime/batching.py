@@ -1,0 +1,63 @@
+"""Cutting a list of texts into padded batches that cost the least compute.
+
+In scope: the order texts run in and where batches end. Not in scope: running them (encoder.py).
+
+Padding is wasted compute, so texts run longest first, sorted by their real token counts, and a batch
+ends at ``batch_size`` texts or at ``max_batch_tokens`` padded tokens, whichever comes first. Measured
+on all-MiniLM-L6-v2, 2 cores (Zen 4), stdlib-docstring sentences (~26 tokens): sorting by tokens
+instead of characters cut padded tokens from 43k to 28k per 1,000 texts and raised throughput from
+187 to 321 texts/s; budgets of 512-1,024 tokens were best for sentences, 1,024-2,048 for ~190-token
+paragraphs (smaller batches stay in cache), hence the CPU default of 1,024.
+
+Models that pad on the left and count positions from the padding (BERT with padding_side="left") give
+results that depend on which texts share a batch; for them the batches are sentence-transformers' own
+(character-length order, fixed ``batch_size``) so that the embeddings match it exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+
+from onnxembed.runtime.tokenize import TextTokenizer
+
+DEFAULT_MAX_BATCH_TOKENS = {"CPUExecutionProvider": 1024}
+# On a GPU bigger batches keep the device busy; not measured here (no GPU in this project's CI).
+DEFAULT_MAX_BATCH_TOKENS_OTHER = 16384
+# Texts are tokenized a window at a time: an Encoding costs ~190 bytes a token, too much to hold for a corpus.
+TOKENIZE_WINDOW = 4096
+
+
+def default_max_batch_tokens(provider: str) -> int:
+    return DEFAULT_MAX_BATCH_TOKENS.get(provider, DEFAULT_MAX_BATCH_TOKENS_OTHER)
+
+
+def batches(
+    texts: list[str],
+    tokenizer: TextTokenizer,
+    prompt: str,
+    batch_size: int,
+    max_batch_tokens: int,
+    sentence_transformers_order: bool,
+) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
+    """Yield (indices into texts, padded arrays) until every text has run once."""
+    # Longest first by characters: sentence-transformers' key and sort (np.argsort's default kind).
+    order = np.argsort([-len(text) for text in texts])
+    if sentence_transformers_order:
+        for start in range(0, len(order), batch_size):
+            indices = order[start : start + batch_size]
+            yield indices, tokenizer.pad(tokenizer.encode([prompt + texts[i] for i in indices]))
+        return
+    for window_start in range(0, len(order), TOKENIZE_WINDOW):
+        window = order[window_start : window_start + TOKENIZE_WINDOW]
+        encodings = tokenizer.encode([prompt + texts[i] for i in window])
+        lengths = np.array([len(encoding.ids) for encoding in encodings])
+        by_tokens = np.argsort(-lengths, kind="stable")
+        start = 0
+        while start < len(by_tokens):
+            longest = int(lengths[by_tokens[start]])
+            rows = max(1, min(batch_size, max_batch_tokens // max(longest, 1)))
+            chosen = by_tokens[start : start + rows]
+            start += rows
+            yield window[chosen], tokenizer.pad([encodings[i] for i in chosen])
