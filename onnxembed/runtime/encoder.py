@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -138,6 +139,51 @@ class Encoder:
             ranges = None if len(embeddings) else np.zeros((2, dim), dtype=np.float32)
             embeddings = quantize_embeddings(embeddings, precision, ranges=ranges)
         return embeddings[0] if single else embeddings
+
+    def encode_iter(
+        self,
+        sentences: Iterable[str],
+        chunk_size: int = 8192,
+        batch_size: int = 32,
+        normalize_embeddings: bool | None = None,
+        prompt_name: str | None = None,
+        prompt: str | None = None,
+        precision: Precision = "float32",
+        truncate_dim: int | None = None,
+        max_batch_tokens: int | None = None,
+    ) -> Iterator[np.ndarray]:
+        """Embed a stream of texts: yields (k, dim) blocks, k <= chunk_size, in input order.
+
+        Holds one chunk of texts at a time, so a corpus larger than memory can be embedded (the CLI
+        streams these blocks into an .npy file). Options as in :meth:`encode`, except int8/uint8
+        precision, whose ranges would differ from chunk to chunk: quantize the float32 result with
+        ``onnxembed.kernels.quantize_embeddings`` and calibration embeddings instead.
+        """
+        chunk_size = positive_int(chunk_size, "chunk_size")
+        if precision in ("int8", "uint8"):
+            raise ValueError(
+                f"precision {precision!r} takes its ranges from all embeddings at once; encode_iter cannot. "
+                "Use float32 and quantize_embeddings(..., calibration_embeddings=...)"
+            )
+        if isinstance(sentences, (str, bytes, bytearray)) or not isinstance(sentences, Iterable):
+            raise TypeError(f"sentences must be an iterable of str; got {type(sentences).__name__}")
+        iterator = iter(sentences)
+        offset = 0
+        while chunk := list(islice(iterator, chunk_size)):
+            for index, text in enumerate(chunk):
+                if not isinstance(text, str):
+                    raise TypeError(f"sentences[{offset + index}] is {type(text).__name__}, not str")
+            yield self.encode(
+                chunk,
+                batch_size=batch_size,
+                normalize_embeddings=normalize_embeddings,
+                prompt_name=prompt_name,
+                prompt=prompt,
+                precision=precision,
+                truncate_dim=truncate_dim,
+                max_batch_tokens=max_batch_tokens,
+            )
+            offset += len(chunk)
 
     def similarity(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """(n, m) similarity matrix with the model's similarity function (cosine, dot, euclidean, manhattan)."""

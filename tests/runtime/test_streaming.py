@@ -1,0 +1,67 @@
+"""encode_iter and the .npy stream writer: bounded chunks, input order, same vectors as sentence-transformers."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from onnxembed import Encoder
+from onnxembed.npy_stream import NpyWriter
+from tests.conftest import CORPUS, MIXED_TEXTS
+
+TEXTS = [*MIXED_TEXTS, *CORPUS]
+
+
+@pytest.fixture(scope="module")
+def expected(chinese_bert) -> np.ndarray:
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(chinese_bert.path), device="cpu").encode(TEXTS)
+
+
+def test_encode_iter_yields_blocks_in_order(tiny_export: Path, expected: np.ndarray) -> None:
+    blocks = list(Encoder(tiny_export).encode_iter((text for text in TEXTS), chunk_size=7, batch_size=3))
+    assert [len(block) for block in blocks] == [7] * (len(TEXTS) // 7) + ([len(TEXTS) % 7] if len(TEXTS) % 7 else [])
+    np.testing.assert_allclose(np.concatenate(blocks), expected, atol=1e-4, rtol=0)
+
+
+def test_encode_iter_names_the_global_index(tiny_export: Path) -> None:
+    stream = Encoder(tiny_export).encode_iter(["a"] * 10 + [None], chunk_size=4)  # type: ignore[list-item]
+    with pytest.raises(TypeError, match=r"sentences\[10\] is NoneType"):
+        list(stream)
+
+
+def test_encode_iter_refuses_per_chunk_ranges(tiny_export: Path) -> None:
+    with pytest.raises(ValueError, match="calibration_embeddings"):
+        next(Encoder(tiny_export).encode_iter(["a"], precision="int8"))
+
+
+def test_npy_writer_round_trip(tmp_path: Path) -> None:
+    rows = np.random.default_rng(0).standard_normal((10, 7)).astype(np.float32)
+    with NpyWriter(tmp_path / "x.npy", 7) as writer:
+        writer.write(rows[:3])
+        writer.write(rows[3:])
+    np.testing.assert_array_equal(np.load(tmp_path / "x.npy"), rows)
+    np.testing.assert_array_equal(np.load(tmp_path / "x.npy", mmap_mode="r"), rows)
+    with NpyWriter(tmp_path / "empty.npy", 4, np.uint8):
+        pass
+    empty = np.load(tmp_path / "empty.npy")
+    assert empty.shape == (0, 4) and empty.dtype == np.uint8
+    with NpyWriter(tmp_path / "y.npy", 7) as writer, pytest.raises(ValueError, match=r"\(k, 7\) float32"):
+        writer.write(rows[:, :5])
+
+
+def test_cli_streams_packed_bits(tiny_export: Path, chinese_bert, tmp_path: Path) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    texts = [text.replace("\n", " ") for text in TEXTS]
+    (tmp_path / "in.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
+    command = [sys.executable, "-m", "onnxembed", "encode", str(tiny_export), str(tmp_path / "in.txt")]
+    subprocess.run([*command, "-o", str(tmp_path / "out.npy"), "--precision", "ubinary"], check=True, cwd=tmp_path)
+    expected = SentenceTransformer(str(chinese_bert.path), device="cpu").encode(texts, precision="ubinary")
+    np.testing.assert_array_equal(np.load(tmp_path / "out.npy"), expected)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["in.txt", "out.npy"]
