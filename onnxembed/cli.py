@@ -34,6 +34,19 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it holds a model")
     export.add_argument("--no-verify", dest="verify", action="store_false", help="skip the check against the source")
+    faster = export.add_argument_group("faster variants (each measured against fp32 and recorded)")
+    faster.add_argument("--optimize", action="store_true", help="fused graph: onnx/model_O2.onnx (cpu) or _O4 (gpu)")
+    faster.add_argument("--target", choices=("cpu", "gpu"), default="cpu", help="what --optimize fuses for")
+    faster.add_argument("--quantize", choices=("int8",), help="int8 weights, for CPU")
+    faster.add_argument(
+        "--int8-min-cosine",
+        type=float,
+        default=0.99,
+        metavar="P1",
+        help="accuracy budget: the fastest int8 recipe whose 1st-percentile cosine vs fp32 is >= P1 (default 0.99)",
+    )
+    faster.add_argument("--fp16", action="store_true", help="fp16 graph with fp32 inputs/outputs, for CUDA")
+    faster.add_argument("--calibration-file", help="texts to calibrate and measure on, one per line")
 
     encode = commands.add_parser("encode", help="embed one text per line into an .npy file")
     encode.add_argument("model", help="directory written by `onnxembed export`")
@@ -72,6 +85,12 @@ def _run_export(args: argparse.Namespace) -> None:
         external_data=args.external_data,
         overwrite=args.overwrite,
         verify=args.verify,
+        optimize=args.optimize,
+        target=args.target,
+        quantize=args.quantize,
+        int8_min_cosine=args.int8_min_cosine,
+        fp16=args.fp16,
+        calibration_file=args.calibration_file,
     )
     accuracy = manifest.variants["fp32"].accuracy
     print(f"exported {args.src} -> {args.out_dir} ({manifest.architecture}, dim {manifest.dim})")
@@ -87,6 +106,22 @@ def _run_export(args: argparse.Namespace) -> None:
         )
     else:
         print("not verified (--no-verify)")
+    for name, variant in manifest.variants.items():
+        if name != "fp32":
+            print(f"{name}: {variant.file} {_accuracy_summary(variant.accuracy)}")
+
+
+def _accuracy_summary(accuracy: dict) -> str:
+    if "mean_cosine" not in accuracy:
+        return str(accuracy.get("measured", ""))
+    summary = (
+        f"mean cosine {accuracy['mean_cosine']:.4f}, p1 {accuracy['p1_cosine']:.4f}, min {accuracy['min_cosine']:.4f}, "
+        f"top-10 overlap {accuracy.get('top10_overlap', float('nan')):.3f}, {accuracy['speedup_vs_fp32']:.2f}x fp32"
+    )
+    if "recipe" in accuracy:
+        verdict = "meets" if accuracy["accepted"] else "MISSES"
+        summary += f"; recipe {accuracy['recipe']} {verdict} p1 >= {accuracy['budget_p1_cosine']}"
+    return summary
 
 
 def _count_lines(path: str) -> int:
@@ -158,11 +193,14 @@ def _run_info(args: argparse.Namespace) -> None:
     prompts = json.dumps(manifest.prompts, ensure_ascii=False)
     print(f"prompts:         {prompts}  (default: {manifest.default_prompt_name})")
     for name, variant in manifest.variants.items():
-        accuracy = ", ".join(
-            f"{key} {value:.7g}" if isinstance(value, float) else f"{key} {value}"
-            for key, value in variant.accuracy.items()
-        )
-        print(f"variant {name}:    {variant.file}  [{accuracy or 'not verified'}]")
+        if name == "fp32":
+            accuracy = ", ".join(
+                f"{key} {value:.7g}" if isinstance(value, float) else f"{key} {value}"
+                for key, value in variant.accuracy.items()
+            )
+        else:
+            accuracy = _accuracy_summary(variant.accuracy)
+        print(f"variant {name}:  {variant.file}  [{accuracy or 'not verified'}]")
     print(f"versions:        {', '.join(f'{k} {v}' for k, v in manifest.versions.items())}")
 
 

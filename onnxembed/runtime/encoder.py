@@ -23,6 +23,7 @@ from onnxembed.manifest import MODEL_INPUTS, Manifest, ModelLoadError
 from onnxembed.runtime.batching import batches, default_max_batch_tokens
 from onnxembed.runtime.session import create_session, resolve_provider
 from onnxembed.runtime.tokenize import TextTokenizer
+from onnxembed.runtime.variants import choose_variant
 
 logger = logging.getLogger(__name__)
 
@@ -30,10 +31,12 @@ logger = logging.getLogger(__name__)
 class Encoder:
     """Encode text with a model exported by ``onnxembed export``.
 
-    ``Encoder(path, provider="auto", threads=None, variant="fp32", truncate_dim=None)``: provider is
+    ``Encoder(path, provider="auto", threads=None, variant="auto", truncate_dim=None)``: provider is
     "auto", "cpu", "cuda" or an onnxruntime provider name; threads is the number of intra-op threads
-    (None: onnxruntime's default, one per core); truncate_dim keeps the first dimensions of every
-    embedding (Matryoshka models; None: the model's own setting). An Encoder is safe to share between threads.
+    (None: onnxruntime's default, one per core); variant is "auto", a variant of the manifest ("fp32",
+    "int8", "fp16", "optimized") or a graph file name (see :func:`choose_variant`; ``.variant`` says which
+    was loaded); truncate_dim keeps the first dimensions of every embedding (Matryoshka models; None: the
+    model's own setting). An Encoder is safe to share between threads.
     """
 
     def __init__(
@@ -41,7 +44,7 @@ class Encoder:
         path: str | Path,
         provider: str = "auto",
         threads: int | None = None,
-        variant: str = "fp32",
+        variant: str = "auto",
         truncate_dim: int | None = None,
     ) -> None:
         self.path = Path(path)
@@ -49,19 +52,13 @@ class Encoder:
         self.truncate_dim = _checked_truncate_dim(
             truncate_dim if truncate_dim is not None else self.manifest.truncate_dim
         )
-        if variant not in self.manifest.variants:
-            raise ValueError(
-                f"variant {variant!r} is not in {self.path}; available: {', '.join(self.manifest.variants)}"
-            )
-        self.variant = variant
         self.provider = resolve_provider(provider)
-        self._session = create_session(self.path / self.manifest.variants[variant].file, self.provider, threads)
+        self.variant, variant_file = choose_variant(self.manifest, self.path, variant, self.provider)
+        self._session = create_session(self.path / variant_file, self.provider, threads)
         self._input_names = [graph_input.name for graph_input in self._session.get_inputs()]
         unknown = [name for name in self._input_names if name not in MODEL_INPUTS]
         if unknown:
-            raise ModelLoadError(
-                f"{self.manifest.variants[variant].file} takes inputs {unknown} that onnxembed cannot feed"
-            )
+            raise ModelLoadError(f"{variant_file} takes inputs {unknown} that onnxembed cannot feed")
         self._output_name = self.manifest.output_name
         self._tokenizer = TextTokenizer(self.path, self.manifest)
 

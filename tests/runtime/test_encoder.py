@@ -169,9 +169,11 @@ def test_missing_or_corrupt_files_are_named(tiny_export, tmp_path, damage, messa
         Encoder(model_dir, provider="cpu")
 
 
-def test_unknown_variant(tiny_export) -> None:
-    with pytest.raises(ValueError, match="variant 'int8' is not in .*available: fp32"):
+def test_variants(tiny_export) -> None:
+    with pytest.raises(ValueError, match="variant 'int8' is not in .*choose from auto, fp32"):
         Encoder(tiny_export, variant="int8")
+    assert Encoder(tiny_export).variant == "fp32"  # auto, with nothing faster exported
+    assert Encoder(tiny_export, variant="model.onnx").variant == "fp32"  # by file name
 
 
 def test_runtime_never_imports_torch(tiny_export) -> None:

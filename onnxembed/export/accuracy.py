@@ -1,0 +1,55 @@
+"""How far a variant's embeddings are from the fp32 graph's, on a calibration corpus.
+
+In scope: the statistics recorded per variant in the manifest — mean, 1st-percentile and minimum cosine
+between matching embeddings, and the overlap of each text's 10 nearest neighbours — and a speed ratio.
+Not in scope: making variants (quantize.py). Runs on the torch-free runtime.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from onnxembed.kernels import normalize
+
+
+def compare(reference: np.ndarray, candidate: np.ndarray, k: int = 10) -> dict[str, float]:
+    """Cosine statistics of candidate[i] vs reference[i], and mean top-k neighbour overlap (self excluded)."""
+    reference, candidate = normalize(reference), normalize(candidate)
+    cosine = np.einsum("ij,ij->i", reference, candidate)
+    k = min(k, len(reference) - 1)
+    overlap = float("nan")
+    if k >= 1:
+        neighbours = []
+        for embeddings in (reference, candidate):
+            scores = embeddings @ embeddings.T
+            np.fill_diagonal(scores, -np.inf)
+            neighbours.append(np.argpartition(-scores, k, axis=1)[:, :k])
+        overlap = float(np.mean([len(set(a) & set(b)) / k for a, b in zip(*neighbours, strict=True)]))
+    return {
+        "mean_cosine": float(cosine.mean()),
+        "p1_cosine": float(np.percentile(cosine, 1)),
+        "min_cosine": float(cosine.min()),
+        f"top{k}_overlap": overlap,
+    }
+
+
+def rate(encoder: Any, texts: list[str], repeats: int = 3) -> float:
+    """Median texts/s of ``encoder.encode(texts)`` after a warm-up."""
+    encoder.encode(texts[:64])
+    timings = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        encoder.encode(texts)
+        timings.append(time.perf_counter() - start)
+    return len(texts) / statistics.median(timings)
+
+
+def measure_variant(model_dir: Path, variant: str, texts: list[str], reference: np.ndarray) -> dict[str, float]:
+    from onnxembed.runtime import Encoder
+
+    return compare(reference, Encoder(model_dir, provider="cpu", variant=variant).encode(texts))

@@ -1,0 +1,111 @@
+"""Build the faster variants an export asks for, measure each against fp32, and record what was chosen.
+
+In scope: --optimize, --quantize int8 (with its accuracy budget), --fp16; the calibration split (half to
+calibrate, half held out to measure, so the recorded accuracy is not measured on the text it was tuned
+on). Not in scope: how a variant is made (quantize.py) or measured (accuracy.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+from typing import Any, Literal
+
+from onnxembed.export import quantize
+from onnxembed.export.accuracy import compare, rate
+from onnxembed.manifest import Variant
+
+logger = logging.getLogger(__name__)
+
+Target = Literal["cpu", "gpu"]
+
+
+def _encoder(out: Path, file: str) -> Any:
+    from onnxembed.runtime import Encoder
+
+    return Encoder(out, provider="cpu", variant=file)
+
+
+def _calibration_feeds(out: Path, texts: list[str]) -> list[dict[str, object]]:
+    from onnxembed.runtime.batching import batches
+
+    encoder = _encoder(out, "fp32")
+    planned = batches(texts, encoder._tokenizer, "", 32, 4096, False)
+    return [{name: arrays[name] for name in encoder._input_names} for _, arrays in planned]
+
+
+def build_variants(
+    out: Path,
+    *,
+    num_heads: int,
+    hidden_size: int,
+    right_padded: bool,
+    texts: list[str],
+    optimize: bool = False,
+    target: Target = "cpu",
+    quantize_int8: bool = False,
+    int8_min_cosine: float = 0.99,
+    fp16: bool = False,
+) -> dict[str, Variant]:
+    """Write the requested variants into out/onnx and return them with their measured accuracy."""
+    calibration, held_out = texts[: len(texts) // 2], texts[len(texts) // 2 :]
+    fp32 = _encoder(out, "fp32")
+    reference = fp32.encode(held_out)
+    fp32_rate = rate(fp32, held_out[:512])
+    fp32_file = out / "onnx" / "model.onnx"
+    variants: dict[str, Variant] = {}
+
+    def measured(file: str, **extra: Any) -> dict[str, Any]:
+        encoder = _encoder(out, file)
+        accuracy: dict[str, Any] = {**compare(reference, encoder.encode(held_out)), "texts": len(held_out)}
+        accuracy["speedup_vs_fp32"] = rate(encoder, held_out[:512]) / fp32_rate
+        return {**accuracy, **extra}
+
+    if optimize:
+        file = quantize.OPTIMIZED_FILE[target]
+        quantize.optimize(fp32_file, out / file, target, num_heads, hidden_size, right_padded)
+        name = "optimized" if target == "cpu" else "optimized-gpu"
+        # fp16 graphs have no CPU kernels for every op: measure only what CPU can run
+        variants[name] = Variant(file, "fp32" if target == "cpu" else "fp16", _try_measure(measured, file))
+    if fp16:
+        quantize.to_fp16(fp32_file, out / quantize.FP16_FILE)
+        variants["fp16"] = Variant(quantize.FP16_FILE, "fp16", _try_measure(measured, quantize.FP16_FILE))
+    if quantize_int8:
+        variants["int8"] = _choose_int8(out, fp32_file, measured, calibration, int8_min_cosine)
+    return variants
+
+
+def _try_measure(measured: Any, file: str) -> dict[str, Any]:
+    try:
+        return dict(measured(file), accepted=True)
+    except Exception as error:  # onnxruntime's CPU provider lacks some fp16 kernels
+        return {"accepted": True, "measured": f"not on CPU: {type(error).__name__}: {str(error)[:200]}"}
+
+
+def _choose_int8(out: Path, fp32_file: Path, measured: Any, calibration: list[str], budget: float) -> Variant:
+    """Try INT8_RECIPES fastest first; keep the first whose 1st-percentile cosine meets the budget."""
+    file = quantize.int8_file_name()
+    feeds = _calibration_feeds(out, calibration)
+    tried = []
+    for recipe in quantize.INT8_RECIPES:
+        candidate = out / "onnx" / f"int8_candidate_{recipe.name}.onnx"
+        how = quantize.quantize_int8(fp32_file, candidate, recipe, feeds)
+        accuracy = measured(str(candidate.relative_to(out)), **how)
+        tried.append(
+            {"recipe": recipe.name, "p1_cosine": accuracy["p1_cosine"], "speedup": accuracy["speedup_vs_fp32"]}
+        )
+        logger.info("int8 %s: %s", recipe.name, accuracy)
+        accepted = accuracy["p1_cosine"] >= budget
+        if accepted or recipe is quantize.INT8_RECIPES[-1]:
+            candidate.replace(out / file)
+            break
+        candidate.unlink()
+    if not accepted:
+        warnings.warn(
+            f"no int8 recipe met p1 cosine >= {budget} (best {accuracy['p1_cosine']:.4f}); kept {file} but "
+            "Encoder(variant='auto') will not choose it",
+            stacklevel=3,
+        )
+    accuracy.update(budget_p1_cosine=budget, accepted=accepted, tried=tried)
+    return Variant(file, "int8", accuracy)

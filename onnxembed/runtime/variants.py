@@ -1,0 +1,40 @@
+"""Which graph of an exported directory to load.
+
+"auto" takes the fastest variant whose recorded accuracy the exporter accepted: fp16 on CUDA when
+there is one; on CPU int8 when its accuracy met the budget it was made for, else the fused fp32 graph
+when there is one, else fp32. A variant name or a graph file name picks that graph.
+
+The int8 graphs quantize activations dynamically, with one scale per batch tensor: their embeddings
+move slightly (~1e-4 on MiniLM) with which texts share a batch. fp32 and fused graphs do not.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from onnxembed.manifest import Manifest
+
+_AUTO_ORDER = {
+    "CUDAExecutionProvider": ("fp16", "optimized-gpu", "fp32"),
+    "CPUExecutionProvider": ("int8", "optimized", "fp32"),
+}
+
+
+def choose_variant(manifest: Manifest, model_dir: Path, variant: str, provider: str) -> tuple[str, str]:
+    """(variant name, graph file relative to model_dir). ValueError listing the choices if unknown."""
+    if variant == "auto":
+        for name in _AUTO_ORDER.get(provider, ("fp32",)):
+            candidate = manifest.variants.get(name)
+            if candidate is not None and candidate.accuracy.get("accepted", name == "fp32"):
+                return name, candidate.file
+        return "fp32", manifest.variants["fp32"].file
+    if variant in manifest.variants:
+        return variant, manifest.variants[variant].file
+    for name, candidate in manifest.variants.items():
+        if variant in (candidate.file, Path(candidate.file).name):
+            return name, candidate.file
+    for relative in (Path(variant), Path("onnx") / variant):
+        if (model_dir / relative).is_file() and relative.suffix == ".onnx":
+            return relative.name, str(relative)
+    choices = ", ".join(["auto", *manifest.variants])
+    raise ValueError(f"variant {variant!r} is not in {model_dir}; choose from {choices} or a .onnx file there")

@@ -1,0 +1,81 @@
+"""Faster variants: built, measured against fp32 on held-out text, recorded, chosen by the runtime."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from onnxembed import Encoder
+from onnxembed.export import export
+from onnxembed.export.accuracy import compare
+from tests.conftest import CORPUS, DATA, MIXED_TEXTS, Replica
+
+CALIBRATION = DATA / "multilingual.txt"
+
+
+@pytest.fixture(scope="module")
+def with_variants(chinese_bert: Replica, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("variants") / "out"
+    export(chinese_bert.path, out, optimize=True, quantize="int8", int8_min_cosine=0.9, calibration_file=CALIBRATION)
+    return out
+
+
+def test_variants_are_recorded_with_their_accuracy(with_variants: Path) -> None:
+    manifest = json.loads((with_variants / "onnxembed.json").read_text())
+    assert set(manifest["variants"]) == {"fp32", "optimized", "int8"}
+    int8 = manifest["variants"]["int8"]
+    assert int8["file"] in ("onnx/model_qint8_avx512_vnni.onnx", "onnx/model_qint8_avx2.onnx")
+    assert (with_variants / int8["file"]).is_file()
+    accuracy = int8["accuracy"]
+    assert accuracy["p1_cosine"] >= accuracy["budget_p1_cosine"] == 0.9 and accuracy["accepted"]
+    assert accuracy["tried"][-1]["recipe"] == accuracy["recipe"]
+    assert not list((with_variants / "onnx").glob("int8_candidate_*"))  # rejected candidates are removed
+    assert manifest["variants"]["optimized"]["file"] == "onnx/model_O2.onnx"
+
+
+def test_recorded_accuracy_holds_on_other_text(with_variants: Path, chinese_bert: Replica) -> None:
+    """Re-measured on text the export never saw, against sentence-transformers itself."""
+    from sentence_transformers import SentenceTransformer
+
+    texts = [*MIXED_TEXTS, *CORPUS[20:]]
+    reference = SentenceTransformer(str(chinese_bert.path), device="cpu").encode(texts)
+    recorded = json.loads((with_variants / "onnxembed.json").read_text())["variants"]
+    optimized = Encoder(with_variants, variant="optimized").encode(texts)
+    assert compare(reference, optimized)["min_cosine"] >= 0.99999
+    int8 = compare(reference, Encoder(with_variants, variant="int8").encode(texts))
+    # a tiny random model quantizes far worse than a trained one; the recorded p1 is a budget, not a promise
+    assert int8["mean_cosine"] >= recorded["int8"]["accuracy"]["p1_cosine"] - 0.05
+
+
+def test_auto_picks_int8_on_cpu_only_when_it_met_its_budget(with_variants: Path, chinese_bert, tmp_path) -> None:
+    assert Encoder(with_variants).variant == "int8"
+    assert Encoder(with_variants, variant="model_O2.onnx").variant == "optimized"
+    with pytest.warns(UserWarning, match="no int8 recipe met"):
+        export(
+            chinese_bert.path, tmp_path / "strict", quantize="int8", int8_min_cosine=1.0, calibration_file=CALIBRATION
+        )
+    recorded = json.loads((tmp_path / "strict" / "onnxembed.json").read_text())["variants"]["int8"]["accuracy"]
+    assert recorded["accepted"] is False
+    assert Encoder(tmp_path / "strict").variant == "fp32"
+
+
+def test_sentence_transformers_loads_the_int8_file(with_variants: Path) -> None:
+    pytest.importorskip("optimum.onnxruntime")
+    from sentence_transformers import SentenceTransformer
+
+    file = Path(json.loads((with_variants / "onnxembed.json").read_text())["variants"]["int8"]["file"]).name
+    theirs = SentenceTransformer(str(with_variants), backend="onnx", model_kwargs={"file_name": file}, device="cpu")
+    # Dynamic quantization scales activations per batch, so compare text by text (batch_size=1).
+    ours = Encoder(with_variants, variant="int8").encode(MIXED_TEXTS, batch_size=1)
+    np.testing.assert_allclose(ours, theirs.encode(MIXED_TEXTS, batch_size=1), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"), [({"quantize": "int4"}, "quantize"), ({"int8_min_cosine": 1.5}, "int8_min")]
+)
+def test_bad_variant_options(chinese_bert: Replica, tmp_path: Path, kwargs, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        export(chinese_bert.path, tmp_path / "out", **kwargs)
