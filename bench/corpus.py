@@ -1,4 +1,4 @@
-"""Benchmark corpora: the same stdlib-docstring text the exporter calibrates on (see onnxembed/export/calibration.py)."""
+"""Benchmark corpora: the stdlib-docstring text the exporter calibrates on (onnxembed/export/calibration.py)."""
 
 from onnxembed.export.calibration import paragraphs, sentences
 

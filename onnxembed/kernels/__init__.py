@@ -2,6 +2,7 @@
 
 from onnxembed.kernels.pooling import POOLING_MODES, exclude_prompt, normalize, pool
 from onnxembed.kernels.quantization import PRECISIONS, quantize_embeddings
+from onnxembed.kernels.search import paraphrase_mining_embeddings, semantic_search, semantic_search_binary
 from onnxembed.kernels.similarity import SIMILARITY_FNS, cos_sim, dot_score, similarity, similarity_pairwise
 
 __all__ = [
@@ -12,8 +13,11 @@ __all__ = [
     "dot_score",
     "exclude_prompt",
     "normalize",
+    "paraphrase_mining_embeddings",
     "pool",
     "quantize_embeddings",
+    "semantic_search",
+    "semantic_search_binary",
     "similarity",
     "similarity_pairwise",
 ]

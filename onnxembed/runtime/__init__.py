@@ -1,6 +1,7 @@
 """The torch-free runtime: load an exported directory and encode text. Never imports torch."""
 
 from onnxembed.runtime.encoder import Encoder
+from onnxembed.runtime.mining import paraphrase_mining
 from onnxembed.runtime.session import resolve_provider
 
-__all__ = ["Encoder", "resolve_provider"]
+__all__ = ["Encoder", "paraphrase_mining", "resolve_provider"]

@@ -90,3 +90,16 @@ def test_similarity_pairwise_uses_the_models_function(pair) -> None:
     a, b = encoder.encode(TEXTS[:6]), encoder.encode(TEXTS[6:12])
     expected = reference.similarity_pairwise(a, b).numpy()
     np.testing.assert_allclose(encoder.similarity_pairwise(a, b), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_paraphrase_mining_matches_sentence_transformers(pair) -> None:
+    from sentence_transformers.util import paraphrase_mining as st_paraphrase_mining
+
+    from onnxembed.runtime import paraphrase_mining
+
+    reference, out, _ = pair
+    texts = CORPUS[:30]
+    expected = st_paraphrase_mining(reference, texts, top_k=3)
+    actual = paraphrase_mining(Encoder(out), texts, top_k=3)
+    assert [(i, j) for _, i, j in actual[:10]] == [(i, j) for _, i, j in expected[:10]]
+    np.testing.assert_allclose([s for s, _, _ in actual], [s for s, _, _ in expected[: len(actual)]], atol=1e-4)
