@@ -1,0 +1,398 @@
+"""Throughput, latency, memory, cold start and faithfulness of onnxembed and its peers, on one machine and corpus.
+
+    python bench/throughput.py SRC_DIR EXPORTED_DIR [--batch-size 32] [--repeats 3] [--sentences 1000]
+        [--paragraphs 150] [--systems st,st-onnx,fastembed,onnxembed,onnxembed-int8] [--json-out F] [--png-out F]
+
+Systems: sentence-transformers on torch (SRC_DIR), sentence-transformers' ONNX backend, fastembed and onnxembed
+(fp32, and int8 when the export has that variant) on EXPORTED_DIR. Each runs in its own fresh process
+(bench/peers.py; fastembed from its own venv) per corpus, so peak RSS is per system and corpus, and again
+--repeats times for cold start. Corpora: stdlib docstrings (bench/corpus.py), short sentences and long
+paragraphs. Rates are medians of --repeats timed runs after a warm-up run. Utilisation is 2 x non-embedding
+parameters x tokens/s against the best of a numpy and an onnxruntime 2048x2048 float32 matmul, measured before
+and after. Prints Markdown; writes JSON and a PNG chart when asked. Asserts nothing about time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+sys.path.insert(0, str(BENCH))
+from corpus import paragraphs, sentences  # noqa: E402
+
+SYSTEMS = ("st", "st-onnx", "fastembed", "onnxembed", "onnxembed-int8")
+FASTEMBED_SETUP = (
+    "python -m venv .venv-bench-fastembed && .venv-bench-fastembed/bin/pip install fastembed==0.9.1 matplotlib==3.11.2"
+)
+LATENCY_CALLS = 200
+MIB = 1024 * 1024
+
+
+def matmul_peak(size: int = 2048, rounds: int = 5, calls: int = 5) -> dict[str, float]:
+    """Best float32 GFLOP/s of a size x size matmul in numpy (its BLAS) and in onnxruntime (MLAS), all threads."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((size, size), dtype=np.float32)
+    b = rng.standard_normal((size, size), dtype=np.float32)
+    tensors = [helper.make_tensor_value_info(name, TensorProto.FLOAT, [size, size]) for name in "abc"]
+    graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["c"])], "matmul", tensors[:2], tensors[2:])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    runs = {"numpy": lambda: a @ b, "onnxruntime": lambda: session.run(None, {"a": a, "b": b})}
+    best = dict.fromkeys(runs, float("inf"))
+    for _ in range(rounds):  # alternate, so a burst of load elsewhere does not hit one side only
+        for name, matmul in runs.items():
+            matmul()
+            for _ in range(calls):
+                start = time.perf_counter()
+                matmul()
+                best[name] = min(best[name], time.perf_counter() - start)
+    return {name: 2 * size**3 / seconds / 1e9 for name, seconds in best.items()}
+
+
+def non_embedding_parameters(onnx_path: Path) -> int:
+    """Parameters in the graph's initializers, less the embedding tables (initializers that a Gather reads)."""
+    import onnx
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    sizes = {tensor.name: int(np.prod(tensor.dims)) for tensor in model.graph.initializer}
+    tables = {node.input[0] for node in model.graph.node if node.op_type == "Gather" and node.input[0] in sizes}
+    return sum(size for name, size in sizes.items() if name not in tables)
+
+
+class TokenCounter:
+    """Real, unpadded token counts (special tokens included) with the exported tokenizer at a given truncation."""
+
+    def __init__(self, exported: Path, do_lower_case: bool) -> None:
+        from tokenizers import Tokenizer
+
+        self._tokenizer = Tokenizer.from_file(str(exported / "tokenizer.json"))
+        self._tokenizer.no_padding()  # tokenizer.json may pad to a fixed length (all-MiniLM-L6-v2: 128)
+        self._lower = do_lower_case  # sentence-transformers lowercases before the tokenizer when this is set
+
+    def total(self, texts: list[str], max_length: int) -> int:
+        self._tokenizer.enable_truncation(max_length=max_length)
+        batch = [text.lower() for text in texts] if self._lower else texts
+        return sum(len(encoding.ids) for encoding in self._tokenizer.encode_batch(batch))
+
+
+def _child(python: str, arguments: list[str]) -> dict[str, Any]:
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    completed = subprocess.run(
+        [python, str(BENCH / "peers.py"), *arguments], capture_output=True, text=True, env=environment, check=False
+    )
+    if completed.returncode != 0:
+        tail = completed.stderr.strip().splitlines()[-1:] or ["no stderr"]
+        raise RuntimeError(f"peers.py {' '.join(arguments[:2])} exited {completed.returncode}: {tail[0]}")
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+def _cosines(expected: np.ndarray, actual: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(expected, axis=1) * np.linalg.norm(actual, axis=1)
+    return (expected * actual).sum(axis=1) / np.maximum(norms, 1e-12)
+
+
+def _python_for(system: str, fastembed_python: Path) -> str:
+    return str(fastembed_python) if system == "fastembed" else sys.executable
+
+
+def _skip_reason(system: str, exported: Path, manifest: dict[str, Any], fastembed_python: Path) -> str | None:
+    if system == "onnxembed-int8" and "int8" not in manifest.get("variants", {}):
+        variants = ", ".join(manifest.get("variants", {}))
+        return f"{exported}/onnxembed.json lists no int8 variant (has: {variants})"
+    if system == "fastembed" and not fastembed_python.is_file():
+        return f"{fastembed_python} not found; create it: {FASTEMBED_SETUP}"
+    return None
+
+
+def run_system(
+    system: str, args: argparse.Namespace, corpora: dict[str, Path], workdir: Path, python: str
+) -> dict[str, Any]:
+    """Throughput per corpus (fresh process each; latency in the sentences one), then cold starts."""
+    common = ["--src", str(args.src), "--exported", str(args.exported), "--batch-size", str(args.batch_size)]
+    result: dict[str, Any] = {"status": "ok", "corpora": {}, "loadavg_before": os.getloadavg()}
+    for corpus, texts_path in corpora.items():
+        latency = ["--latency-calls", str(LATENCY_CALLS)] if corpus == "sentences" else []
+        embeddings = workdir / f"{system}-{corpus}.npy"
+        child = _child(
+            python,
+            ["run", system, *common, "--texts", str(texts_path), "--repeats", str(args.repeats)]
+            + ["--embeddings-out", str(embeddings), *latency],
+        )
+        result["corpora"][corpus] = child
+        for key in ("max_length", "threads", "versions"):
+            result[key] = child.pop(key)
+        if corpus == "sentences":
+            result["latency_p50_s"] = child.pop("latency_p50_s")
+            result["latency_p99_s"] = child.pop("latency_p99_s")
+            result["latency_calls"] = len(child.pop("latency_s"))
+    cold = []
+    for _ in range(args.repeats):
+        started = time.time()
+        cold.append(
+            _child(
+                python, ["run", system, *common, "--texts", str(corpora["sentences"]), "--cold-start-at", str(started)]
+            )
+        )
+    result["cold_start_runs_s"] = [child["cold_start_s"] for child in cold]
+    result["cold_start_s"] = statistics.median(result["cold_start_runs_s"])
+    result["cold_load_s"] = statistics.median(child["load_s"] for child in cold)
+    result["loadavg_after"] = os.getloadavg()
+    return result
+
+
+def reference_embeddings(
+    results: dict[str, Any], args: argparse.Namespace, corpora: dict[str, Path], workdir: Path
+) -> dict[str, np.ndarray]:
+    """sentence-transformers (torch) embeddings per corpus: from the st run, or from an untimed st process."""
+    embeddings = {}
+    for corpus, texts_path in corpora.items():
+        path = workdir / f"st-{corpus}.npy"
+        if results["systems"].get("st", {}).get("status") != "ok":
+            path = workdir / f"reference-{corpus}.npy"
+            common = ["--src", str(args.src), "--exported", str(args.exported), "--texts", str(texts_path)]
+            _child(
+                sys.executable,
+                ["run", "st", *common, "--batch-size", str(args.batch_size), "--repeats", "0"]
+                + ["--embeddings-out", str(path)],
+            )
+        embeddings[corpus] = np.load(path)
+    return embeddings
+
+
+def add_rates(
+    results: dict[str, Any],
+    texts: dict[str, list[str]],
+    counter: TokenCounter,
+    workdir: Path,
+    reference: dict[str, np.ndarray],
+) -> None:
+    """Rates, tokens, FLOP/s, utilisation, memory and cosines for each system that ran."""
+    parameters = results["model"]["non_embedding_parameters"]
+    peak = results["peak_gflops"]["used"]
+    for name, system in results["systems"].items():
+        if system["status"] != "ok":
+            continue
+        for corpus, run in system["corpora"].items():
+            seconds = statistics.median(run["timings_s"])
+            tokens = counter.total(texts[corpus], system["max_length"])
+            cosines = _cosines(reference[corpus], np.load(workdir / f"{name}-{corpus}.npy"))
+            run.update(
+                median_s=seconds,
+                spread=(max(run["timings_s"]) - min(run["timings_s"])) / seconds,
+                sentences_per_s=len(texts[corpus]) / seconds,
+                tokens=tokens,
+                mean_tokens=tokens / len(texts[corpus]),
+                tokens_per_s=tokens / seconds,
+                gflops=2 * parameters * tokens / seconds / 1e9,
+                utilisation=2 * parameters * tokens / seconds / 1e9 / peak,
+                cosine_min=float(cosines.min()),
+                cosine_mean=float(cosines.mean()),
+            )
+
+
+def markdown(results: dict[str, Any]) -> str:
+    model, machine, peak = results["model"], results["machine"], results["peak_gflops"]
+    settings = results["settings"]
+    corpora = "; ".join(
+        f"{name} {info['texts']} texts, {info['mean_tokens']:.1f} tokens/text"
+        for name, info in results["corpora"].items()
+    )
+    lines = [
+        f"model: {model['name']}, {model['non_embedding_parameters']:,} non-embedding parameters, "
+        f"max_seq_length {model['max_seq_length']}; batch size {settings['batch_size']}, "
+        f"median of {settings['repeats']} runs after a warm-up",
+        f"machine: {machine['cpu']}, {machine['cores']} cores; fp32 matmul peak {peak['used']:.1f} GFLOP/s "
+        f"({peak['used_source']}; numpy {peak['numpy']:.1f}, onnxruntime {peak['onnxruntime']:.1f}); "
+        f"load average {machine['loadavg_start'][0]:.2f} at start, {machine['loadavg_end'][0]:.2f} at end",
+        f"corpora (tokens at max_seq_length): {corpora}",
+        "",
+        "| corpus | system | sentences/s | spread | others' CPU | tokens/s | GFLOP/s | of peak | peak RSS MiB "
+        "| min cos | mean cos |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for corpus, info in results["corpora"].items():
+        for name, system in results["systems"].items():
+            if system["status"] != "ok":
+                continue
+            run = system["corpora"][corpus]
+            cosines = ["reference", ""] if name == "st" else [f"{run['cosine_min']:.6f}", f"{run['cosine_mean']:.6f}"]
+            cells = [
+                corpus,
+                name,
+                f"{run['sentences_per_s']:.1f}",
+                f"{run['spread']:.0%}",
+                f"{run['others_cpu_cores']:.2f}",
+                f"{run['tokens_per_s']:,.0f}",
+                f"{run['gflops']:.1f}",
+                f"{run['utilisation']:.0%}",
+                f"{run['peak_rss_bytes'] / MIB:.0f}",
+                *cosines,
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append(
+            f"| {corpus} | *fp32 matmul peak* | {info['hardware_limit_sentences_per_s']:.1f} | | | "
+            f"{info['hardware_limit_sentences_per_s'] * info['mean_tokens']:,.0f} | {peak['used']:.1f} | 100% | | | |"
+        )
+    lines += [
+        "",
+        "| system | truncates at | cold start s | of which load s | latency p50 ms | latency p99 ms | "
+        "RSS after load MiB | versions |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for name, system in results["systems"].items():
+        if system["status"] != "ok":
+            continue
+        versions = ", ".join(f"{key} {value}" for key, value in system["versions"].items())
+        lines.append(
+            f"| {name} | {system['max_length']} | {system['cold_start_s']:.2f} | {system['cold_load_s']:.2f} | "
+            f"{system['latency_p50_s'] * 1e3:.2f} | {system['latency_p99_s'] * 1e3:.2f} | "
+            f"{system['corpora']['sentences']['rss_after_load_bytes'] / MIB:.0f} | {versions} |"
+        )
+    for name, system in results["systems"].items():
+        if system["status"] != "ok":
+            lines.append(f"\n{name}: {system['status']}: {system['note']}")
+    return "\n".join(lines)
+
+
+def draw(results_path: Path, png_path: Path) -> str:
+    """Draw with the first Python that has matplotlib: this one, else a .venv-bench-* one."""
+    candidates = [sys.executable, *(str(path) for path in sorted(ROOT.glob(".venv-bench-*/bin/python")))]
+    for python in candidates:
+        if subprocess.run([python, "-c", "import matplotlib"], capture_output=True, check=False).returncode == 0:
+            subprocess.run([python, str(BENCH / "peers.py"), "plot", str(results_path), str(png_path)], check=True)
+            return python
+    raise RuntimeError(f"no Python with matplotlib among {candidates}; e.g. {FASTEMBED_SETUP}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("src", type=Path, help="SentenceTransformer directory (the torch reference)")
+    parser.add_argument("exported", type=Path, help="directory written by `onnxembed export`")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--sentences", type=int, default=1000)
+    parser.add_argument("--paragraphs", type=int, default=150)
+    parser.add_argument("--systems", default=",".join(SYSTEMS), help=f"comma-separated, from {','.join(SYSTEMS)}")
+    parser.add_argument("--json-out", type=Path)
+    parser.add_argument("--png-out", type=Path)
+    parser.add_argument(
+        "--fastembed-python",
+        type=Path,
+        default=ROOT / ".venv-bench-fastembed" / "bin" / "python",
+        help="a Python with fastembed installed (default: .venv-bench-fastembed)",
+    )
+    args = parser.parse_args()
+    systems = [name.strip() for name in args.systems.split(",") if name.strip()]
+    unknown = [name for name in systems if name not in SYSTEMS]
+    if unknown or not systems:
+        parser.error(f"unknown systems {unknown}; choose from {', '.join(SYSTEMS)}")
+    if args.repeats < 1 or args.batch_size < 1:
+        parser.error("--repeats and --batch-size must be at least 1")
+
+    manifest = json.loads((args.exported / "onnxembed.json").read_text())
+    texts = {"sentences": sentences(args.sentences), "paragraphs": paragraphs(args.paragraphs)}
+    counter = TokenCounter(args.exported, bool(manifest["do_lower_case"]))
+    parameters = non_embedding_parameters(args.exported / manifest["variants"]["fp32"]["file"])
+    loadavg_start = os.getloadavg()
+    if loadavg_start[0] > 1.5:
+        print(f"note: load average {loadavg_start[0]:.2f}: others are using this machine", file=sys.stderr)
+    peak_start = matmul_peak()
+
+    results: dict[str, Any] = {
+        "model": {
+            "name": _model_name(args.src),
+            "src": str(args.src),
+            "exported": str(args.exported),
+            "non_embedding_parameters": parameters,
+            "max_seq_length": manifest["max_seq_length"],
+        },
+        "settings": {"batch_size": args.batch_size, "repeats": args.repeats, "latency_calls": LATENCY_CALLS},
+        "corpora": {},
+        "systems": {},
+    }
+    with tempfile.TemporaryDirectory(prefix="onnxembed-bench-") as tmp:
+        workdir = Path(tmp)
+        corpora = {}
+        for corpus, corpus_texts in texts.items():
+            corpora[corpus] = workdir / f"{corpus}.json"
+            corpora[corpus].write_text(json.dumps(corpus_texts))
+        for name in systems:
+            reason = _skip_reason(name, args.exported, manifest, args.fastembed_python)
+            if reason is not None:
+                results["systems"][name] = {"status": "skipped", "note": reason}
+                continue
+            print(f"running {name} ...", file=sys.stderr, flush=True)
+            try:
+                results["systems"][name] = run_system(
+                    name, args, corpora, workdir, _python_for(name, args.fastembed_python)
+                )
+            except RuntimeError as error:
+                results["systems"][name] = {"status": "failed", "note": str(error)}
+        peak_end = matmul_peak()
+        peaks = {name: max(peak_start[name], peak_end[name]) for name in peak_start}
+        source = max(peaks, key=peaks.__getitem__)
+        results["peak_gflops"] = {
+            **peaks,
+            "start": peak_start,
+            "end": peak_end,
+            "used": peaks[source],
+            "used_source": f"{source} 2048x2048 float32 matmul, best of 25 before and after",
+        }
+        results["machine"] = {
+            "cpu": _cpu_name(),
+            "cores": os.cpu_count(),
+            "python": platform.python_version(),
+            "loadavg_start": loadavg_start,
+            "loadavg_end": os.getloadavg(),
+        }
+        for corpus, corpus_texts in texts.items():
+            mean_tokens = counter.total(corpus_texts, manifest["max_seq_length"]) / len(corpus_texts)
+            results["corpora"][corpus] = {
+                "texts": len(corpus_texts),
+                "mean_tokens": mean_tokens,
+                "hardware_limit_sentences_per_s": peaks[source] * 1e9 / (2 * parameters * mean_tokens),
+            }
+        add_rates(results, texts, counter, workdir, reference_embeddings(results, args, corpora, workdir))
+
+    print(markdown(results))
+    if args.json_out:
+        args.json_out.write_text(json.dumps(results, indent=2) + "\n")
+    if args.png_out:
+        with tempfile.NamedTemporaryFile("w", suffix=".json") as results_file:
+            results_file.write(json.dumps(results))
+            results_file.flush()
+            draw(Path(results_file.name), args.png_out)
+
+
+def _model_name(src: Path) -> str:
+    """The source directory's name, with its parent's when it is a generic one (a package's model/)."""
+    src = src.resolve()
+    return f"{src.parent.name}/{src.name}" if src.name in {"model", "models", "snapshot"} else src.name
+
+
+def _cpu_name() -> str:
+    with open("/proc/cpuinfo") as cpuinfo:
+        for line in cpuinfo:
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown CPU"
+
+
+if __name__ == "__main__":
+    main()
