@@ -83,21 +83,20 @@ def _unigram(texts: list[str], specials: list[str], unk: str, bos: str, eos: str
 
 
 BERT_SPECIALS = ["[CLS]", "[PAD]", "[SEP]", "[UNK]", "[MASK]"]  # [PAD] = 1, as RoBERTa's padding_idx
+BERT_SPECIAL_NAMES = {
+    "unk_token": "[UNK]",
+    "pad_token": "[PAD]",
+    "cls_token": "[CLS]",
+    "sep_token": "[SEP]",
+    "mask_token": "[MASK]",
+}
 
 
 def _bert_fast(tokenizer: Any, token_type_ids: bool = True) -> Any:
     from transformers import BertTokenizerFast
 
     names = ["input_ids", "token_type_ids", "attention_mask"] if token_type_ids else ["input_ids", "attention_mask"]
-    return BertTokenizerFast(
-        tokenizer_object=tokenizer,
-        unk_token="[UNK]",
-        pad_token="[PAD]",
-        cls_token="[CLS]",
-        sep_token="[SEP]",
-        mask_token="[MASK]",
-        model_input_names=names,
-    )
+    return BertTokenizerFast(tokenizer_object=tokenizer, model_input_names=names, **BERT_SPECIAL_NAMES)
 
 
 def _save_sentence_transformer(
@@ -186,14 +185,7 @@ def korean_sentencepiece_bert(replicas_dir: Path) -> Replica:
 
     torch.manual_seed(1)
     raw = _unigram(CORPUS, specials=BERT_SPECIALS, unk="[UNK]", bos="[CLS]", eos="[SEP]")
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=raw,
-        unk_token="[UNK]",
-        pad_token="[PAD]",
-        cls_token="[CLS]",
-        sep_token="[SEP]",
-        mask_token="[MASK]",
-    )
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=raw, **BERT_SPECIAL_NAMES)
     model = BertModel(_tiny_bert_config(raw.get_vocab_size()), add_pooling_layer=False)
     path = _save_sentence_transformer(replicas_dir / "korean-sp-bert", model, tokenizer, max_seq_length=128)
     return Replica("korean-sp-bert", path)
