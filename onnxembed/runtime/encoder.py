@@ -65,7 +65,10 @@ class Encoder:
     @property
     def dim(self) -> int:
         """Length of one embedding (after truncate_dim)."""
-        return self.manifest.dim if self.truncate_dim is None else min(self.manifest.dim, self.truncate_dim)
+        return self._output_dim(self.truncate_dim)
+
+    def _output_dim(self, truncate_dim: int | None) -> int:
+        return self.manifest.dim if truncate_dim is None else min(self.manifest.dim, truncate_dim)
 
     @property
     def max_seq_length(self) -> int:
@@ -119,7 +122,7 @@ class Encoder:
         if precision not in PRECISIONS:
             raise ValueError(f"precision {precision!r} is not supported; choose from {PRECISIONS}")
         truncate_dim = _checked_truncate_dim(truncate_dim if truncate_dim is not None else self.truncate_dim)
-        dim = self.manifest.dim if truncate_dim is None else min(self.manifest.dim, truncate_dim)
+        dim = self._output_dim(truncate_dim)
         prompt_text = self._resolve_prompt(prompt_name, prompt)
         embeddings = np.empty((len(texts), dim), dtype=np.float32)
         if texts:
