@@ -1,4 +1,4 @@
-"""The ``onnxembed`` command: export, encode, info.
+"""The ``onnxembed`` command: export, encode, info, serve.
 
 Errors become one line on stderr and exit code 1 (2 for usage errors, from argparse); no traceback.
 """
@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -66,6 +67,21 @@ def _build_parser() -> argparse.ArgumentParser:
     info = commands.add_parser("info", help="show what an exported directory holds")
     info.add_argument("model", help="directory written by `onnxembed export`")
     info.add_argument("--json", action="store_true", help="print the manifest as JSON")
+
+    serve = commands.add_parser("serve", help="HTTP server: OpenAI /v1/embeddings, TEI /embed and /similarity")
+    serve.add_argument("model", help="directory written by `onnxembed export`")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--api-key", help="require Authorization: Bearer KEY (default: $ONNXEMBED_API_KEY, else none)")
+    serve.add_argument("--model-name", help="name the API reports (default: the directory's name)")
+    serve.add_argument("--provider", default="auto", help="auto, cpu, cuda or an onnxruntime provider name")
+    serve.add_argument("--threads", type=int, help="intra-op threads (default: one per core)")
+    serve.add_argument("--variant", default="auto", help="auto, fp32, int8, fp16, optimized or a graph file name")
+    serve.add_argument("--max-batch-tokens", type=int, help="padded tokens per inference batch")
+    serve.add_argument("--max-queue", type=int, default=4096, help="texts waiting before 503 (default 4096)")
+    serve.add_argument("--max-inputs", type=int, help="texts per request (default 2048, or --max-queue if smaller)")
+    serve.add_argument("--max-input-chars", type=int, default=100_000, help="characters per text (default 100000)")
+    serve.add_argument("--max-body-bytes", type=int, default=8 << 20, help="request body size (default 8 MiB)")
     return parser
 
 
@@ -204,10 +220,31 @@ def _run_info(args: argparse.Namespace) -> None:
     print(f"versions:        {', '.join(f'{k} {v}' for k, v in manifest.versions.items())}")
 
 
+def _run_serve(args: argparse.Namespace) -> None:
+    from onnxembed.serve import serve
+
+    serve(
+        args.model,
+        args.host,
+        args.port,
+        provider=args.provider,
+        threads=args.threads,
+        variant=args.variant,
+        model_name=args.model_name,
+        api_key=args.api_key or os.environ.get("ONNXEMBED_API_KEY") or None,
+        max_batch_tokens=args.max_batch_tokens,
+        max_queue=args.max_queue,
+        max_inputs=args.max_inputs,
+        max_input_chars=args.max_input_chars,
+        max_body_bytes=args.max_body_bytes,
+        log_level="info" if args.verbose else "warning",
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
-    commands = {"export": _run_export, "encode": _run_encode, "info": _run_info}
+    commands = {"export": _run_export, "encode": _run_encode, "info": _run_info, "serve": _run_serve}
     try:
         commands[args.command](args)
     except KeyboardInterrupt:

@@ -1,0 +1,173 @@
+"""Throughput and latency of ``onnxembed serve`` under concurrent clients, against offline ``Encoder.encode``.
+
+    python bench/serve.py EXPORTED_DIR [--clients 16] [--requests 400] [--seed 0] [--port 0]
+
+Starts ``onnxembed serve EXPORTED_DIR`` on loopback (its own process, default settings), then --clients
+threads send --requests POST /v1/embeddings in all, each with 1-8 stdlib-docstring sentences
+(bench/corpus.py), one keep-alive connection per client, after a warm-up round. Then, in this process and
+back to back on the same texts: ``Encoder.encode`` of all texts in one call (the best a batch job gets),
+in calls as large as the server's mean worker batch (read from its /metrics: what batching alone costs), and
+one call per request in sequence (a server without dynamic batching). Clients, server and the offline
+encoder share the machine's cores, so the server column pays for its clients' JSON work too. Prints a
+Markdown table with the load average; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from corpus import sentences  # noqa: E402
+
+from onnxembed import Encoder  # noqa: E402
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _wait_ready(process: subprocess.Popen[bytes], port: int, timeout_s: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"server exited with {process.returncode}")
+        try:
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            connection.request("GET", "/health")
+            if connection.getresponse().status == 200:
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise SystemExit(f"server not ready after {timeout_s} s")
+
+
+Served = dict[str, np.ndarray]  # text -> the vector the server sent for it
+
+
+def _client(port: int, requests: list[list[str]], latencies: list[float], failures: list[str], served: Served) -> None:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    for texts in requests:
+        body = json.dumps({"input": texts, "model": "bench"})
+        started = time.perf_counter()
+        connection.request("POST", "/v1/embeddings", body, {"Content-Type": "application/json"})
+        response = connection.getresponse()
+        payload = response.read()
+        latencies.append(time.perf_counter() - started)
+        if response.status != 200:
+            failures.append(f"{response.status}: {payload[:200]!r}")
+            continue
+        for text, item in zip(texts, json.loads(payload)["data"], strict=True):  # clients parse, as real ones do
+            served[text] = np.asarray(item["embedding"], dtype=np.float32)
+    connection.close()
+
+
+def _mean_worker_batch(port: int) -> float:
+    """Texts per worker Encoder.encode call, from the server's /metrics."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    connection.request("GET", "/metrics")
+    values = dict(
+        line.split(" ", 1) for line in connection.getresponse().read().decode().splitlines() if not line.startswith("#")
+    )
+    return float(values["onnxembed_batch_size_sum"]) / max(float(values["onnxembed_batch_size_count"]), 1.0)
+
+
+def run_clients(port: int, plan: list[list[list[str]]]) -> tuple[float, list[float], list[str], Served]:
+    latencies: list[float] = []
+    failures: list[str] = []
+    served: Served = {}
+    threads = [
+        threading.Thread(target=_client, args=(port, requests, latencies, failures, served)) for requests in plan
+    ]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return time.perf_counter() - started, latencies, failures, served
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("model", type=Path)
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--requests", type=int, default=400, help="requests in all, shared among the clients")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--port", type=int, default=0, help="0: a free port")
+    args = parser.parse_args()
+
+    pool = sentences()
+    rng = random.Random(args.seed)
+    requests = [rng.sample(pool, rng.randint(1, 8)) for _ in range(args.requests)]
+    plan = [requests[client :: args.clients] for client in range(args.clients)]
+    texts = [text for request in requests for text in request]
+    load_before = os.getloadavg()
+
+    port = args.port or _free_port()
+    command = [sys.executable, "-m", "onnxembed", "serve", str(args.model), "--port", str(port)]
+    server = subprocess.Popen(command)
+    try:
+        _wait_ready(server, port)
+        run_clients(port, [requests[:2] for requests in plan])  # warm-up
+        served_s, latencies, failures, served = run_clients(port, plan)
+        worker_batch = _mean_worker_batch(port)
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+
+    encoder = Encoder(args.model)
+    encoder.encode(texts[:64])  # warm-up
+    started = time.perf_counter()
+    offline = encoder.encode(texts)
+    offline_s = time.perf_counter() - started
+    started = time.perf_counter()
+    for request in requests:
+        encoder.encode(request)
+    sequential_s = time.perf_counter() - started
+    chunk = max(1, round(worker_batch))
+    started = time.perf_counter()
+    for start in range(0, len(texts), chunk):
+        encoder.encode(texts[start : start + chunk])
+    chunked_s = time.perf_counter() - started
+    max_diff = max(
+        float(np.abs(served[text] - row).max()) for text, row in zip(texts, offline, strict=True) if text in served
+    )
+    load_after = os.getloadavg()
+
+    quantiles = statistics.quantiles(latencies, n=100)
+    print(f"model {args.model}, {len(texts)} sentences in {len(requests)} requests from {args.clients} clients,")
+    print(f"{os.cpu_count()} cores, load average {load_before[0]:.2f} before, {load_after[0]:.2f} after")
+    print(f"max abs difference, served vs offline vectors: {max_diff:.1e}")
+    if failures:
+        print(f"{len(failures)} requests failed, e.g. {failures[0]}")
+    print()
+    print("| how | sentences/s | p50 latency (ms) | p99 latency (ms) |")
+    print("|---|---:|---:|---:|")
+    print(
+        f"| server, {args.clients} clients | {len(texts) / served_s:.0f} | {quantiles[49] * 1e3:.1f} | "
+        f"{quantiles[98] * 1e3:.1f} |"
+    )
+    print(f"| offline encode, one call | {len(texts) / offline_s:.0f} | | |")
+    print(f"| offline encode, calls of {chunk} texts (server's mean worker batch) | {len(texts) / chunked_s:.0f} | | |")
+    print(
+        f"| offline encode, one call per request | {len(texts) / sequential_s:.0f} | "
+        f"{sequential_s / len(requests) * 1e3:.1f} (mean) | |"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+"""``onnxembed serve``: an HTTP embedding server (OpenAI and text-embeddings-inference APIs) over one Encoder.
+
+In scope: loading the Encoder, running uvicorn, SIGTERM. Not in scope: routes (app.py), dynamic batching
+(batcher.py), request checks (parsing.py), metrics (metrics.py).
+
+Needs ``pip install onnxembed[serve]`` (starlette, uvicorn); importing this package imports neither.
+On SIGTERM uvicorn stops accepting connections and waits for the requests in flight; the lifespan then
+closes the batcher, which runs every text it accepted before the worker stops; ``serve`` then returns.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import Literal
+
+from onnxembed.serve.config import ServeConfig
+
+__all__ = ["ServeConfig", "serve"]
+
+
+def serve(
+    model_dir: str | Path,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    *,
+    provider: str = "auto",
+    threads: int | None = None,
+    variant: str = "auto",
+    model_name: str | None = None,
+    api_key: str | None = None,
+    max_batch_tokens: int | None = None,
+    max_queue: int = 4096,
+    max_inputs: int | None = None,
+    max_input_chars: int = 100_000,
+    max_body_bytes: int = 8 * 1024 * 1024,
+    graceful_timeout_s: int | None = 30,
+    log_level: Literal["warning", "info", "debug"] = "warning",
+) -> None:
+    """Serve the exported model at ``model_dir`` until SIGTERM or SIGINT. Blocks; returns after a clean shutdown.
+
+    Limits are those of :class:`ServeConfig`; ``max_inputs`` defaults to 2048 (OpenAI's), or ``max_queue``
+    when that is smaller.
+    """
+    try:
+        import uvicorn
+
+        from onnxembed.serve.app import build_app
+    except ImportError as error:
+        hint = "pip install 'onnxembed[serve]'"
+        raise ImportError(f"onnxembed serve needs starlette and uvicorn: {hint} ({error})") from error
+    from onnxembed.runtime import Encoder
+
+    config = ServeConfig(
+        model_name=model_name or Path(model_dir).resolve().name,
+        api_key=api_key,
+        max_batch_tokens=max_batch_tokens,
+        max_queue=max_queue,
+        max_inputs=max_inputs if max_inputs is not None else min(2048, max_queue),
+        max_input_chars=max_input_chars,
+        max_body_bytes=max_body_bytes,
+    )
+    encoder = Encoder(model_dir, provider=provider, threads=threads, variant=variant)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            build_app(encoder, config),
+            host=host,
+            port=port,
+            log_level=log_level,
+            access_log=log_level != "warning",
+            lifespan="on",
+            timeout_graceful_shutdown=graceful_timeout_s,
+        )
+    )
+    # uvicorn re-raises the signal it shut down for once it is done, under the handler it found: record
+    # SIGTERM here instead of dying of it, so that a graceful stop exits 0.
+    terminated: list[int] = []
+
+    def _record(signum: int, frame: FrameType | None) -> None:
+        terminated.append(signum)
+
+    in_main_thread = threading.current_thread() is threading.main_thread()  # signals are the main thread's only
+    previous = signal.signal(signal.SIGTERM, _record) if in_main_thread else None
+    try:
+        server.run()
+    except SystemExit as error:  # uvicorn exits 1 when it cannot bind or start; it has logged why
+        raise RuntimeError(f"the server did not start on {host}:{port} (exit {error.code}; see the log)") from None
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
+    if not server.started:
+        raise RuntimeError(f"the server did not start on {host}:{port}; see the log above")

@@ -1,0 +1,48 @@
+"""Server settings and the one error type the HTTP layer turns into a JSON body.
+
+In scope: limits, their defaults and checks. Not in scope: applying them (parsing.py, batcher.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """What the server accepts. Sizes are per request except ``max_queue`` (texts waiting, all requests)."""
+
+    model_name: str
+    api_key: str | None = None
+    max_batch_tokens: int | None = None  # None: Encoder's default for the provider
+    max_queue: int = 4096  # texts waiting for the worker; beyond it requests get 503 + Retry-After
+    max_inputs: int = 2048  # texts in one request (OpenAI's limit); beyond it 413
+    max_input_chars: int = 100_000  # characters in one text; beyond it 413
+    max_body_bytes: int = 8 * 1024 * 1024  # request body; beyond it 413
+    max_run_texts: int = 1024  # texts the worker takes off the queue for one Encoder.encode call
+    retry_after_s: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("max_queue", "max_inputs", "max_input_chars", "max_body_bytes", "max_run_texts", "retry_after_s"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int; got {value!r}")
+        if self.max_inputs > self.max_queue:
+            raise ValueError(
+                f"max_inputs ({self.max_inputs}) must be <= max_queue ({self.max_queue}): a request that big never fits"
+            )
+        if self.max_batch_tokens is not None and self.max_batch_tokens < 1:
+            raise ValueError(f"max_batch_tokens must be a positive int; got {self.max_batch_tokens!r}")
+        if self.api_key is not None and not self.api_key:
+            raise ValueError("api_key must not be empty; leave it out to serve without a key")
+
+
+class ApiError(Exception):
+    """An error a client caused (or 503 when busy): becomes ``{"error": {"message", "type"}}`` with ``status``."""
+
+    def __init__(self, status: int, message: str, error_type: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.error_type = error_type
+        self.headers = headers or {}
