@@ -108,6 +108,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=400, help="requests in all, shared among the clients")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--port", type=int, default=0, help="0: a free port")
+    parser.add_argument("--server-args", default="", help="extra `onnxembed serve` options, e.g. '--batch-wait-ms 5'")
     args = parser.parse_args()
 
     pool = sentences()
@@ -118,7 +119,16 @@ def main() -> None:
     load_before = os.getloadavg()
 
     port = args.port or _free_port()
-    command = [sys.executable, "-m", "onnxembed", "serve", str(args.model), "--port", str(port)]
+    command = [
+        sys.executable,
+        "-m",
+        "onnxembed",
+        "serve",
+        str(args.model),
+        "--port",
+        str(port),
+        *args.server_args.split(),
+    ]
     server = subprocess.Popen(command)
     try:
         _wait_ready(server, port)

@@ -1,4 +1,4 @@
-"""The ``onnxembed`` command: export, encode, info, serve.
+"""The ``onnxembed`` command: export, encode, info, serve, embed-corpus.
 
 Errors become one line on stderr and exit code 1 (2 for usage errors, from argparse); no traceback.
 """
@@ -78,10 +78,34 @@ def _build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--threads", type=int, help="intra-op threads (default: one per core)")
     serve.add_argument("--variant", default="auto", help="auto, fp32, int8, fp16, optimized or a graph file name")
     serve.add_argument("--max-batch-tokens", type=int, help="padded tokens per inference batch")
+    serve.add_argument(
+        "--batch-wait-ms", type=float, default=0.0, help="let concurrent requests gather this long before a run"
+    )
     serve.add_argument("--max-queue", type=int, default=4096, help="texts waiting before 503 (default 4096)")
     serve.add_argument("--max-inputs", type=int, help="texts per request (default 2048, or --max-queue if smaller)")
     serve.add_argument("--max-input-chars", type=int, default=100_000, help="characters per text (default 100000)")
     serve.add_argument("--max-body-bytes", type=int, default=8 << 20, help="request body size (default 8 MiB)")
+
+    corpus = commands.add_parser("embed-corpus", help="embed Parquet/JSONL/text into Parquet, locally or on Ray")
+    corpus.add_argument("input", help="a .parquet, .jsonl or .txt file (one text per line), or a folder of them")
+    corpus.add_argument("output", help="folder of Parquet parts (id, embedding); a rerun skips finished parts")
+    corpus.add_argument("--model", required=True, help="directory written by `onnxembed export`")
+    corpus.add_argument("--text-column", default="text", help="column holding the text (default: text)")
+    corpus.add_argument("--id-column", help="column holding the id (default: 'id' if present, else the row number)")
+    corpus.add_argument(
+        "--ray", nargs="?", const="", metavar="ADDRESS", help="run on a Ray cluster (no ADDRESS: a local one)"
+    )
+    corpus.add_argument(
+        "--on-error", choices=("fail", "skip"), default="fail", help="bad rows: stop, or list and go on"
+    )
+    corpus.add_argument("--batch-size", type=int, default=32)
+    corpus.add_argument(
+        "--precision", choices=("float32", "binary", "ubinary"), default="float32", help="packed bits for (u)binary"
+    )
+    corpus.add_argument("--chunk-rows", type=int, default=8192, help="rows per part, locally (default 8192)")
+    corpus.add_argument("--provider", default="auto", help="locally: auto, cpu, cuda or an onnxruntime provider")
+    corpus.add_argument("--threads", type=int, help="locally: intra-op threads (default: one per core)")
+    corpus.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
     return parser
 
 
@@ -233,6 +257,7 @@ def _run_serve(args: argparse.Namespace) -> None:
         model_name=args.model_name,
         api_key=args.api_key or os.environ.get("ONNXEMBED_API_KEY") or None,
         max_batch_tokens=args.max_batch_tokens,
+        batch_wait_ms=args.batch_wait_ms,
         max_queue=args.max_queue,
         max_inputs=args.max_inputs,
         max_input_chars=args.max_input_chars,
@@ -241,10 +266,54 @@ def _run_serve(args: argparse.Namespace) -> None:
     )
 
 
+def _run_embed_corpus(args: argparse.Namespace) -> None:
+    common = {
+        "text_column": args.text_column,
+        "id_column": args.id_column,
+        "on_error": args.on_error,
+        "batch_size": args.batch_size,
+        "precision": args.precision,
+    }
+    if args.ray is None:
+        from onnxembed.corpus import embed_corpus
+
+        result = embed_corpus(
+            args.input,
+            args.output,
+            args.model,
+            chunk_rows=args.chunk_rows,
+            provider=args.provider,
+            threads=args.threads,
+            show_progress_bar=args.progress,
+            **common,
+        )
+    else:
+        from onnxembed.corpus.ray import embed_corpus_ray
+
+        result = embed_corpus_ray(args.input, args.output, args.model, address=args.ray or None, **common)
+    print(
+        f"wrote {args.output}: {result.rows_embedded} rows embedded, {result.rows_reused} found done",
+        file=sys.stderr,
+    )
+    if result.errors:
+        shown = ", ".join(repr(error["id"]) for error in result.errors[:10])
+        more = f" and {len(result.errors) - 10} more" if len(result.errors) > 10 else ""
+        print(
+            f"{len(result.errors)} bad rows skipped (ids {shown}{more}); see {Path(args.output) / '_errors.jsonl'}",
+            file=sys.stderr,
+        )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
-    commands = {"export": _run_export, "encode": _run_encode, "info": _run_info, "serve": _run_serve}
+    commands = {
+        "export": _run_export,
+        "encode": _run_encode,
+        "info": _run_info,
+        "serve": _run_serve,
+        "embed-corpus": _run_embed_corpus,
+    }
     try:
         commands[args.command](args)
     except KeyboardInterrupt:

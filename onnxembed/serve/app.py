@@ -63,7 +63,12 @@ class EmbeddingService:
 
     def start(self) -> None:
         self.batcher = Batcher(
-            self.encoder, self.config.max_queue, self.config.max_run_texts, self.config.max_batch_tokens, self.metrics
+            self.encoder,
+            self.config.max_queue,
+            self.config.max_run_texts,
+            self.config.max_batch_tokens,
+            self.metrics,
+            batch_wait_s=self.config.batch_wait_ms / 1000,
         )
 
     def stop(self) -> None:

@@ -53,8 +53,10 @@ class Batcher:
         max_run_texts: int,
         max_batch_tokens: int | None = None,
         metrics: Metrics | None = None,
+        batch_wait_s: float = 0.0,
     ) -> None:
         self._encoder = encoder
+        self._batch_wait_s = batch_wait_s
         self.max_queue = max_queue
         self._max_run_texts = max_run_texts
         self._max_batch_tokens = max_batch_tokens
@@ -101,6 +103,13 @@ class Batcher:
                 self._cond.wait()
             if not self._jobs:
                 return None  # closed and drained
+            # Let a burst of concurrent requests gather into one run (bigger batches pad less).
+            deadline = time.monotonic() + self._batch_wait_s
+            while not self._closed and self._queued < self._max_run_texts:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._cond.wait(remaining)
             taken: list[_Job] = []
             count = 0
             while self._jobs and (not taken or count + len(self._jobs[0].texts) <= self._max_run_texts):

@@ -20,6 +20,7 @@ class ServeConfig:
     max_input_chars: int = 100_000  # characters in one text; beyond it 413
     max_body_bytes: int = 8 * 1024 * 1024  # request body; beyond it 413
     max_run_texts: int = 1024  # texts the worker takes off the queue for one Encoder.encode call
+    batch_wait_ms: float = 0.0  # how long the worker lets concurrent requests gather before a run
     retry_after_s: int = 1
 
     def __post_init__(self) -> None:
@@ -33,6 +34,8 @@ class ServeConfig:
             )
         if self.max_batch_tokens is not None and self.max_batch_tokens < 1:
             raise ValueError(f"max_batch_tokens must be a positive int; got {self.max_batch_tokens!r}")
+        if not 0 <= self.batch_wait_ms <= 10_000:
+            raise ValueError(f"batch_wait_ms must be between 0 and 10000; got {self.batch_wait_ms!r}")
         if self.api_key is not None and not self.api_key:
             raise ValueError("api_key must not be empty; leave it out to serve without a key")
 

@@ -87,3 +87,16 @@ def test_failing_encode_fails_only_its_group() -> None:
         assert batcher.submit(["later"], "", tokens=1).result(timeout=30)[:, 0].tolist() == [5]
     finally:
         batcher.close(timeout=30)
+
+
+def test_batch_wait_gathers_requests_into_one_run() -> None:
+    fake = BlockingEncoder()
+    fake.release.set()
+    batcher = Batcher(fake, max_queue=100, max_run_texts=100, batch_wait_s=0.5)  # type: ignore[arg-type]
+    try:
+        first = batcher.submit(["a"], "", tokens=1)
+        second = batcher.submit(["bb"], "", tokens=1)  # well inside the first one's wait
+        assert first.result(timeout=30)[0, 0] == 1 and second.result(timeout=30)[0, 0] == 2
+        assert fake.calls == [["a", "bb"]]
+    finally:
+        batcher.close(timeout=30)
