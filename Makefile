@@ -13,7 +13,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch is pinned in the extra: an unpinned torch pulls a multi-GB CUDA build.
-	$(PY) -m pip install --quiet -e '.[export,dev,serve]'
+	$(PY) -m pip install --quiet -e '.[export,dev,serve,corpus,ray]'
 	touch $@
 
 install: $(VENV)/.installed

@@ -1,0 +1,106 @@
+"""The Ray path on a local cluster (``ray.init(num_cpus=2)``): ``onnxembed.ray.embed_dataset`` and
+``onnxembed embed-corpus --ray``. The oracle is ``Encoder(tiny_export).encode`` on the same texts."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from onnxembed.cli import main
+from tests.corpus.helpers import IDS, TEXTS, assert_rows_equal, read_output, write_parquet, write_text
+
+ray = pytest.importorskip("ray")
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[Any]:
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def expected(tiny_export: Path) -> dict[str, np.ndarray]:
+    from onnxembed import Encoder
+
+    return dict(zip(IDS, Encoder(tiny_export).encode(TEXTS), strict=True))
+
+
+def _rows(table: Any) -> dict[Any, dict[str, Any]]:
+    ids = table["id"].to_pylist()
+    assert len(ids) == len(set(ids)), "duplicated ids"
+    errors = table["error"].to_pylist() if "error" in table.column_names else [None] * len(ids)
+    return {
+        row_id: {"embedding": None if vector is None else np.asarray(vector), "error": error}
+        for row_id, vector, error in zip(ids, table["embedding"].to_pylist(), errors, strict=True)
+    }
+
+
+def test_embed_dataset_matches_encoder(ray_cluster: Any, tiny_export: Path, expected: dict) -> None:
+    import pyarrow as pa
+
+    from onnxembed.ray import embed_dataset
+
+    ds = ray.data.from_items([{"id": i, "text": t} for i, t in zip(IDS, TEXTS, strict=True)], override_num_blocks=4)
+    embedded = embed_dataset(ds, tiny_export, rows_per_batch=5)
+    table = pa.concat_tables(ray.get(embedded.to_arrow_refs()))
+    assert table.schema.field("embedding").type == pa.list_(pa.float32(), len(next(iter(expected.values()))))
+    assert_rows_equal(_rows(table), expected)
+
+
+def test_actor_killed_midway_is_retried(ray_cluster: Any, tiny_export: Path, tmp_path: Path, expected: dict) -> None:
+    import pyarrow as pa
+
+    from onnxembed.corpus.ray import EmbedBatches
+    from onnxembed.ray import embed_dataset
+
+    marker = str(tmp_path / "killed-once")
+
+    class DiesOnFirstBatch(EmbedBatches):
+        def __call__(self, batch: Any) -> Any:
+            import os
+
+            if not os.path.exists(marker):
+                open(marker, "w").close()
+                os._exit(1)  # the worker process dies, as on a lost node
+            return super().__call__(batch)
+
+    ds = ray.data.from_items([{"id": i, "text": t} for i, t in zip(IDS, TEXTS, strict=True)], override_num_blocks=4)
+    embedded = embed_dataset(ds, tiny_export, rows_per_batch=5, actor_class=DiesOnFirstBatch)
+    table = pa.concat_tables(ray.get(embedded.to_arrow_refs()))
+    assert Path(marker).exists(), "no actor was killed"
+    assert_rows_equal(_rows(table), expected)
+
+
+def test_cli_ray_bad_rows_then_text_file_rerun(
+    ray_cluster: Any, tiny_export: Path, tmp_path: Path, expected: dict, capsys: pytest.CaptureFixture
+) -> None:
+    rows: list[dict[str, Any]] = [{"id": i, "text": t} for i, t in zip(IDS, TEXTS, strict=True)]
+    rows[5]["text"] = None
+    folder = tmp_path / "in"
+    folder.mkdir()
+    write_parquet(folder / "a.parquet", rows)
+    output = tmp_path / "out"
+    args = ["embed-corpus", str(folder), str(output), "--model", str(tiny_export), "--ray"]
+    assert main(args) == 1
+    assert "row id 'doc-005': text is null" in capsys.readouterr().err
+    assert not [path for path in output.iterdir() if path.name.startswith("part-")]
+
+    assert main([*args, "--on-error", "skip"]) == 0
+    assert "1 bad rows skipped (ids 'doc-005')" in capsys.readouterr().err
+    result = read_output(output)
+    assert result.pop(IDS[5]) == {"embedding": None, "error": "text is null"}
+    assert_rows_equal(result, {i: v for i, v in expected.items() if i != IDS[5]})
+
+    # A text file: ids are row numbers; a rerun finds the file done and embeds nothing.
+    text_output = tmp_path / "out-text"
+    source = write_text(tmp_path / "in.txt", TEXTS)
+    assert main(["embed-corpus", str(source), str(text_output), "--model", str(tiny_export), "--ray"]) == 0
+    assert main(["embed-corpus", str(source), str(text_output), "--model", str(tiny_export), "--ray"]) == 0
+    assert f"0 rows embedded, {len(TEXTS)} found done" in capsys.readouterr().err
+    assert_rows_equal(read_output(text_output), dict(enumerate(expected.values())))
