@@ -1,15 +1,15 @@
 """Faster variants of an exported fp32 graph: fused (optimized), int8-quantized, fp16.
 
 In scope: writing each variant beside onnx/model.onnx under sentence-transformers' file names, and the
-int8 recipes tried, most aggressive (fastest) first. Choosing among them by measured accuracy is
-accuracy.py's job; exporting the fp32 graph is onnx_export.py's. Imports onnx/onnxruntime, never torch.
+int8 recipes, fastest first. Measuring them is accuracy.py's job, choosing one variants.py's; exporting
+the fp32 graph is onnx_export.py's. Imports onnx/onnxruntime, never torch.
 
-What was measured here (all-MiniLM-L6-v2, 2 Zen 4 cores with AVX-512 VNNI; see the issue notes):
-quantizing every MatMul with per-channel weights and dynamic activations (sentence-transformers'
-avx512_vnni recipe) cost the most accuracy on the FFN output MatMuls, the ones fed by GELU, whose
-inputs have long-tailed ranges; keeping those in fp32 recovers most of it. Per-tensor weights were
-unusable. Fusing before quantizing made int8 faster; fusing EmbedLayerNormalization broke
-onnxruntime's quantizer (shape inference), so that fusion stays off for CPU.
+What was measured here (all-MiniLM-L6-v2, 2 Zen 4 cores with AVX-512 VNNI): quantizing every MatMul with
+per-channel weights and dynamic activations (sentence-transformers' avx512_vnni recipe) lost the most
+accuracy in the FFN MatMuls, whose inputs (LayerNorm and GELU outputs) have a few channels with huge
+values; splitting those channels off in fp32 recovers it at int8 speed (split_outliers). Quantizing the
+fused graph was slower here (1.65x vs 2.0x fp32), so int8 starts from the plain graph; fusing
+EmbedLayerNormalization broke onnxruntime's quantizer (shape inference), so that fusion stays off for CPU.
 """
 
 from __future__ import annotations
