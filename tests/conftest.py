@@ -33,6 +33,18 @@ MIXED_TEXTS = [
     "x" * 50,
 ]
 
+# The tiny replicas built below, by fixture name (the real all-MiniLM-L6-v2 is the `minilm` fixture).
+REPLICA_FIXTURES = [
+    "chinese_bert",
+    "korean_sentencepiece_bert",
+    "xlm_roberta",
+    "roberta_lora",
+    "distilbert_lowercase",
+    "mpnet_prompts",
+    "cls_pooling_bert",
+    "multi_pooling_bert",
+]
+
 QUERY_PROMPTS = {
     "query": "Represent this sentence for searching relevant passages: ",
     "passage": "Represent this sentence for retrieving relevant passages: ",

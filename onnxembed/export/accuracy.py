@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import statistics
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -47,9 +46,3 @@ def rate(encoder: Any, texts: list[str], repeats: int = 3) -> float:
         encoder.encode(texts)
         timings.append(time.perf_counter() - start)
     return len(texts) / statistics.median(timings)
-
-
-def measure_variant(model_dir: Path, variant: str, texts: list[str], reference: np.ndarray) -> dict[str, float]:
-    from onnxembed.runtime import Encoder
-
-    return compare(reference, Encoder(model_dir, provider="cpu", variant=variant).encode(texts))

@@ -20,7 +20,7 @@ from onnxembed.manifest import MANIFEST_NAME, MODEL_INPUTS, Manifest, Variant
 
 if TYPE_CHECKING:
     from onnxembed.export.onnx_export import Exporter
-    from onnxembed.export.variants import Target
+    from onnxembed.export.quantize import Target
 
 logger = logging.getLogger(__name__)
 

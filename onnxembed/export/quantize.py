@@ -15,7 +15,7 @@ EmbedLayerNormalization broke onnxruntime's quantizer (shape inference), so that
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -39,7 +39,6 @@ class Int8Recipe:
     split_outliers: tuple[str, ...] = ()  # node groups whose outlier input channels run in fp32 (see split_outliers)
     outlier_channels: int = 4
     per_channel: bool = True
-    extra: dict[str, object] = field(default_factory=dict)
 
 
 # Fastest first, so the first that meets the accuracy budget is the fastest that does. Measured on
@@ -206,7 +205,7 @@ def quantize_int8(
         weight_type=QuantType.QInt8,
         nodes_to_exclude=excluded,
         use_external_data_format=_needs_external_data(src),
-        extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT, **recipe.extra},
+        extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT},
     )
     constants = {tensor.name for tensor in model.graph.initializer}
     weighted = [node.name for node in model.graph.node if node.op_type == "MatMul" and node.input[1] in constants]

@@ -10,15 +10,14 @@ from __future__ import annotations
 import logging
 import warnings
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from onnxembed.export import quantize
 from onnxembed.export.accuracy import compare, rate
+from onnxembed.export.quantize import Target
 from onnxembed.manifest import Variant
 
 logger = logging.getLogger(__name__)
-
-Target = Literal["cpu", "gpu"]
 
 
 def _encoder(out: Path, file: str) -> Any:

@@ -7,19 +7,9 @@ import numpy as np
 import pytest
 
 from onnxembed import Encoder
-from tests.conftest import MIXED_TEXTS, Replica, exported
+from tests.conftest import MIXED_TEXTS, REPLICA_FIXTURES, Replica, exported
 
-REPLICAS = [
-    "chinese_bert",
-    "korean_sentencepiece_bert",
-    "xlm_roberta",
-    "roberta_lora",
-    "distilbert_lowercase",
-    "mpnet_prompts",
-    "cls_pooling_bert",
-    "multi_pooling_bert",
-    pytest.param("minilm", marks=pytest.mark.slow),
-]
+REPLICAS = [*REPLICA_FIXTURES, pytest.param("minilm", marks=pytest.mark.slow)]
 
 
 def _assert_same(expected: np.ndarray, actual: np.ndarray) -> None:

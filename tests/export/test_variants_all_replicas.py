@@ -10,20 +10,10 @@ import pytest
 from onnxembed import Encoder
 from onnxembed.export import export
 from onnxembed.export.accuracy import compare
-from tests.conftest import CORPUS, DATA, MIXED_TEXTS, Replica
-
-REPLICAS = [
-    "korean_sentencepiece_bert",
-    "xlm_roberta",
-    "roberta_lora",
-    "distilbert_lowercase",
-    "mpnet_prompts",
-    "cls_pooling_bert",
-    "multi_pooling_bert",
-]
+from tests.conftest import CORPUS, DATA, MIXED_TEXTS, REPLICA_FIXTURES, Replica
 
 
-@pytest.mark.parametrize("name", REPLICAS)
+@pytest.mark.parametrize("name", REPLICA_FIXTURES)
 def test_cpu_variants(name: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
     from sentence_transformers import SentenceTransformer
 
