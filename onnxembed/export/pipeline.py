@@ -108,12 +108,14 @@ def export(
     quantize: Literal["int8"] | None = None,
     int8_min_cosine: float = 0.99,
     fp16: bool = False,
+    pool_in_graph: bool = False,
     calibration_file: str | Path | None = None,
 ) -> Manifest:
     """Export the SentenceTransformer at ``src`` to ``out_dir`` and verify it; return the manifest.
 
     ``base_model``: the base model directory of a PEFT adapter, overriding adapter_config.json.
-    ``exporter``: "auto" (TorchScript on transformers 4.x, dynamo on 5.x), "torchscript" or "dynamo".
+    ``exporter``: "auto" (TorchScript, or dynamo when the traced graph fails verification), "torchscript"
+    or "dynamo".
     ``external_data``: store weights beside the graph (None: only when over 2 GB).
     Verification raises ExportVerificationError (and removes the manifest) when the graph or the
     whole pipeline does not reproduce the source within ``min_cosine`` / ``atol``.
@@ -122,8 +124,12 @@ def export(
     text per line, or stdlib docstring sentences) and recorded in the manifest: ``optimize`` (fused for
     ``target`` "cpu" -> onnx/model_O2.onnx, "gpu" -> fp16 onnx/model_O4.onnx), ``quantize="int8"``
     (the fastest recipe whose 1st-percentile cosine vs fp32 is >= ``int8_min_cosine``), ``fp16``.
+    ``pool_in_graph``: also the fp32 graph and each GPU graph with pooling and Normalize inside
+    (``<file>_pooled.onnx``, variants ``fp32-pooled``, ``fp16-pooled``, ``optimized-gpu-pooled``), which
+    the runtime prefers on CUDA; only for pooling the graph can do (export/graph_pooling.py).
     """
     _require_export_extra()
+    from onnxembed.export.errors import ExportVerificationError, UnsupportedModelError
     from onnxembed.export.load import load_encoder, resolve_source
     from onnxembed.export.onnx_export import OUTPUT_NAME, export_onnx
     from onnxembed.export.verify import verify_graph, verify_pipeline
@@ -138,6 +144,12 @@ def export(
         raise ValueError(f"int8_min_cosine must be in (0, 1]; got {int8_min_cosine}")
     source = resolve_source(src)
     st_config = read_sentence_transformer_config(source)
+    if pool_in_graph:
+        from onnxembed.export.graph_pooling import can_pool_in_graph
+
+        reason = can_pool_in_graph(st_config.pooling_modes, st_config.include_prompt)
+        if reason:
+            raise UnsupportedModelError(f"--pool-in-graph: {reason}")
     loaded = load_encoder(st_config, base_model)
     out = Path(out_dir)
     adapter_base = [Path(loaded.adapter["base_model"])] if loaded.adapter else []
@@ -152,6 +164,17 @@ def export(
     model.config.save_pretrained(str(out))
     _write_sentence_transformers_files(st_config, out, loaded.max_seq_length)
     trace = export_onnx(model, input_names, tokenizer.pad_token_id, out / ONNX_FILE, exporter, external_data)
+    graph_diff = None
+    if verify:
+        verify_args = (model, out / ONNX_FILE, input_names, tokenizer.pad_token_id, loaded.max_seq_length)
+        try:
+            graph_diff = verify_graph(*verify_args, max(atol, 1e-4))
+        except ExportVerificationError as error:
+            if exporter != "auto":
+                raise
+            logger.warning("the TorchScript graph failed verification (%s); exporting with dynamo", error)
+            trace = export_onnx(model, input_names, tokenizer.pad_token_id, out / ONNX_FILE, "dynamo", external_data)
+            graph_diff = verify_graph(*verify_args, max(atol, 1e-4))
 
     manifest = Manifest(
         dim=model.config.hidden_size * len(st_config.pooling_modes),
@@ -178,9 +201,6 @@ def export(
     accuracy: dict[str, Any] = {}
     if verify:
         try:
-            graph_diff = verify_graph(
-                model, out / ONNX_FILE, input_names, tokenizer.pad_token_id, loaded.max_seq_length, max(atol, 1e-4)
-            )
             accuracy = {
                 "token_embeddings_max_abs_diff": graph_diff,
                 **verify_pipeline(source, out, "fp32", min_cosine, atol),
@@ -191,7 +211,7 @@ def export(
     variants = {"fp32": Variant(file=ONNX_FILE, dtype="fp32", accuracy=accuracy)}
     manifest = dataclasses.replace(manifest, variants=variants)
     manifest.write(out)
-    if optimize or quantize or fp16:
+    if optimize or quantize or fp16 or pool_in_graph:
         from onnxembed.export.calibration import read_calibration_file, sentences
         from onnxembed.export.variants import build_variants
 
@@ -208,6 +228,8 @@ def export(
                 quantize_int8=quantize == "int8",
                 int8_min_cosine=int8_min_cosine,
                 fp16=fp16,
+                pool_in_graph=pool_in_graph,
+                manifest=manifest,
             )
         )
         manifest = dataclasses.replace(manifest, variants=variants)

@@ -173,3 +173,35 @@ def test_models_own_truncate_dim(chinese_bert: Replica, tmp_path: Path) -> None:
     assert encoder.dim == 20
     expected = SentenceTransformer(str(src), device="cpu").encode(MIXED_TEXTS)
     np.testing.assert_allclose(encoder.encode(MIXED_TEXTS), expected, atol=1e-4, rtol=0)
+
+
+def test_auto_exporter_falls_back_to_dynamo_when_the_trace_fails_verification(
+    chinese_bert: Replica, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import onnxembed.export.verify as verify
+
+    real = verify.verify_graph
+    calls: list[Path] = []
+
+    def first_fails(*args, **kwargs):
+        calls.append(args[1])
+        if len(calls) == 1:
+            raise ExportVerificationError("stand-in for a trace that dropped the mask")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(verify, "verify_graph", first_fails)
+    manifest = export(chinese_bert.path, tmp_path / "out")
+    assert len(calls) == 2 and manifest.source["exporter"] == "dynamo"
+    expected = _encode_reference(chinese_bert.path, MIXED_TEXTS)
+    np.testing.assert_allclose(Encoder(tmp_path / "out").encode(MIXED_TEXTS), expected, rtol=0, atol=1e-4)
+
+
+def test_explicit_exporter_does_not_fall_back(chinese_bert: Replica, tmp_path: Path, monkeypatch) -> None:
+    import onnxembed.export.verify as verify
+
+    def fails(*args, **kwargs):
+        raise ExportVerificationError("stand-in")
+
+    monkeypatch.setattr(verify, "verify_graph", fails)
+    with pytest.raises(ExportVerificationError, match="stand-in"):
+        export(chinese_bert.path, tmp_path / "out", exporter="torchscript")
