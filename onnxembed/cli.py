@@ -16,6 +16,8 @@ from typing import TextIO
 
 import numpy as np
 
+_BATCH_HELP = "texts per batch at most (default: 32 on CPU; on a GPU the token budget alone)"
+
 
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="onnxembed", description=__doc__.splitlines()[0] if __doc__ else None)
@@ -47,13 +49,20 @@ def _build_parser() -> argparse.ArgumentParser:
         help="accuracy budget: the fastest int8 recipe whose 1st-percentile cosine vs fp32 is >= P1 (default 0.99)",
     )
     faster.add_argument("--fp16", action="store_true", help="fp16 graph with fp32 inputs/outputs, for CUDA")
+    faster.add_argument(
+        "--pool-in-graph",
+        action="store_true",
+        help="also write fp32 and GPU graphs that pool and normalize inside (only (batch, dim) leaves the device)",
+    )
     faster.add_argument("--calibration-file", help="texts to calibrate and measure on, one per line")
 
     encode = commands.add_parser("encode", help="embed one text per line into an .npy file")
     encode.add_argument("model", help="directory written by `onnxembed export`")
     encode.add_argument("input", nargs="?", default="-", help="text file, one text per line (default: stdin)")
     encode.add_argument("-o", "--output", required=True, help=".npy file to write, (n, dim) float32")
-    encode.add_argument("--batch-size", type=int, default=32)
+    encode.add_argument(
+        "--batch-size", type=int, help="texts per batch at most (default: 32 on CPU, the token budget on GPU)"
+    )
     encode.add_argument("--prompt-name", help="one of the model's prompts")
     encode.add_argument("--prompt", help="a prompt string to prepend to every text")
     encode.add_argument("--normalize", action="store_true", help="L2-normalize the embeddings")
@@ -98,7 +107,7 @@ def _build_parser() -> argparse.ArgumentParser:
     corpus.add_argument(
         "--on-error", choices=("fail", "skip"), default="fail", help="bad rows: stop, or list and go on"
     )
-    corpus.add_argument("--batch-size", type=int, default=32)
+    corpus.add_argument("--batch-size", type=int, help=_BATCH_HELP)
     corpus.add_argument(
         "--precision", choices=("float32", "binary", "ubinary"), default="float32", help="packed bits for (u)binary"
     )
@@ -130,6 +139,7 @@ def _run_export(args: argparse.Namespace) -> None:
         quantize=args.quantize,
         int8_min_cosine=args.int8_min_cosine,
         fp16=args.fp16,
+        pool_in_graph=args.pool_in_graph,
         calibration_file=args.calibration_file,
     )
     accuracy = manifest.variants["fp32"].accuracy

@@ -14,6 +14,8 @@ from typing import Any
 MANIFEST_NAME = "onnxembed.json"
 # The graph inputs an export may declare and the runtime knows how to fill.
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+# The output of graphs that pool (and normalize) inside: (batch, dim) float32.
+POOLED_OUTPUT = "sentence_embedding"
 FORMAT_VERSION = 1
 
 
@@ -28,6 +30,7 @@ class Variant:
     file: str  # relative to the model directory, e.g. "onnx/model.onnx"
     dtype: str = "fp32"
     accuracy: dict[str, Any] = field(default_factory=dict)
+    pooled: bool = False  # the graph pools and normalizes itself: its output is POOLED_OUTPUT, (batch, dim)
 
 
 @dataclass(frozen=True)

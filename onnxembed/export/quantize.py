@@ -93,7 +93,7 @@ def optimize(src: Path, dst: Path, target: Target, num_heads: int, hidden_size: 
     logger.info("fused %s: %s", dst.name, model.get_fused_operator_statistics())
     if target == "gpu":
         model.convert_float_to_float16(keep_io_types=True)
-    model.save_model_to_file(str(dst), use_external_data_format=_needs_external_data(src))
+    model.save_model_to_file(str(dst), use_external_data_format=needs_external_data(src))
 
 
 def to_fp16(src: Path, dst: Path) -> None:
@@ -102,10 +102,10 @@ def to_fp16(src: Path, dst: Path) -> None:
 
     model = OnnxModel(onnx.load(str(src)))
     model.convert_float_to_float16(keep_io_types=True)
-    model.save_model_to_file(str(dst), use_external_data_format=_needs_external_data(src))
+    model.save_model_to_file(str(dst), use_external_data_format=needs_external_data(src))
 
 
-def _needs_external_data(src: Path) -> bool:
+def needs_external_data(src: Path) -> bool:
     return src.with_name(src.name + "_data").exists()
 
 
@@ -204,7 +204,7 @@ def quantize_int8(
         reduce_range=not has_vnni(),
         weight_type=QuantType.QInt8,
         nodes_to_exclude=excluded,
-        use_external_data_format=_needs_external_data(src),
+        use_external_data_format=needs_external_data(src),
         extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT},
     )
     constants = {tensor.name for tensor in model.graph.initializer}
@@ -299,7 +299,7 @@ def split_outliers(
             model.graph.node.remove(node)
             kept.append(node.name + "_outliers")
     _topological_sort(model.graph)
-    onnx.save_model(model, str(dst), save_as_external_data=_needs_external_data(src))
+    onnx.save_model(model, str(dst), save_as_external_data=needs_external_data(src))
     return kept
 
 

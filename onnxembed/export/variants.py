@@ -1,8 +1,8 @@
 """Build the faster variants an export asks for, measure each against fp32, and record what was chosen.
 
-In scope: --optimize, --quantize int8 (with its accuracy budget), --fp16; the calibration split (half to
-calibrate, half held out to measure, so the recorded accuracy is not measured on the text it was tuned
-on). Not in scope: how a variant is made (quantize.py) or measured (accuracy.py).
+In scope: --optimize, --quantize int8 (with its accuracy budget), --fp16, --pool-in-graph; the calibration
+split (half to calibrate, half held out to measure, so the recorded accuracy is not measured on the text it
+was tuned on). Not in scope: how a variant is made (quantize.py) or measured (accuracy.py).
 """
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ from typing import Any
 
 from onnxembed.export import quantize
 from onnxembed.export.accuracy import compare, rate
+from onnxembed.export.graph_pooling import add_pooling
 from onnxembed.export.quantize import Target
-from onnxembed.manifest import Variant
+from onnxembed.manifest import Manifest, Variant
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +47,8 @@ def build_variants(
     quantize_int8: bool = False,
     int8_min_cosine: float = 0.99,
     fp16: bool = False,
+    pool_in_graph: bool = False,
+    manifest: Manifest | None = None,
 ) -> dict[str, Variant]:
     """Write the requested variants into out/onnx and return them with their measured accuracy."""
     calibration, held_out = texts[: len(texts) // 2], texts[len(texts) // 2 :]
@@ -72,6 +75,26 @@ def build_variants(
         variants["fp16"] = Variant(quantize.FP16_FILE, "fp16", _try_measure(measured, quantize.FP16_FILE))
     if quantize_int8:
         variants["int8"] = _choose_int8(out, fp32_file, measured, calibration, int8_min_cosine)
+    if pool_in_graph:
+        if manifest is None:
+            raise ValueError("pool_in_graph needs the manifest (pooling modes, Normalize, dim)")
+        graphs = {"fp32": Variant(str(fp32_file.relative_to(out)), "fp32"), **variants}
+        for name in ("fp32", "fp16", "optimized-gpu"):
+            if name not in graphs:
+                continue
+            source = graphs[name].file
+            file = source.removesuffix(".onnx") + "_pooled.onnx"
+            add_pooling(
+                out / source,
+                out / file,
+                manifest.output_name,
+                manifest.pooling_modes,
+                manifest.normalize,
+                manifest.dim,
+                quantize.needs_external_data(out / source),
+            )
+            accuracy = _try_measure(measured, file)
+            variants[f"{name}-pooled"] = Variant(file, graphs[name].dtype, accuracy, pooled=True)
     return variants
 
 
