@@ -69,7 +69,7 @@ def embed_corpus(
     text_column: str = "text",
     id_column: str | None = None,
     on_error: OnError = "fail",
-    batch_size: int = 32,
+    batch_size: int | None = None,
     precision: CorpusPrecision = "float32",
     chunk_rows: int = 8192,
     provider: str = "auto",

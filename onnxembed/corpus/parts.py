@@ -115,7 +115,9 @@ def row_errors(texts: list[Any]) -> list[str | None]:
     ]
 
 
-def embed_rows(encoder: Any, texts: list[Any], errors: list[str | None], batch_size: int, precision: str) -> np.ndarray:
+def embed_rows(
+    encoder: Any, texts: list[Any], errors: list[str | None], batch_size: int | None, precision: str
+) -> np.ndarray:
     """(n, width) embeddings of the good texts; zero rows where ``errors`` names a bad one."""
     good = [index for index, error in enumerate(errors) if error is None]
     width = encoder.dim if precision == "float32" else -(-encoder.dim // 8)

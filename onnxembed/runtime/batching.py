@@ -16,21 +16,57 @@ results that depend on which texts share a batch; for them the batches are sente
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from functools import partial
 
 import numpy as np
 
 from onnxembed.runtime.tokenize import TextTokenizer
 
 DEFAULT_MAX_BATCH_TOKENS = {"CPUExecutionProvider": 1024}
-# On a GPU bigger batches keep the device busy; not measured here (no GPU in this project's CI).
-DEFAULT_MAX_BATCH_TOKENS_OTHER = 16384
+# On a GPU bigger batches keep the device busy (measured on an H100: see bench/gpu.py and the README).
+DEFAULT_MAX_BATCH_TOKENS_OTHER = 32768
 # Texts are tokenized a window at a time: an Encoding costs ~190 bytes a token, too much to hold for a corpus.
 TOKENIZE_WINDOW = 4096
+
+Batch = tuple[np.ndarray, dict[str, np.ndarray]]  # (indices into texts, padded arrays)
 
 
 def default_max_batch_tokens(provider: str) -> int:
     return DEFAULT_MAX_BATCH_TOKENS.get(provider, DEFAULT_MAX_BATCH_TOKENS_OTHER)
+
+
+def plan(
+    texts: list[str],
+    tokenizer: TextTokenizer,
+    prompt: str,
+    batch_size: int,
+    max_batch_tokens: int,
+    sentence_transformers_order: bool,
+    pad_multiple: int = 1,
+) -> list[Callable[[], Iterator[Batch]]]:
+    """Independent jobs that together yield every text's batch once; each job tokenizes its own windows,
+    so jobs can run on separate threads while the model runs (see runtime/pipeline.py).
+
+    ``pad_multiple`` rounds padded lengths up (shapes repeat on a GPU); it is ignored for left-padded models,
+    whose results depend on the padding.
+    """
+    # Longest first by characters: sentence-transformers' key and sort (np.argsort's default kind).
+    order = np.argsort([-len(text) for text in texts])
+    if sentence_transformers_order:
+
+        def in_sentence_transformers_order() -> Iterator[Batch]:
+            for start in range(0, len(order), batch_size):
+                indices = order[start : start + batch_size]
+                yield indices, tokenizer.pad(tokenizer.encode([prompt + texts[i] for i in indices]))
+
+        return [in_sentence_transformers_order]
+    size = max(TOKENIZE_WINDOW, max_batch_tokens // 8)
+    windows = [order[start : start + size] for start in range(0, len(order), size)]
+    return [
+        partial(_window_batches, window, texts, tokenizer, prompt, batch_size, max_batch_tokens, pad_multiple)
+        for window in windows
+    ]
 
 
 def batches(
@@ -40,24 +76,28 @@ def batches(
     batch_size: int,
     max_batch_tokens: int,
     sentence_transformers_order: bool,
-) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
+) -> Iterator[Batch]:
     """Yield (indices into texts, padded arrays) until every text has run once."""
-    # Longest first by characters: sentence-transformers' key and sort (np.argsort's default kind).
-    order = np.argsort([-len(text) for text in texts])
-    if sentence_transformers_order:
-        for start in range(0, len(order), batch_size):
-            indices = order[start : start + batch_size]
-            yield indices, tokenizer.pad(tokenizer.encode([prompt + texts[i] for i in indices]))
-        return
-    for window_start in range(0, len(order), TOKENIZE_WINDOW):
-        window = order[window_start : window_start + TOKENIZE_WINDOW]
-        encodings = tokenizer.encode([prompt + texts[i] for i in window])
-        lengths = np.array([len(encoding.ids) for encoding in encodings])
-        by_tokens = np.argsort(-lengths, kind="stable")
-        start = 0
-        while start < len(by_tokens):
-            longest = int(lengths[by_tokens[start]])
-            rows = max(1, min(batch_size, max_batch_tokens // max(longest, 1)))
-            chosen = by_tokens[start : start + rows]
-            start += rows
-            yield window[chosen], tokenizer.pad([encodings[i] for i in chosen])
+    for job in plan(texts, tokenizer, prompt, batch_size, max_batch_tokens, sentence_transformers_order):
+        yield from job()
+
+
+def _window_batches(
+    window: np.ndarray,
+    texts: list[str],
+    tokenizer: TextTokenizer,
+    prompt: str,
+    batch_size: int,
+    max_batch_tokens: int,
+    pad_multiple: int,
+) -> Iterator[Batch]:
+    encodings = tokenizer.encode([prompt + texts[i] for i in window])
+    lengths = np.fromiter((len(encoding) for encoding in encodings), dtype=np.int64, count=len(encodings))
+    by_tokens = np.argsort(-lengths, kind="stable")
+    start = 0
+    while start < len(by_tokens):
+        longest = -(-int(lengths[by_tokens[start]]) // pad_multiple) * pad_multiple
+        rows = max(1, min(batch_size, max_batch_tokens // max(longest, 1)))
+        chosen = by_tokens[start : start + rows]
+        start += rows
+        yield window[chosen], tokenizer.pad([encodings[i] for i in chosen], pad_multiple)

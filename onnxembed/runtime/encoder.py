@@ -8,24 +8,36 @@ Not in scope: building sessions (session.py), tokenizing (tokenize.py), the math
 from __future__ import annotations
 
 import logging
+import threading
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from functools import partial
 from itertools import islice
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from onnxruntime import OrtValue
 
 from onnxembed._checks import positive_int
 from onnxembed.kernels import exclude_prompt, normalize, pool, similarity, similarity_pairwise
 from onnxembed.kernels.quantization import PRECISIONS, Precision, quantize_embeddings
-from onnxembed.manifest import MODEL_INPUTS, Manifest, ModelLoadError
-from onnxembed.runtime.batching import batches, default_max_batch_tokens
+from onnxembed.manifest import MODEL_INPUTS, POOLED_OUTPUT, Manifest, ModelLoadError
+from onnxembed.runtime.batching import Batch, default_max_batch_tokens, plan
+from onnxembed.runtime.pipeline import run_overlapped, run_serial
 from onnxembed.runtime.session import create_session, resolve_provider
 from onnxembed.runtime.tokenize import TextTokenizer
 from onnxembed.runtime.variants import choose_variant
 
 logger = logging.getLogger(__name__)
+
+# With overlap: threads that tokenize ahead, and batches queued per session (bounds memory).
+OVERLAP_PRODUCERS = 2
+OVERLAP_DEPTH = 4
+# Fewer texts are one or two batches: starting threads would only add latency.
+OVERLAP_MIN_TEXTS = 256
+# sentence-transformers' default; on CPU also the best measured with the 1,024-token budget.
+DEFAULT_CPU_BATCH_SIZE = 32
 
 
 class Encoder:
@@ -34,9 +46,15 @@ class Encoder:
     ``Encoder(path, provider="auto", threads=None, variant="auto", truncate_dim=None)``: provider is
     "auto", "cpu", "cuda" or an onnxruntime provider name; threads is the number of intra-op threads
     (None: onnxruntime's default, one per core); variant is "auto", a variant of the manifest ("fp32",
-    "int8", "fp16", "optimized") or a graph file name (see :func:`choose_variant`; ``.variant`` says which
-    was loaded); truncate_dim keeps the first dimensions of every embedding (Matryoshka models; None: the
-    model's own setting). An Encoder is safe to share between threads.
+    "int8", "fp16", "optimized", "fp16-pooled", ...) or a graph file name (see :func:`choose_variant`;
+    ``.variant`` says which was loaded); truncate_dim keeps the first dimensions of every embedding
+    (Matryoshka models; None: the model's own setting). An Encoder is safe to share between threads.
+
+    How batches run (defaults: measured best per provider, see the README): ``overlap`` tokenizes and
+    pads the next batches on other threads while the model runs (default: on for GPU providers, off on
+    CPU, where both would compete for the same cores); ``sessions`` runs that many sessions side by side
+    (on CUDA each has its own stream; with ``overlap`` only); ``io_binding`` copies each batch to the
+    device on the tokenizing thread and binds it (default: on for CUDA).
     """
 
     def __init__(
@@ -46,6 +64,10 @@ class Encoder:
         threads: int | None = None,
         variant: str = "auto",
         truncate_dim: int | None = None,
+        *,
+        overlap: bool | None = None,
+        sessions: int = 1,
+        io_binding: bool | None = None,
     ) -> None:
         self.path = Path(path)
         self.manifest = Manifest.read(self.path)
@@ -54,13 +76,28 @@ class Encoder:
         )
         self.provider = resolve_provider(provider)
         self.variant, variant_file = choose_variant(self.manifest, self.path, variant, self.provider)
-        self._session = create_session(self.path / variant_file, self.provider, threads)
+        on_cpu = self.provider == "CPUExecutionProvider"
+        self._overlap = (not on_cpu) if overlap is None else bool(overlap)
+        sessions = positive_int(sessions, "sessions")
+        if sessions > 1 and not self._overlap:
+            raise ValueError("sessions > 1 runs sessions side by side and needs overlap=True")
+        self._io_binding = (self.provider == "CUDAExecutionProvider") if io_binding is None else bool(io_binding)
+        self._device = "cuda" if self.provider == "CUDAExecutionProvider" else "cpu"
+        self._sessions = [create_session(self.path / variant_file, self.provider, threads) for _ in range(sessions)]
+        self._session = self._sessions[0]
         self._input_names = [graph_input.name for graph_input in self._session.get_inputs()]
         unknown = [name for name in self._input_names if name not in MODEL_INPUTS]
         if unknown:
             raise ModelLoadError(f"{variant_file} takes inputs {unknown} that onnxembed cannot feed")
-        self._output_name = self.manifest.output_name
+        outputs = [output.name for output in self._session.get_outputs()]
+        # A pooled graph (export --pool-in-graph) pools and normalizes itself: only (batch, dim) comes back.
+        self._pooled = POOLED_OUTPUT in outputs
+        self._output_name = POOLED_OUTPUT if self._pooled else self.manifest.output_name
+        if self._output_name not in outputs:
+            raise ModelLoadError(f"{variant_file} has no output {self._output_name!r} (outputs: {outputs})")
         self._tokenizer = TextTokenizer(self.path, self.manifest)
+        # Shapes that repeat let a GPU reuse its kernels' choices; results do not depend on padding length.
+        self._pad_multiple = 1 if on_cpu else 8
 
     @property
     def dim(self) -> int:
@@ -90,7 +127,7 @@ class Encoder:
     def encode(
         self,
         sentences: str | Iterable[str],
-        batch_size: int = 32,
+        batch_size: int | None = None,
         normalize_embeddings: bool | None = None,
         prompt_name: str | None = None,
         prompt: str | None = None,
@@ -109,16 +146,19 @@ class Encoder:
         ``precision`` other than "float32" quantizes the whole result as ``quantize_embeddings`` does
         (int8/uint8 ranges from these embeddings; binary/ubinary packed to (n, dim / 8)).
 
-        Batching does not change the results: a batch holds at most ``batch_size`` texts and at most
+        Batching does not change the results: a batch holds at most ``batch_size`` texts (default: 32 on
+        CPU, as sentence-transformers; on a GPU only the token budget limits it) and at most
         ``max_batch_tokens`` padded tokens (default: the best measured for the provider; see batching.py).
         """
         single = isinstance(sentences, str)
         texts: list[str] = [sentences] if isinstance(sentences, str) else _checked_texts(sentences)
-        batch_size = positive_int(batch_size, "batch_size")
         max_batch_tokens = positive_int(
             max_batch_tokens if max_batch_tokens is not None else default_max_batch_tokens(self.provider),
             "max_batch_tokens",
         )
+        if batch_size is None:
+            batch_size = DEFAULT_CPU_BATCH_SIZE if self.provider == "CPUExecutionProvider" else max_batch_tokens
+        batch_size = positive_int(batch_size, "batch_size")
         if precision not in PRECISIONS:
             raise ValueError(f"precision {precision!r} is not supported; choose from {PRECISIONS}")
         truncate_dim = _checked_truncate_dim(truncate_dim if truncate_dim is not None else self.truncate_dim)
@@ -144,7 +184,7 @@ class Encoder:
         self,
         sentences: Iterable[str],
         chunk_size: int = 8192,
-        batch_size: int = 32,
+        batch_size: int | None = None,
         normalize_embeddings: bool | None = None,
         prompt_name: str | None = None,
         prompt: str | None = None,
@@ -221,24 +261,77 @@ class Encoder:
         prompt_length: int | None,
         show_progress_bar: bool,
     ) -> None:
+        if prompt_length is not None and self._pooled:
+            raise ValueError(
+                f"variant {self.variant!r} pools inside the graph and cannot leave the prompt out of the pooling "
+                "(include_prompt=False); load a variant that is not pooled"
+            )
         progress = _progress(len(texts), show_progress_bar)
-        planned = batches(
-            texts, self._tokenizer, prompt, batch_size, max_batch_tokens, self.manifest.padding_side == "left"
+        jobs = plan(
+            texts,
+            self._tokenizer,
+            prompt,
+            batch_size,
+            max_batch_tokens,
+            self.manifest.padding_side == "left",
+            self._pad_multiple,
         )
-        for indices, arrays in planned:
-            feed = {name: arrays[name] for name in self._input_names}
-            (token_embeddings,) = self._session.run([self._output_name], feed)
-            mask = arrays["attention_mask"]
-            if prompt_length is not None:
-                mask = exclude_prompt(mask, prompt_length)
-            pooled = pool(token_embeddings, mask, self.manifest.pooling_modes)
-            if self.manifest.normalize:
-                pooled = normalize(pooled)
-            out[indices] = pooled[:, : out.shape[1]]
+        lock = threading.Lock()
+
+        def worker(session: Any) -> Callable[[tuple[Any, ...]], None]:
+            def run(batch: tuple[Any, ...]) -> None:
+                indices, arrays, *on_device = batch  # on_device: the inputs already copied, with io_binding
+                result = self._run(session, on_device[0] if on_device else arrays)
+                if not self._pooled:
+                    mask = arrays["attention_mask"]
+                    if prompt_length is not None:
+                        mask = exclude_prompt(mask, prompt_length)
+                    result = pool(result, mask, self.manifest.pooling_modes)
+                    if self.manifest.normalize:
+                        result = normalize(result)
+                out[indices] = result[:, : out.shape[1]]
+                if progress is not None:
+                    with lock:
+                        progress.update(len(indices))
+
+            return run
+
+        try:
+            if self._overlap and len(texts) >= OVERLAP_MIN_TEXTS:
+                if self._io_binding:
+                    jobs = [partial(self._on_device, job) for job in jobs]
+                workers = [worker(session) for session in self._sessions]
+                run_overlapped(jobs, workers, producers=OVERLAP_PRODUCERS, depth=OVERLAP_DEPTH * len(workers))
+            else:
+                run_serial(jobs, worker(self._session))
+        finally:
             if progress is not None:
-                progress.update(len(indices))
-        if progress is not None:
-            progress.close()
+                progress.close()
+
+    def _on_device(self, job: Callable[[], Iterator[Batch]]) -> Iterator[tuple[Any, ...]]:
+        """The job's batches and their graph inputs copied to the device (on the producer's thread)."""
+        for indices, arrays in job():
+            device = {name: OrtValue.ortvalue_from_numpy(arrays[name], self._device, 0) for name in self._input_names}
+            yield indices, arrays, device
+
+    def _run(self, session: Any, arrays: dict[str, Any]) -> np.ndarray:
+        """One batch through one session: (batch, seq, hidden) token embeddings, or (batch, dim) if pooled.
+        ``arrays`` are numpy arrays or OrtValues already on the device."""
+        if not self._io_binding:
+            feed = {name: arrays[name] for name in self._input_names}
+            (result,) = session.run([self._output_name], feed)
+            return np.asarray(result)
+        binding = session.io_binding()
+        for name in self._input_names:
+            value = arrays[name]
+            if isinstance(value, OrtValue):
+                binding.bind_ortvalue_input(name, value)
+            else:
+                binding.bind_cpu_input(name, value)
+        binding.bind_output(self._output_name, "cpu")
+        session.run_with_iobinding(binding)
+        (result,) = binding.copy_outputs_to_cpu()
+        return np.asarray(result)
 
 
 def _checked_truncate_dim(truncate_dim: int | None) -> int | None:

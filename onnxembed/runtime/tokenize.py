@@ -8,6 +8,7 @@ Not in scope: choosing batches or running the model (see encoder.py).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
@@ -46,20 +47,30 @@ class TextTokenizer:
         """Tokenize without padding; each Encoding keeps its own length."""
         return self._tokenizer.encode_batch(list(texts), add_special_tokens=True)
 
-    def pad(self, encodings: Sequence[Encoding]) -> dict[str, np.ndarray]:
-        """Pad encodings to the longest one: input_ids, attention_mask, token_type_ids, each (batch, seq) int64."""
-        longest = max(len(encoding.ids) for encoding in encodings)
-        shape = (len(encodings), longest)
-        input_ids = np.full(shape, self._pad_token_id, dtype=np.int64)
-        attention_mask = np.zeros(shape, dtype=np.int64)
-        token_type_ids = np.zeros(shape, dtype=np.int64)
-        for row, encoding in enumerate(encodings):
-            length = len(encoding.ids)
-            span = slice(longest - length, longest) if self._left_padding else slice(0, length)
-            input_ids[row, span] = encoding.ids
-            attention_mask[row, span] = 1
-            token_type_ids[row, span] = encoding.type_ids
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
+    def pad(self, encodings: Sequence[Encoding], multiple_of: int = 1) -> dict[str, np.ndarray]:
+        """Pad encodings to the longest one, rounded up to ``multiple_of`` (repeating shapes suit a GPU):
+        input_ids, attention_mask, token_type_ids, each (batch, seq) int64.
+
+        Whole-batch numpy: the token ids of all rows are laid end to end and scattered into the padded
+        array through the mask, instead of one slice assignment per row.
+        """
+        ids = [encoding.ids for encoding in encodings]
+        lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+        longest = int(lengths.max())
+        longest = -(-longest // multiple_of) * multiple_of
+        positions = np.arange(longest)
+        if self._left_padding:
+            real = positions[None, :] >= (longest - lengths)[:, None]
+        else:
+            real = positions[None, :] < lengths[:, None]
+        total = int(lengths.sum())
+        input_ids = np.full(real.shape, self._pad_token_id, dtype=np.int64)
+        input_ids[real] = np.fromiter(chain.from_iterable(ids), dtype=np.int64, count=total)
+        token_type_ids = np.zeros(real.shape, dtype=np.int64)
+        type_ids = np.fromiter(chain.from_iterable(encoding.type_ids for encoding in encodings), np.int64, total)
+        if type_ids.any():
+            token_type_ids[real] = type_ids
+        return {"input_ids": input_ids, "attention_mask": real.astype(np.int64), "token_type_ids": token_type_ids}
 
     def prompt_length(self, prompt: str) -> int:
         """Tokens a prompt takes at the start of a text, excluding a trailing special token

@@ -1,8 +1,9 @@
 """Which graph of an exported directory to load.
 
-"auto" takes the fastest variant whose recorded accuracy the exporter accepted: fp16 on CUDA when
-there is one; on CPU int8 when its accuracy met the budget it was made for, else the fused fp32 graph
-when there is one, else fp32. A variant name or a graph file name picks that graph.
+"auto" takes the fastest variant whose recorded accuracy the exporter accepted: on CUDA the fused fp16
+graph that pools inside (only (batch, dim) leaves the device), else the nearest to it that exists; on
+CPU int8 when its accuracy met the budget it was made for, else the fused fp32 graph when there is one,
+else fp32. A variant name or a graph file name picks that graph.
 
 The int8 graphs quantize activations dynamically, with one scale per batch tensor: their embeddings
 move slightly (~1e-4 on MiniLM) with which texts share a batch. fp32 and fused graphs do not.
@@ -15,7 +16,14 @@ from pathlib import Path
 from onnxembed.manifest import Manifest
 
 _AUTO_ORDER = {
-    "CUDAExecutionProvider": ("fp16", "optimized-gpu", "fp32"),
+    "CUDAExecutionProvider": (
+        "optimized-gpu-pooled",
+        "fp16-pooled",
+        "optimized-gpu",
+        "fp16",
+        "fp32-pooled",
+        "fp32",
+    ),
     "CPUExecutionProvider": ("int8", "optimized", "fp32"),
 }
 

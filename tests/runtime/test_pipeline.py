@@ -1,0 +1,128 @@
+"""The overlapped engine (tokenizing ahead on other threads, several sessions, IO binding) changes nothing
+but speed: same embeddings in input order as the one-thread loop, errors surface, nothing is lost."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from onnxembed import Encoder
+from onnxembed.runtime.pipeline import run_overlapped, run_serial
+from onnxembed.runtime.tokenize import TextTokenizer
+from tests.conftest import CORPUS, LONG_TEXT, MIXED_TEXTS
+
+
+def _texts() -> list[str]:
+    return [*MIXED_TEXTS, *CORPUS, *(f"{i} {CORPUS[i % len(CORPUS)][: i % 40]}" for i in range(300)), LONG_TEXT]
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"overlap": True},
+        {"overlap": True, "sessions": 3, "threads": 1},
+        {"overlap": True, "io_binding": True},
+        {"overlap": False, "io_binding": True},
+    ],
+)
+def test_overlapped_engine_gives_the_serial_embeddings(tiny_export: Path, options: dict) -> None:
+    texts = _texts()
+    expected = Encoder(tiny_export, provider="cpu").encode(texts, max_batch_tokens=256)
+    actual = Encoder(tiny_export, provider="cpu", **options).encode(texts, max_batch_tokens=256)
+    np.testing.assert_allclose(actual, expected, rtol=0, atol=1e-6)
+
+
+def test_overlapped_engine_restores_input_order(tiny_export: Path) -> None:
+    encoder = Encoder(tiny_export, provider="cpu", overlap=True, sessions=2)
+    texts = _texts()
+    np.testing.assert_allclose(encoder.encode(texts[::-1])[::-1], encoder.encode(texts), rtol=0, atol=1e-6)
+
+
+def test_sessions_need_overlap(tiny_export: Path) -> None:
+    with pytest.raises(ValueError, match="overlap=True"):
+        Encoder(tiny_export, provider="cpu", sessions=2)
+    with pytest.raises(ValueError, match="sessions"):
+        Encoder(tiny_export, provider="cpu", overlap=True, sessions=0)
+
+
+def _jobs(count: int, per_job: int, fail_at: int | None = None) -> list:
+    def job(start: int) -> Iterator[int]:
+        for item in range(start, start + per_job):
+            if item == fail_at:
+                raise RuntimeError(f"tokenizing failed at {item}")
+            yield item
+
+    return [lambda start=k * per_job: job(start) for k in range(count)]
+
+
+def test_run_overlapped_hands_every_item_to_exactly_one_worker() -> None:
+    seen: list[int] = []
+    lock = threading.Lock()
+
+    def worker(item: int) -> None:
+        with lock:
+            seen.append(item)
+
+    run_overlapped(_jobs(7, 50), [worker, worker, worker], producers=2, depth=2)
+    assert sorted(seen) == list(range(350))
+    serial: list[int] = []
+    run_serial(_jobs(7, 50), serial.append)
+    assert serial == list(range(350))
+
+
+def test_run_overlapped_raises_a_producer_error() -> None:
+    with pytest.raises(RuntimeError, match="tokenizing failed at 123"):
+        run_overlapped(_jobs(5, 50, fail_at=123), [lambda item: None], producers=2, depth=1)
+
+
+def test_run_overlapped_raises_a_worker_error_and_stops() -> None:
+    handled: list[int] = []
+
+    def worker(item: int) -> None:
+        if item == 10:
+            raise ValueError("the model failed on item 10")
+        handled.append(item)
+
+    with pytest.raises(ValueError, match="item 10"):
+        run_overlapped(_jobs(100, 100), [worker], producers=2, depth=2)
+    assert len(handled) < 10_000  # the producers stopped instead of tokenizing everything
+
+
+def test_encoder_error_in_a_worker_thread_reaches_the_caller(tiny_export: Path) -> None:
+    encoder = Encoder(tiny_export, provider="cpu", overlap=True, sessions=2)
+
+    class Broken:
+        def run(self, *args: object) -> None:
+            raise RuntimeError("session broke")
+
+    encoder._sessions = [Broken(), Broken()]
+    with pytest.raises(RuntimeError, match="session broke"):
+        encoder.encode(_texts())
+
+
+@pytest.mark.parametrize("multiple", [1, 8])
+def test_whole_batch_padding_places_every_token(tiny_export: Path, multiple: int) -> None:
+    from onnxembed.manifest import Manifest
+
+    for side in ("right", "left"):
+        manifest = Manifest.read(tiny_export)
+        tokenizer = TextTokenizer(tiny_export, manifest)
+        tokenizer._left_padding = side == "left"
+        encodings = tokenizer.encode(["a", CORPUS[0], CORPUS[1][:10], LONG_TEXT])
+        arrays = tokenizer.pad(encodings, multiple)
+        width = arrays["input_ids"].shape[1]
+        assert width % multiple == 0 and width >= max(len(e.ids) for e in encodings)
+        for row, encoding in enumerate(encodings):
+            n = len(encoding.ids)
+            real = slice(width - n, width) if side == "left" else slice(0, n)
+            pad = np.ones(width, dtype=bool)
+            pad[real] = False
+            assert arrays["input_ids"][row, real].tolist() == encoding.ids
+            assert arrays["token_type_ids"][row, real].tolist() == encoding.type_ids
+            assert arrays["attention_mask"][row].sum() == n and arrays["attention_mask"][row, real].all()
+            assert (arrays["input_ids"][row, pad] == manifest.pad_token_id).all()
+            assert (arrays["token_type_ids"][row, pad] == 0).all()
