@@ -24,7 +24,7 @@ from onnxembed.kernels import exclude_prompt, normalize, pool, similarity, simil
 from onnxembed.kernels.quantization import PRECISIONS, Precision, quantize_embeddings
 from onnxembed.manifest import MODEL_INPUTS, POOLED_OUTPUT, Manifest, ModelLoadError
 from onnxembed.runtime.batching import Batch, default_max_batch_tokens, plan
-from onnxembed.runtime.pipeline import run_overlapped, run_serial
+from onnxembed.runtime.pipeline import OverlappedRunner, run_serial
 from onnxembed.runtime.session import create_session, resolve_provider
 from onnxembed.runtime.tokenize import TextTokenizer
 from onnxembed.runtime.variants import choose_variant
@@ -85,6 +85,9 @@ class Encoder:
         self._device = "cuda" if self.provider == "CUDAExecutionProvider" else "cpu"
         self._sessions = [create_session(self.path / variant_file, self.provider, threads) for _ in range(sessions)]
         self._session = self._sessions[0]
+        self._runner = (
+            OverlappedRunner(sessions, OVERLAP_PRODUCERS, OVERLAP_DEPTH * sessions) if self._overlap else None
+        )
         self._input_names = [graph_input.name for graph_input in self._session.get_inputs()]
         unknown = [name for name in self._input_names if name not in MODEL_INPUTS]
         if unknown:
@@ -297,11 +300,10 @@ class Encoder:
             return run
 
         try:
-            if self._overlap and len(texts) >= OVERLAP_MIN_TEXTS:
+            if self._runner is not None and len(texts) >= OVERLAP_MIN_TEXTS:
                 if self._io_binding:
                     jobs = [partial(self._on_device, job) for job in jobs]
-                workers = [worker(session) for session in self._sessions]
-                run_overlapped(jobs, workers, producers=OVERLAP_PRODUCERS, depth=OVERLAP_DEPTH * len(workers))
+                self._runner.run(jobs, [worker(session) for session in self._sessions])
             else:
                 run_serial(jobs, worker(self._session))
         finally:

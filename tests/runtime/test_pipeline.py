@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from onnxembed import Encoder
-from onnxembed.runtime.pipeline import run_overlapped, run_serial
+from onnxembed.runtime.pipeline import OverlappedRunner, run_serial
 from onnxembed.runtime.tokenize import TextTokenizer
 from tests.conftest import CORPUS, LONG_TEXT, MIXED_TEXTS
 
@@ -67,8 +67,11 @@ def test_run_overlapped_hands_every_item_to_exactly_one_worker() -> None:
         with lock:
             seen.append(item)
 
-    run_overlapped(_jobs(7, 50), [worker, worker, worker], producers=2, depth=2)
-    assert sorted(seen) == list(range(350))
+    runner = OverlappedRunner(workers=3, producers=2, depth=2)
+    for _ in range(2):  # the threads outlive a run
+        seen.clear()
+        runner.run(_jobs(7, 50), [worker, worker, worker])
+        assert sorted(seen) == list(range(350))
     serial: list[int] = []
     run_serial(_jobs(7, 50), serial.append)
     assert serial == list(range(350))
@@ -76,7 +79,7 @@ def test_run_overlapped_hands_every_item_to_exactly_one_worker() -> None:
 
 def test_run_overlapped_raises_a_producer_error() -> None:
     with pytest.raises(RuntimeError, match="tokenizing failed at 123"):
-        run_overlapped(_jobs(5, 50, fail_at=123), [lambda item: None], producers=2, depth=1)
+        OverlappedRunner(workers=1, producers=2, depth=1).run(_jobs(5, 50, fail_at=123), [lambda item: None])
 
 
 def test_run_overlapped_raises_a_worker_error_and_stops() -> None:
@@ -88,7 +91,7 @@ def test_run_overlapped_raises_a_worker_error_and_stops() -> None:
         handled.append(item)
 
     with pytest.raises(ValueError, match="item 10"):
-        run_overlapped(_jobs(100, 100), [worker], producers=2, depth=2)
+        OverlappedRunner(workers=1, producers=2, depth=2).run(_jobs(100, 100), [worker])
     assert len(handled) < 10_000  # the producers stopped instead of tokenizing everything
 
 
@@ -99,9 +102,28 @@ def test_encoder_error_in_a_worker_thread_reaches_the_caller(tiny_export: Path) 
         def run(self, *args: object) -> None:
             raise RuntimeError("session broke")
 
+    good = encoder._sessions
     encoder._sessions = [Broken(), Broken()]
     with pytest.raises(RuntimeError, match="session broke"):
         encoder.encode(_texts())
+    encoder._sessions = good  # the engine's threads survive a failed call
+    np.testing.assert_allclose(encoder.encode(_texts()), Encoder(tiny_export).encode(_texts()), rtol=0, atol=1e-6)
+
+
+def test_worker_threads_live_as_long_as_the_encoder(tiny_export: Path) -> None:
+    """onnxruntime's CUDA provider keeps per-thread state: every call must run a session on the same thread."""
+    encoder = Encoder(tiny_export, provider="cpu", overlap=True, sessions=2)
+    seen: set[str] = set()
+    run = encoder._run
+
+    def spy(session, arrays):
+        seen.add(threading.current_thread().name)
+        return run(session, arrays)
+
+    encoder._run = spy
+    for _ in range(3):
+        encoder.encode(_texts())
+    assert seen <= {"onnxembed-run-0_0", "onnxembed-run-1_0"} and seen
 
 
 @pytest.mark.parametrize("multiple", [1, 8])
