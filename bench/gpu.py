@@ -216,7 +216,7 @@ def sweep(args: argparse.Namespace, variant: str, texts: list[str]) -> dict[str,
     configs += [(f"overlap, sessions 2, budget {budget}", {"sessions": 2}, {"max_batch_tokens": budget})
                 for budget in SWEEP_BUDGETS[1:]]  # fmt: skip
     configs += [
-        ("overlap, io_binding off, budget 32768", {"io_binding": False}, {"max_batch_tokens": 32768}),
+        ("overlap, io_binding on, budget 32768", {"io_binding": True}, {"max_batch_tokens": 32768}),
         ("no overlap (bare loop), budget 32768", {"overlap": False}, {"max_batch_tokens": 32768}),
         ("no overlap (bare loop), budget 131072", {"overlap": False}, {"max_batch_tokens": 131072}),
         ("no overlap (bare loop), batch 512", {"overlap": False}, {"batch_size": 512, "max_batch_tokens": 10**9}),

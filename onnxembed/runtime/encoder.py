@@ -50,11 +50,12 @@ class Encoder:
     ``.variant`` says which was loaded); truncate_dim keeps the first dimensions of every embedding
     (Matryoshka models; None: the model's own setting). An Encoder is safe to share between threads.
 
-    How batches run (defaults: measured best per provider, see the README): ``overlap`` tokenizes and
-    pads the next batches on other threads while the model runs (default: on for GPU providers, off on
-    CPU, where both would compete for the same cores); ``sessions`` runs that many sessions side by side
-    (on CUDA each has its own stream; with ``overlap`` only); ``io_binding`` copies each batch to the
-    device on the tokenizing thread and binds it (default: on for CUDA).
+    How batches run (defaults: measured best per provider, bench/results/h100-*.md): ``overlap``
+    tokenizes and pads the next batches on other threads while the model runs (default: on for GPU
+    providers, off on CPU, where both would compete for the same cores); ``sessions`` runs that many
+    sessions side by side (on CUDA each has its own stream; with ``overlap`` only; 2 was slower than 1 on
+    an H100); ``io_binding`` copies each batch to the device on the tokenizing thread and binds it
+    (default off: on an H100 it ran sentences 14-20% slower and paragraphs 3-25% faster).
     """
 
     def __init__(
@@ -67,7 +68,7 @@ class Encoder:
         *,
         overlap: bool | None = None,
         sessions: int = 1,
-        io_binding: bool | None = None,
+        io_binding: bool = False,
     ) -> None:
         self.path = Path(path)
         self.manifest = Manifest.read(self.path)
@@ -81,7 +82,7 @@ class Encoder:
         sessions = positive_int(sessions, "sessions")
         if sessions > 1 and not self._overlap:
             raise ValueError("sessions > 1 runs sessions side by side and needs overlap=True")
-        self._io_binding = (self.provider == "CUDAExecutionProvider") if io_binding is None else bool(io_binding)
+        self._io_binding = bool(io_binding)
         self._device = "cuda" if self.provider == "CUDAExecutionProvider" else "cpu"
         self._sessions = [create_session(self.path / variant_file, self.provider, threads) for _ in range(sessions)]
         self._session = self._sessions[0]

@@ -63,7 +63,7 @@ def test_every_gpu_variant_matches_sentence_transformers(minilm, minilm_gpu, var
         ({}, {"max_batch_tokens": 512}),
         ({}, {"batch_size": 1}),
         ({"sessions": 2}, {}),
-        ({"io_binding": False}, {}),
+        ({"io_binding": True}, {}),
         ({"overlap": False}, {"max_batch_tokens": 10**6, "batch_size": 4096}),
     ],
 )
