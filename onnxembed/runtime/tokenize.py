@@ -42,10 +42,14 @@ class TextTokenizer:
         self._special_ids = {
             token_id for token_id, token in tokenizer.get_added_tokens_decoder().items() if token.special
         }
+        # Single texts get one type id per template piece; when a probe's are all 0, every text's are, and
+        # padding skips reading them (a Python list per text). Offsets are never used: skip computing them.
+        self._zero_type_ids = not any(tokenizer.encode("probe text", add_special_tokens=True).type_ids)
+        self._encode_batch = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)
 
     def encode(self, texts: Sequence[str]) -> list[Encoding]:
         """Tokenize without padding; each Encoding keeps its own length."""
-        return self._tokenizer.encode_batch(list(texts), add_special_tokens=True)
+        return self._encode_batch(list(texts), add_special_tokens=True)
 
     def pad(self, encodings: Sequence[Encoding], multiple_of: int = 1) -> dict[str, np.ndarray]:
         """Pad encodings to the longest one, rounded up to ``multiple_of`` (repeating shapes suit a GPU):
@@ -67,9 +71,8 @@ class TextTokenizer:
         input_ids = np.full(real.shape, self._pad_token_id, dtype=np.int64)
         input_ids[real] = np.fromiter(chain.from_iterable(ids), dtype=np.int64, count=total)
         token_type_ids = np.zeros(real.shape, dtype=np.int64)
-        type_ids = np.fromiter(chain.from_iterable(encoding.type_ids for encoding in encodings), np.int64, total)
-        if type_ids.any():
-            token_type_ids[real] = type_ids
+        if not self._zero_type_ids:
+            token_type_ids[real] = np.fromiter(chain.from_iterable(e.type_ids for e in encodings), np.int64, total)
         return {"input_ids": input_ids, "attention_mask": real.astype(np.int64), "token_type_ids": token_type_ids}
 
     def prompt_length(self, prompt: str) -> int:
