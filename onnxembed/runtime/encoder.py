@@ -34,8 +34,9 @@ logger = logging.getLogger(__name__)
 # With overlap: threads that tokenize ahead, and batches queued per session (bounds memory).
 OVERLAP_PRODUCERS = 2
 OVERLAP_DEPTH = 4
-# Fewer texts are one or two batches: starting threads would only add latency.
-OVERLAP_MIN_TEXTS = 256
+# Fewer texts than sentence-transformers' batch size run on the calling thread: handing one batch to
+# another thread would only add latency.
+OVERLAP_MIN_TEXTS = 32
 # sentence-transformers' default; on CPU also the best measured with the 1,024-token budget.
 DEFAULT_CPU_BATCH_SIZE = 32
 
