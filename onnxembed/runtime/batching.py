@@ -35,8 +35,19 @@ TOKENIZE_WINDOW = 4096
 Batch = tuple[np.ndarray, dict[str, np.ndarray]]  # (indices into texts, padded arrays)
 
 
+# A batch also ends before the first text shorter than MIN_FILL x its longest (padding it would be mostly
+# waste). Measured on CPU (MiniLM, 2 cores, budget 1,024; texts/s without -> with 0.85): calls of 36 random
+# sentences 190 -> 267, of 8 paragraphs 55 -> 69, one call of 1,818 sentences 332 -> 336. Not measured on a
+# GPU, where bigger batches matter more: off there.
+DEFAULT_MIN_FILL = {"CPUExecutionProvider": 0.85}
+
+
 def default_max_batch_tokens(provider: str) -> int:
     return DEFAULT_MAX_BATCH_TOKENS.get(provider, DEFAULT_MAX_BATCH_TOKENS_OTHER)
+
+
+def default_min_fill(provider: str) -> float:
+    return DEFAULT_MIN_FILL.get(provider, 0.0)
 
 
 def plan(
@@ -47,12 +58,13 @@ def plan(
     max_batch_tokens: int,
     sentence_transformers_order: bool,
     pad_multiple: int = 1,
+    min_fill: float = 0.0,
 ) -> list[Callable[[], Iterator[Batch]]]:
     """Independent jobs that together yield every text's batch once; each job tokenizes its own windows,
     so jobs can run on separate threads while the model runs (see runtime/pipeline.py).
 
     ``pad_multiple`` rounds padded lengths up (shapes repeat on a GPU); it is ignored for left-padded models,
-    whose results depend on the padding.
+    whose results depend on the padding. ``min_fill``: see DEFAULT_MIN_FILL.
     """
     # Longest first by characters: sentence-transformers' key and sort (np.argsort's default kind).
     order = np.argsort([-len(text) for text in texts])
@@ -67,7 +79,7 @@ def plan(
     size = max(TOKENIZE_WINDOW, max_batch_tokens // 8)
     windows = [order[start : start + size] for start in range(0, len(order), size)]
     return [
-        partial(_window_batches, window, texts, tokenizer, prompt, batch_size, max_batch_tokens, pad_multiple)
+        partial(_window_batches, window, texts, tokenizer, prompt, batch_size, max_batch_tokens, pad_multiple, min_fill)
         for window in windows
     ]
 
@@ -79,9 +91,10 @@ def batches(
     batch_size: int,
     max_batch_tokens: int,
     sentence_transformers_order: bool,
+    min_fill: float = 0.0,
 ) -> Iterator[Batch]:
     """Yield (indices into texts, padded arrays) until every text has run once."""
-    for job in plan(texts, tokenizer, prompt, batch_size, max_batch_tokens, sentence_transformers_order):
+    for job in plan(texts, tokenizer, prompt, batch_size, max_batch_tokens, sentence_transformers_order, 1, min_fill):
         yield from job()
 
 
@@ -93,6 +106,7 @@ def _window_batches(
     batch_size: int,
     max_batch_tokens: int,
     pad_multiple: int,
+    min_fill: float = 0.0,
 ) -> Iterator[Batch]:
     encodings = tokenizer.encode([prompt + texts[i] for i in window])
     lengths = np.fromiter((len(encoding) for encoding in encodings), dtype=np.int64, count=len(encodings))
@@ -102,5 +116,10 @@ def _window_batches(
         longest = -(-int(lengths[by_tokens[start]]) // pad_multiple) * pad_multiple
         rows = max(1, min(batch_size, max_batch_tokens // max(longest, 1)))
         chosen = by_tokens[start : start + rows]
-        start += rows
+        if min_fill > 0:
+            # end the batch before the first text that would be mostly padding
+            too_short = np.flatnonzero(lengths[chosen] < min_fill * longest)
+            if too_short.size:
+                chosen = chosen[: max(1, int(too_short[0]))]
+        start += len(chosen)
         yield window[chosen], tokenizer.pad([encodings[i] for i in chosen], pad_multiple)

@@ -23,7 +23,7 @@ from onnxembed._checks import positive_int
 from onnxembed.kernels import exclude_prompt, normalize, pool, similarity, similarity_pairwise
 from onnxembed.kernels.quantization import PRECISIONS, Precision, quantize_embeddings
 from onnxembed.manifest import MODEL_INPUTS, POOLED_OUTPUT, Manifest, ModelLoadError
-from onnxembed.runtime.batching import Batch, default_max_batch_tokens, plan
+from onnxembed.runtime.batching import Batch, default_max_batch_tokens, default_min_fill, plan
 from onnxembed.runtime.pipeline import OverlappedRunner, run_serial
 from onnxembed.runtime.session import create_session, resolve_provider
 from onnxembed.runtime.tokenize import TextTokenizer
@@ -280,6 +280,7 @@ class Encoder:
             max_batch_tokens,
             self.manifest.padding_side == "left",
             self._pad_multiple,
+            default_min_fill(self.provider),
         )
         lock = threading.Lock()
 

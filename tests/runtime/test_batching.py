@@ -14,15 +14,23 @@ from tests.conftest import CORPUS, LONG_TEXT, MIXED_TEXTS
 TEXTS = [*MIXED_TEXTS, *CORPUS, LONG_TEXT[:700], "", "b"] * 2
 
 
-@pytest.mark.parametrize(("batch_size", "max_batch_tokens", "window"), [(32, 1024, 4096), (5, 64, 7), (1, 10**6, 3)])
-def test_every_text_once_within_limits(tiny_export: Path, monkeypatch, batch_size, max_batch_tokens, window) -> None:
+@pytest.mark.parametrize(
+    ("batch_size", "max_batch_tokens", "window", "min_fill"),
+    [(32, 1024, 4096, 0.0), (5, 64, 7, 0.0), (1, 10**6, 3, 0.0), (32, 1024, 4096, 0.85), (64, 10**6, 4096, 0.5)],
+)
+def test_every_text_once_within_limits(
+    tiny_export: Path, monkeypatch, batch_size, max_batch_tokens, window, min_fill
+) -> None:
     monkeypatch.setattr(batching, "TOKENIZE_WINDOW", window)
     tokenizer = Encoder(tiny_export)._tokenizer
     seen = []
-    for indices, arrays in batching.batches(TEXTS, tokenizer, "", batch_size, max_batch_tokens, False):
+    planned = batching.batches(TEXTS, tokenizer, "", batch_size, max_batch_tokens, False, min_fill)
+    for indices, arrays in planned:
         rows, longest = arrays["input_ids"].shape
         assert rows == len(indices) <= batch_size
         assert rows == 1 or rows * longest <= max_batch_tokens
+        # no row is mostly padding: each holds at least min_fill of the longest
+        assert arrays["attention_mask"].sum(axis=1).min() >= min_fill * longest
         # each row holds its own text's tokens, not a neighbour's
         expected = tokenizer.pad(tokenizer.encode([TEXTS[i] for i in indices]))
         np.testing.assert_array_equal(arrays["input_ids"], expected["input_ids"])
