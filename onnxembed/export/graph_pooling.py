@@ -20,6 +20,7 @@ from typing import Any
 import onnx
 from onnx import TensorProto, helper
 
+from onnxembed.export.onnx_io import save
 from onnxembed.manifest import POOLED_OUTPUT
 
 GRAPH_POOLING_MODES = ("cls", "max", "mean", "mean_sqrt_len_tokens")
@@ -102,16 +103,7 @@ def add_pooling(
     graph.node.extend(nodes)
     del graph.output[:]
     graph.output.append(helper.make_tensor_value_info(POOLED_OUTPUT, TensorProto.FLOAT, ["batch", dim]))
-    for stale in (dst, dst.with_name(dst.name + "_data")):
-        stale.unlink(missing_ok=True)
-    onnx.save_model(
-        model,
-        str(dst),
-        save_as_external_data=external_data,
-        all_tensors_to_one_file=True,
-        location=dst.name + "_data",
-        size_threshold=1024,
-    )
+    save(model, dst, external_data)
 
 
 def _constant(nodes: list[onnx.NodeProto], name: str, value: onnx.TensorProto) -> str:

@@ -14,6 +14,8 @@ from typing import Any, Literal
 
 import torch
 
+from onnxembed.export.onnx_io import save
+
 logger = logging.getLogger(__name__)
 
 Exporter = Literal["auto", "torchscript", "dynamo"]
@@ -113,15 +115,6 @@ def export_onnx(
         size = sum(path.stat().st_size for path in Path(scratch).iterdir())
         graph = onnx.load(str(traced), load_external_data=True)
     external = size > _EXTERNAL_DATA_BYTES if external_data is None else external_data
-    for stale in (out_file, out_file.with_name(out_file.name + "_data")):
-        stale.unlink(missing_ok=True)
-    onnx.save_model(
-        graph,
-        str(out_file),
-        save_as_external_data=external,
-        all_tensors_to_one_file=True,
-        location=out_file.name + "_data",
-        size_threshold=1024,
-    )
+    save(graph, out_file, external)
     logger.info("exported %s with %s (%d MB, external data: %s)", out_file, method, size >> 20, external)
     return {"exporter": method, "opset": OPSET, "external_data": external, "graph_bytes": size}
