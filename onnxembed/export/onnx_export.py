@@ -56,12 +56,19 @@ def export_sample(input_names: tuple[str, ...], vocab_size: int, pad_token_id: i
     return tuple(arrays[name] for name in input_names)
 
 
-def choose_exporter(exporter: Exporter) -> Literal["torchscript", "dynamo"]:
+def choose_exporter(exporter: Exporter, verified: bool = True) -> Literal["torchscript", "dynamo"]:
     """auto: TorchScript first. Its graphs are the ones onnxruntime's transformer optimizer fuses into
     Attention nodes (the dynamo graph of all-MiniLM-L6-v2 got no Attention fusion); the export job falls
     back to dynamo when the traced graph fails verification (an early transformers 5.x trace of the
-    attention mask was wrong on padded batches; 5.24 with torch 2.13 traces every seed replica right)."""
-    return "torchscript" if exporter == "auto" else exporter
+    attention mask was wrong on padded batches; 5.24 with torch 2.13 traces every seed replica right).
+    Unverified exports (--no-verify) cannot fall back, so on transformers 5.x they take dynamo."""
+    if exporter != "auto":
+        return exporter
+    if verified:
+        return "torchscript"
+    import transformers
+
+    return "torchscript" if int(transformers.__version__.split(".")[0]) < 5 else "dynamo"
 
 
 def export_onnx(
@@ -71,11 +78,12 @@ def export_onnx(
     out_file: Path,
     exporter: Exporter = "auto",
     external_data: bool | None = None,
+    verified: bool = True,
 ) -> dict[str, Any]:
     """Write ``out_file`` (and ``out_file.name + '_data'`` when external); return what was done."""
     import onnx
 
-    method = choose_exporter(exporter)
+    method = choose_exporter(exporter, verified)
     wrapper = _TokenEmbeddings(model).eval()
     sample = export_sample(input_names, int(model.config.vocab_size), pad_token_id)
     axes = {name: {0: "batch", 1: "sequence"} for name in input_names}

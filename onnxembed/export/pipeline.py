@@ -163,7 +163,9 @@ def export(
     tokenizer.save_pretrained(str(out))
     model.config.save_pretrained(str(out))
     _write_sentence_transformers_files(st_config, out, loaded.max_seq_length)
-    trace = export_onnx(model, input_names, tokenizer.pad_token_id, out / ONNX_FILE, exporter, external_data)
+    trace = export_onnx(
+        model, input_names, tokenizer.pad_token_id, out / ONNX_FILE, exporter, external_data, verified=verify
+    )
     graph_diff = None
     if verify:
         verify_args = (model, out / ONNX_FILE, input_names, tokenizer.pad_token_id, loaded.max_seq_length)
@@ -173,8 +175,16 @@ def export(
             if exporter != "auto":
                 raise
             logger.warning("the TorchScript graph failed verification (%s); exporting with dynamo", error)
-            trace = export_onnx(model, input_names, tokenizer.pad_token_id, out / ONNX_FILE, "dynamo", external_data)
-            graph_diff = verify_graph(*verify_args, max(atol, 1e-4))
+            try:
+                trace = export_onnx(
+                    model, input_names, tokenizer.pad_token_id, out / ONNX_FILE, "dynamo", external_data
+                )
+                graph_diff = verify_graph(*verify_args, max(atol, 1e-4))
+            except Exception as second:
+                raise ExportVerificationError(
+                    f"the TorchScript graph failed verification ({error}), and the dynamo export then failed: "
+                    f"{type(second).__name__}: {second}"
+                ) from second
 
     manifest = Manifest(
         dim=model.config.hidden_size * len(st_config.pooling_modes),

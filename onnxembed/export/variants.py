@@ -20,6 +20,10 @@ from onnxembed.manifest import Manifest, Variant
 
 logger = logging.getLogger(__name__)
 
+# A graph that pools inside must reproduce fp32 as its unpooled source does: exactly for fp32 graphs, to
+# fp16's own error for fp16 ones (the GPU goal: min cosine 0.9999 against sentence-transformers fp32).
+POOLED_MIN_COSINE = {"fp32": 0.99999, "fp16": 0.9999}
+
 
 def _encoder(out: Path, file: str) -> Any:
     from onnxembed.runtime import Encoder
@@ -94,6 +98,15 @@ def build_variants(
                 quantize.needs_external_data(out / source),
             )
             accuracy = _try_measure(measured, file)
+            if "min_cosine" in accuracy:  # measured on CPU: the pooled graph must give its source's vectors
+                floor = POOLED_MIN_COSINE[graphs[name].dtype]
+                accuracy.update(accepted=accuracy["min_cosine"] >= floor, budget_min_cosine=floor)
+                if not accuracy["accepted"]:
+                    warnings.warn(
+                        f"{file}: min cosine vs fp32 {accuracy['min_cosine']:.6f} < {floor}; kept, but "
+                        "Encoder(variant='auto') will not choose it",
+                        stacklevel=3,
+                    )
             variants[f"{name}-pooled"] = Variant(file, graphs[name].dtype, accuracy, pooled=True)
     return variants
 

@@ -76,7 +76,8 @@ def plan(
                 yield indices, tokenizer.pad(tokenizer.encode([prompt + texts[i] for i in indices]))
 
         return [in_sentence_transformers_order]
-    size = max(TOKENIZE_WINDOW, max_batch_tokens // 8)
+    # bigger budgets (GPUs) get bigger windows, so that lengths sort well, up to a bound on memory
+    size = min(max(TOKENIZE_WINDOW, max_batch_tokens // 8), 4 * TOKENIZE_WINDOW)
     windows = [order[start : start + size] for start in range(0, len(order), size)]
     return [
         partial(_window_batches, window, texts, tokenizer, prompt, batch_size, max_batch_tokens, pad_multiple, min_fill)

@@ -152,7 +152,8 @@ class Encoder:
         (int8/uint8 ranges from these embeddings; binary/ubinary packed to (n, dim / 8)).
 
         Batching does not change the results: a batch holds at most ``batch_size`` texts (default: 32 on
-        CPU, as sentence-transformers; on a GPU only the token budget limits it) and at most
+        CPU and for left-padded models, as sentence-transformers; on a GPU otherwise only the token budget
+        limits it) and at most
         ``max_batch_tokens`` padded tokens (default: the best measured for the provider; see batching.py).
         """
         single = isinstance(sentences, str)
@@ -162,7 +163,9 @@ class Encoder:
             "max_batch_tokens",
         )
         if batch_size is None:
-            batch_size = DEFAULT_CPU_BATCH_SIZE if self.provider == "CPUExecutionProvider" else max_batch_tokens
+            # Left-padded models run sentence-transformers' own batches of 32 (see batching.py) everywhere.
+            capped = self.provider == "CPUExecutionProvider" or self.manifest.padding_side == "left"
+            batch_size = DEFAULT_CPU_BATCH_SIZE if capped else max_batch_tokens
         batch_size = positive_int(batch_size, "batch_size")
         if precision not in PRECISIONS:
             raise ValueError(f"precision {precision!r} is not supported; choose from {PRECISIONS}")

@@ -108,8 +108,9 @@ class OverlappedRunner:
             for _ in consuming:
                 put(done)
             wait(consuming)
-        except BaseException:  # KeyboardInterrupt in the caller: let the threads wind down
+        except BaseException:  # KeyboardInterrupt in the caller: stop the threads before leaving
             stop.set()
+            wait([*producing, *consuming], timeout=10)
             raise
         if errors:
             raise errors[0]

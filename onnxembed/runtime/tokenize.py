@@ -38,6 +38,7 @@ class TextTokenizer:
         )
         self._tokenizer = tokenizer
         self._pad_token_id = manifest.pad_token_id
+        self._max_length = manifest.max_seq_length
         self._left_padding = manifest.padding_side == "left"
         self._special_ids = {
             token_id for token_id, token in tokenizer.get_added_tokens_decoder().items() if token.special
@@ -61,7 +62,8 @@ class TextTokenizer:
         ids = [encoding.ids for encoding in encodings]
         lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
         longest = int(lengths.max())
-        longest = -(-longest // multiple_of) * multiple_of
+        # never past max_seq_length (a model's position table may end there) unless a text already is
+        longest = min(-(-longest // multiple_of) * multiple_of, max(self._max_length, longest))
         positions = np.arange(longest)
         if self._left_padding:
             real = positions[None, :] >= (longest - lengths)[:, None]

@@ -55,6 +55,21 @@ def test_left_padding_with_positions_counted_from_the_padding(chinese_bert: Repl
         _assert_matches(src, tmp_path / "out", batch_size=batch_size)
 
 
+def test_left_padded_model_keeps_batches_of_32_on_a_gpu_provider(chinese_bert: Replica, tmp_path: Path) -> None:
+    """On a GPU the default batch is the token budget alone, except for left-padded models: their results
+    depend on the batches, which must stay sentence-transformers' default 32."""
+    from sentence_transformers import SentenceTransformer
+
+    src = _copy(chinese_bert, tmp_path)
+    _edit_json(src / "tokenizer_config.json", lambda config: config.update(padding_side="left"))
+    export(src, tmp_path / "out")
+    encoder = Encoder(tmp_path / "out")
+    encoder.provider = "CUDAExecutionProvider"  # the defaults a GPU gets; the session stays on CPU
+    texts = [*MIXED_TEXTS, *(f"{i} {text}" for i, text in enumerate(MIXED_TEXTS * 3))]
+    expected = SentenceTransformer(str(src), device="cpu").encode(texts)
+    np.testing.assert_allclose(encoder.encode(texts), expected, rtol=0, atol=1e-4)
+
+
 def test_legacy_config_file_name(distilbert_lowercase: Replica, tmp_path: Path) -> None:
     src = _copy(distilbert_lowercase, tmp_path)
     (src / "sentence_bert_config.json").unlink()

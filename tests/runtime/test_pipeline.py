@@ -83,16 +83,21 @@ def test_run_overlapped_raises_a_producer_error() -> None:
 
 
 def test_run_overlapped_raises_a_worker_error_and_stops() -> None:
-    handled: list[int] = []
+    produced: list[int] = []
+
+    def job() -> Iterator[int]:
+        for item in range(100_000):
+            produced.append(item)
+            yield item
 
     def worker(item: int) -> None:
         if item == 10:
             raise ValueError("the model failed on item 10")
-        handled.append(item)
 
     with pytest.raises(ValueError, match="item 10"):
-        OverlappedRunner(workers=1, producers=2, depth=2).run(_jobs(100, 100), [worker])
-    assert len(handled) < 10_000  # the producers stopped instead of tokenizing everything
+        OverlappedRunner(workers=1, producers=1, depth=2).run([job], [worker])
+    # the producer stopped soon after instead of producing everything
+    assert len(produced) < 100
 
 
 def test_encoder_error_in_a_worker_thread_reaches_the_caller(tiny_export: Path) -> None:
@@ -148,3 +153,16 @@ def test_whole_batch_padding_places_every_token(tiny_export: Path, multiple: int
             assert arrays["attention_mask"][row].sum() == n and arrays["attention_mask"][row, real].all()
             assert (arrays["input_ids"][row, pad] == manifest.pad_token_id).all()
             assert (arrays["token_type_ids"][row, pad] == 0).all()
+
+
+def test_padding_to_a_multiple_stops_at_max_seq_length(tiny_export: Path) -> None:
+    """Rounding up to a multiple of 8 must not run past the model's positions (a table may end there)."""
+    import dataclasses
+
+    from onnxembed.manifest import Manifest
+
+    manifest = dataclasses.replace(Manifest.read(tiny_export), max_seq_length=250)
+    tokenizer = TextTokenizer(tiny_export, manifest)
+    arrays = tokenizer.pad(tokenizer.encode([LONG_TEXT, "a"]), 8)
+    assert arrays["input_ids"].shape == (2, 250)
+    assert tokenizer.pad(tokenizer.encode(["a", CORPUS[0]]), 8)["input_ids"].shape[1] % 8 == 0
