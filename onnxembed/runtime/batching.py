@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from functools import partial
+from typing import Any
 
 import numpy as np
 
@@ -85,17 +86,10 @@ def plan(
     ]
 
 
-def batches(
-    texts: list[str],
-    tokenizer: TextTokenizer,
-    prompt: str,
-    batch_size: int,
-    max_batch_tokens: int,
-    sentence_transformers_order: bool,
-    min_fill: float = 0.0,
-) -> Iterator[Batch]:
-    """Yield (indices into texts, padded arrays) until every text has run once."""
-    for job in plan(texts, tokenizer, prompt, batch_size, max_batch_tokens, sentence_transformers_order, 1, min_fill):
+def batches(*plan_args: Any, **plan_options: Any) -> Iterator[Batch]:
+    """Yield (indices into texts, padded arrays) until every text has run once: :func:`plan`'s jobs, one
+    after another."""
+    for job in plan(*plan_args, **plan_options):
         yield from job()
 
 

@@ -24,7 +24,7 @@ def test_every_text_once_within_limits(
     monkeypatch.setattr(batching, "TOKENIZE_WINDOW", window)
     tokenizer = Encoder(tiny_export)._tokenizer
     seen = []
-    planned = batching.batches(TEXTS, tokenizer, "", batch_size, max_batch_tokens, False, min_fill)
+    planned = batching.batches(TEXTS, tokenizer, "", batch_size, max_batch_tokens, False, min_fill=min_fill)
     for indices, arrays in planned:
         rows, longest = arrays["input_ids"].shape
         assert rows == len(indices) <= batch_size
