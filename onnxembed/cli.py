@@ -84,7 +84,15 @@ def _build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--api-key", help="require Authorization: Bearer KEY (default: $ONNXEMBED_API_KEY, else none)")
     serve.add_argument("--model-name", help="name the API reports (default: the directory's name)")
     serve.add_argument("--provider", default="auto", help="auto, cpu, cuda or an onnxruntime provider name")
-    serve.add_argument("--threads", type=int, help="intra-op threads (default: one per core)")
+    serve.add_argument(
+        "--threads", type=int, help="intra-op threads per run (default: 1 with several CPU workers, else one per core)"
+    )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        help="inference threads taking requests off the queue (default: on CPU one per core, each with one "
+        "intra-op thread unless --threads is set; else 1)",
+    )
     serve.add_argument("--variant", default="auto", help="auto, fp32, int8, fp16, optimized or a graph file name")
     serve.add_argument("--max-batch-tokens", type=int, help="padded tokens per inference batch")
     serve.add_argument(
@@ -263,6 +271,7 @@ def _run_serve(args: argparse.Namespace) -> None:
         args.port,
         provider=args.provider,
         threads=args.threads,
+        workers=args.workers,
         variant=args.variant,
         model_name=args.model_name,
         api_key=args.api_key or os.environ.get("ONNXEMBED_API_KEY") or None,

@@ -54,6 +54,7 @@ class Batcher:
         max_batch_tokens: int | None = None,
         metrics: Metrics | None = None,
         batch_wait_s: float = 0.0,
+        workers: int = 1,
     ) -> None:
         self._encoder = encoder
         self._batch_wait_s = batch_wait_s
@@ -65,8 +66,12 @@ class Batcher:
         self._jobs: deque[_Job] = deque()
         self._queued = 0
         self._closed = False
-        self._thread = threading.Thread(target=self._run, name="onnxembed-batcher", daemon=True)
-        self._thread.start()
+        self._threads = [
+            threading.Thread(target=self._run, name=f"onnxembed-batcher-{index}", daemon=True)
+            for index in range(workers)
+        ]
+        for thread in self._threads:
+            thread.start()
 
     @property
     def queue_depth(self) -> int:
@@ -95,7 +100,9 @@ class Batcher:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
-        self._thread.join(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
 
     def _take(self) -> list[_Job] | None:
         with self._cond:

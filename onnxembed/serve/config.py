@@ -21,10 +21,19 @@ class ServeConfig:
     max_body_bytes: int = 8 * 1024 * 1024  # request body; beyond it 413
     max_run_texts: int = 1024  # texts the worker takes off the queue for one Encoder.encode call
     batch_wait_ms: float = 0.0  # how long the worker lets concurrent requests gather before a run
+    workers: int = 1  # inference threads, each taking the waiting requests for its own Encoder.encode call
     retry_after_s: int = 1
 
     def __post_init__(self) -> None:
-        for name in ("max_queue", "max_inputs", "max_input_chars", "max_body_bytes", "max_run_texts", "retry_after_s"):
+        for name in (
+            "max_queue",
+            "max_inputs",
+            "max_input_chars",
+            "max_body_bytes",
+            "max_run_texts",
+            "retry_after_s",
+            "workers",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int; got {value!r}")

@@ -100,3 +100,45 @@ def test_batch_wait_gathers_requests_into_one_run() -> None:
         assert fake.calls == [["a", "bb"]]
     finally:
         batcher.close(timeout=30)
+
+
+def _wait_until(condition: Any) -> bool:
+    for _ in range(500):  # bounded: 5 s
+        if condition():
+            return True
+        threading.Event().wait(0.01)
+    return False
+
+
+def test_second_worker_takes_requests_while_the_first_runs_and_close_drains_both() -> None:
+    fake = BlockingEncoder()
+    batcher = Batcher(fake, max_queue=100, max_run_texts=100, workers=2)  # type: ignore[arg-type]
+    first = batcher.submit(["a"], "", tokens=1)
+    assert _wait_until(lambda: batcher.queue_depth == 0)  # one worker holds it, blocked in encode
+    second = batcher.submit(["bb", "ccc"], "", tokens=2)
+    # with one worker this request would wait in the queue until the first run ends
+    assert _wait_until(lambda: batcher.queue_depth == 0), "the second worker did not take the waiting request"
+    third = batcher.submit(["dddd"], "", tokens=1)  # both workers busy: it waits
+    assert batcher.queue_depth == 1
+    closer = threading.Thread(target=batcher.close, kwargs={"timeout": 30})
+    closer.start()
+    fake.release.set()
+    closer.join(timeout=30)
+    assert not closer.is_alive()
+    assert first.result(timeout=1)[:, 0].tolist() == [1]
+    assert second.result(timeout=1)[:, 0].tolist() == [2, 3]
+    assert third.result(timeout=1)[:, 0].tolist() == [4]
+    assert sorted(map(tuple, fake.calls)) == [("a",), ("bb", "ccc"), ("dddd",)]
+
+
+def test_workers_share_one_encoder_and_keep_rows_with_their_requests(tiny_export: Path) -> None:
+    encoder = Encoder(tiny_export, threads=1)
+    batcher = Batcher(encoder, max_queue=10_000, max_run_texts=64, metrics=Metrics(), workers=3)
+    jobs = [(CORPUS[i : i + 1 + i % 7], "query: " if i % 3 == 0 else "") for i in range(60)]
+    try:
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            futures = list(pool.map(lambda job: batcher.submit(job[0], job[1], tokens=0), jobs))
+        for (texts, prompt), future in zip(jobs, futures, strict=True):
+            np.testing.assert_allclose(future.result(timeout=30), encoder.encode(texts, prompt=prompt), atol=1e-5)
+    finally:
+        batcher.close(timeout=30)

@@ -8,6 +8,7 @@ sentence-transformers in tests/runtime): the server must hand each request exact
 from __future__ import annotations
 
 import base64
+import os
 import random
 import signal
 import subprocess
@@ -280,3 +281,35 @@ def test_cli_error_is_one_line(tmp_path: Path) -> None:
     )
     assert completed.returncode == 1
     assert completed.stderr.startswith("onnxembed serve: error:") and completed.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("provider", "workers", "threads", "expected"),
+    [
+        ("CPUExecutionProvider", None, None, ("cores", 1)),  # one single-threaded worker per core
+        ("CPUExecutionProvider", None, 2, (1, 2)),  # asking for threads keeps one worker
+        ("CPUExecutionProvider", 3, None, (3, 1)),
+        ("CPUExecutionProvider", 1, None, (1, None)),  # one worker: onnxruntime's threads, one per core
+        ("CPUExecutionProvider", 2, 2, (2, 2)),  # both given: as given
+        ("CUDAExecutionProvider", None, None, (1, None)),
+    ],
+)
+def test_worker_threads_defaults(provider: str, workers: int | None, threads: int | None, expected: Any) -> None:
+    from onnxembed.serve import worker_threads
+
+    cores = os.cpu_count() or 1
+    want_workers = cores if expected[0] == "cores" else expected[0]
+    want_threads = None if expected[0] == "cores" and cores == 1 else expected[1]
+    assert worker_threads(provider, workers, threads) == (want_workers, want_threads)
+
+
+def test_one_worker_on_all_threads_serves_concurrent_clients(
+    make_server: Any, tiny_export: Path, encoder: Encoder
+) -> None:
+    single = make_server(tiny_export, "--workers", "1")
+    jobs = [TEXTS[i : i + 1 + i % 6] for i in range(24)]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        responses = list(pool.map(lambda texts: single.request("/v1/embeddings", {"input": texts}), jobs))
+    for texts, response in zip(jobs, responses, strict=True):
+        assert response.status == 200, response.body
+        np.testing.assert_allclose(_vectors(response.body, "float"), encoder.encode(texts), atol=ATOL)
