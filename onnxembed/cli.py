@@ -90,8 +90,8 @@ def _build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--workers",
         type=int,
-        help="inference threads taking requests off the queue (default: on CPU one per core, each with one "
-        "intra-op thread unless --threads is set; else 1)",
+        help="inference threads taking requests off the queue (default: on CPU without --threads, one per core, "
+        "each on 1 intra-op thread; otherwise 1)",
     )
     serve.add_argument("--variant", default="auto", help="auto, fp32, int8, fp16, optimized or a graph file name")
     serve.add_argument("--max-batch-tokens", type=int, help="padded tokens per inference batch")

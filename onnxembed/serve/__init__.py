@@ -3,9 +3,9 @@
 In scope: loading the Encoder, running uvicorn, SIGTERM. Not in scope: routes (app.py), dynamic batching
 (batcher.py), request checks (parsing.py), metrics (metrics.py).
 
-Needs ``pip install onnxembed[serve]`` (starlette, uvicorn); importing this package imports neither.
+Needs ``pip install onnxembed[serve]`` (starlette, uvicorn, orjson); importing this package imports none.
 On SIGTERM uvicorn stops accepting connections and waits for the requests in flight; the lifespan then
-closes the batcher, which runs every text it accepted before the worker stops; ``serve`` then returns.
+closes the batcher, which runs every text it accepted before its workers stop; ``serve`` then returns.
 """
 
 from __future__ import annotations
@@ -28,18 +28,25 @@ def worker_threads(provider: str, workers: int | None, threads: int | None) -> t
     On CPU, by default one worker per core, each run on one thread. Measured with bench/serve.py (MiniLM, 2
     cores shared with the 16 clients; median of 5 rounds of server / best offline encode): 2 workers x 1
     thread 80%, 78%, 74%, 81%, 77% (265-290 sentences/s, p50 198-227 ms, p99 472-548 ms); 1 worker on 2
-    threads, in runs interleaved with those, 73%, 70%, 77%, 60%, 72%, 75% (212-274/s, p50 265-350 ms, p99
-    330-463 ms). Two workers take the waiting requests in turn, so batches are smaller (~14 texts against
+    threads, in runs interleaved with those, 73%, 70%, 77%, 60%, 72%, 75% (199-274/s, p50 265-351 ms, p99
+    330-463 ms; README.md). Two workers take the waiting requests in turn, so batches are smaller (~14 texts against
     ~36), but single-threaded runs never wait on each other's threads and no core idles while the other
     finishes a run. The cost: a lone one-sentence request runs on one core (~6 ms instead of ~4 ms for MiniLM).
     Elsewhere (GPUs) one worker, which the Encoder's own pipeline keeps busy.
     """
     on_cpu = provider == "CPUExecutionProvider"
     if workers is None:
-        workers = (os.cpu_count() or 1) if on_cpu and threads is None else 1
+        workers = _usable_cores() if on_cpu and threads is None else 1
     if on_cpu and threads is None and workers > 1:
         threads = 1  # the workers share the cores, one each
     return workers, threads
+
+
+def _usable_cores() -> int:
+    """Cores this process may run on (a container's CPU set, not the host's count)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
 
 
 def serve(
@@ -75,7 +82,7 @@ def serve(
         from onnxembed.serve.app import build_app
     except ImportError as error:
         hint = "pip install 'onnxembed[serve]'"
-        raise ImportError(f"onnxembed serve needs starlette and uvicorn: {hint} ({error})") from error
+        raise ImportError(f"onnxembed serve needs starlette, uvicorn and orjson: {hint} ({error})") from error
     from onnxembed.runtime import Encoder
     from onnxembed.runtime.session import resolve_provider
 

@@ -2,7 +2,7 @@
 /v1/models, /health, /metrics.
 
 In scope: routes, the API key, turning errors into ``{"error": {"message", "type"}}``, counting tokens,
-per-request post-processing of the worker's rows (dimensions, normalize, base64).
+per-request post-processing of the workers' rows (dimensions, normalize, base64).
 Not in scope: batching (batcher.py), body checks (parsing.py), the exposition format (metrics.py).
 """
 
@@ -115,7 +115,10 @@ class EmbeddingService:
             raise ApiError(503, str(error), "server_busy", headers) from error
         except ShuttingDown as error:
             raise ApiError(503, str(error), "server_busy", {"Retry-After": str(self.config.retry_after_s)}) from error
-        return await asyncio.wrap_future(future), tokens
+        rows = await asyncio.wrap_future(future)
+        if not np.isfinite(rows).all():  # orjson would write NaN and inf as null; say what happened instead
+            raise ApiError(500, "the model produced non-finite values (NaN or inf) for this input", "server_error")
+        return rows, tokens
 
     def check_dimensions(self, dimensions: int | None) -> None:
         if dimensions is not None and not 1 <= dimensions <= self.encoder.dim:
@@ -271,7 +274,7 @@ ROUTES = [
 
 
 def build_app(encoder: Encoder, config: ServeConfig) -> Starlette:
-    """The ASGI app. Its lifespan starts the batcher's worker and, on shutdown, drains and stops it."""
+    """The ASGI app. Its lifespan starts the batcher's workers and, on shutdown, drains and stops it."""
     service = EmbeddingService(encoder, config)
 
     @asynccontextmanager

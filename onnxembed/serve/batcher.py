@@ -1,12 +1,13 @@
-"""Dynamic batching: one worker thread runs the texts of all concurrent requests together.
+"""Dynamic batching: worker threads run the texts of concurrent requests together.
 
 In scope: the bounded queue (counted in texts), taking every waiting request at once, one
 ``Encoder.encode`` call per prompt (the Encoder cuts token-budget batches inside it), handing each
 request exactly its own rows through a future, draining on close.
 Not in scope: HTTP and per-request post-processing (normalize, dimensions) — app.py does that on the rows.
 
-There is no artificial wait to fill a batch: while the worker runs one group, new requests pile up and
-run together next, so batches grow with load and a lone request runs at once.
+There is no artificial wait to fill a batch: while the workers run their groups, new requests pile up and
+the next free worker takes them all, so batches grow with load and a lone request runs at once. Several
+workers share one Encoder (its sessions are safe to run from several threads); see serve.worker_threads.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ class _Job:
 
 
 class Batcher:
-    """Queue texts from any thread; one worker thread encodes them. ``submit`` returns a future of
+    """Queue texts from any thread; ``workers`` threads encode them. ``submit`` returns a future of
     (len(texts), dim) float32 rows: the Encoder's output (prompt applied, model's own Normalize), in order."""
 
     def __init__(
@@ -124,6 +125,8 @@ class Batcher:
                 count += len(job.texts)
                 taken.append(job)
             self._queued -= count
+            if self._jobs:  # left over (max_run_texts): another worker may be free to take them
+                self._cond.notify()
         # A request whose client went away may have cancelled its future; after this it cannot.
         return [job for job in taken if job.future.set_running_or_notify_cancel()]
 

@@ -15,12 +15,12 @@ class ServeConfig:
     model_name: str
     api_key: str | None = None
     max_batch_tokens: int | None = None  # None: Encoder's default for the provider
-    max_queue: int = 4096  # texts waiting for the worker; beyond it requests get 503 + Retry-After
+    max_queue: int = 4096  # texts waiting for a worker; beyond it requests get 503 + Retry-After
     max_inputs: int = 2048  # texts in one request (OpenAI's limit); beyond it 413
     max_input_chars: int = 100_000  # characters in one text; beyond it 413
     max_body_bytes: int = 8 * 1024 * 1024  # request body; beyond it 413
-    max_run_texts: int = 1024  # texts the worker takes off the queue for one Encoder.encode call
-    batch_wait_ms: float = 0.0  # how long the worker lets concurrent requests gather before a run
+    max_run_texts: int = 1024  # texts a worker takes off the queue for one Encoder.encode call
+    batch_wait_ms: float = 0.0  # how long a worker lets concurrent requests gather before a run
     workers: int = 1  # inference threads, each taking the waiting requests for its own Encoder.encode call
     retry_after_s: int = 1
 

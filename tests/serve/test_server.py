@@ -28,6 +28,7 @@ from tests.serve.conftest import API_KEY, LIMITS, Server
 
 pytest.importorskip("uvicorn", reason="the server needs the serve extra: pip install 'onnxembed[serve]'")
 pytest.importorskip("starlette", reason="the server needs the serve extra: pip install 'onnxembed[serve]'")
+pytest.importorskip("orjson", reason="the server needs the serve extra: pip install 'onnxembed[serve]'")
 
 # Everything but "" (the server rejects empty strings, as OpenAI and TEI do); LONG_TEXT is truncated.
 TEXTS = [text for text in MIXED_TEXTS if text] + CORPUS[12:40]
@@ -297,7 +298,7 @@ def test_cli_error_is_one_line(tmp_path: Path) -> None:
 def test_worker_threads_defaults(provider: str, workers: int | None, threads: int | None, expected: Any) -> None:
     from onnxembed.serve import worker_threads
 
-    cores = os.cpu_count() or 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     want_workers = cores if expected[0] == "cores" else expected[0]
     want_threads = None if expected[0] == "cores" and cores == 1 else expected[1]
     assert worker_threads(provider, workers, threads) == (want_workers, want_threads)
@@ -313,3 +314,27 @@ def test_one_worker_on_all_threads_serves_concurrent_clients(
     for texts, response in zip(jobs, responses, strict=True):
         assert response.status == 200, response.body
         np.testing.assert_allclose(_vectors(response.body, "float"), encoder.encode(texts), atol=ATOL)
+
+
+def test_non_finite_vectors_are_a_500_not_nulls(make_server: Any, tiny_export: Path, tmp_path: Path) -> None:
+    """A graph whose output is NaN: the client gets a JSON 500 saying so, never a 200 with nulls in it."""
+    import shutil
+
+    import onnx
+    from onnx import numpy_helper
+
+    broken = tmp_path / "nan-model"
+    shutil.copytree(tiny_export, broken)
+    graph_file = broken / "onnx" / "model.onnx"
+    model = onnx.load(str(graph_file))
+    for index, tensor in enumerate(model.graph.initializer):  # poison every float weight
+        values = numpy_helper.to_array(tensor)
+        if values.dtype == np.float32:
+            model.graph.initializer[index].CopyFrom(numpy_helper.from_array(np.full_like(values, np.nan), tensor.name))
+    onnx.save(model, str(graph_file))
+    server = make_server(broken, "--variant", "fp32")
+    for path, payload in (("/v1/embeddings", {"input": ["hello"]}), ("/embed", {"inputs": "hello"})):
+        response = server.request(path, payload)
+        assert response.status == 500, response.body
+        assert "non-finite" in response.body["error"]["message"]
+    assert server.request("/v1/embeddings", {"input": "hello", "encoding_format": "base64"}).status == 500
