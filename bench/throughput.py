@@ -1,14 +1,18 @@
 """Throughput, latency, memory, cold start and faithfulness of onnxembed and its peers, on one machine and corpus.
 
-    python bench/throughput.py SRC_DIR EXPORTED_DIR [--batch-size 32] [--repeats 3] [--sentences 1000]
-        [--paragraphs 150] [--systems st,st-onnx,fastembed,onnxembed,onnxembed-int8] [--json-out F] [--png-out F]
+    python bench/throughput.py SRC_DIR EXPORTED_DIR [--batch-size 32] [--repeats 3] [--rounds 3]
+        [--sentences 1000] [--paragraphs 150] [--systems st,st-onnx,fastembed,onnxembed,onnxembed-int8]
+        [--json-out F] [--png-out F]
 
 Systems: sentence-transformers on torch (SRC_DIR), sentence-transformers' ONNX backend, fastembed and onnxembed
 (fp32, and int8 when the export has that variant) on EXPORTED_DIR. Each runs in its own fresh process
 (bench/peers.py; fastembed from its own venv) per corpus, so peak RSS is per system and corpus, and again
---repeats times for cold start. Corpora: stdlib docstrings (bench/corpus.py), short sentences and long
-paragraphs. Rates are medians of --repeats timed runs after a warm-up run. Utilisation is 2 x non-embedding
-parameters x tokens/s against the best of a numpy and an onnxruntime 2048x2048 float32 matmul, measured before
+--repeats times for cold start. The systems run in turn, --rounds times over: this machine's speed drifts by
+up to a third over minutes (int8 MiniLM paragraphs ran 120-128 then 88-92 texts/s in one process), so the
+ratio to sentence-transformers is taken per round and its median reported. Corpora: stdlib docstrings
+(bench/corpus.py), short sentences and long paragraphs. Rates are the median round, each round the median of
+--repeats timed runs after a warm-up run. Utilisation is 2 x non-embedding parameters x tokens/s against the
+best of a numpy and an onnxruntime 2048x2048 float32 matmul, measured before
 and after. Prints Markdown; writes JSON and a PNG chart when asked. Asserts nothing about time.
 """
 
@@ -120,27 +124,44 @@ def _skip_reason(system: str, exported: Path, manifest: dict[str, Any], fastembe
     return None
 
 
-def run_system(
+def throughput_round(
     system: str, args: argparse.Namespace, corpora: dict[str, Path], workdir: Path, python: str
 ) -> dict[str, Any]:
-    """Throughput per corpus (fresh process each; latency in the sentences one), then cold starts."""
+    """One round: a fresh process per corpus, --repeats timed runs each (latency in the sentences one)."""
     common = ["--src", str(args.src), "--exported", str(args.exported), "--batch-size", str(args.batch_size)]
-    result: dict[str, Any] = {"status": "ok", "corpora": {}, "loadavg_before": os.getloadavg()}
+    children = {}
     for corpus, texts_path in corpora.items():
         latency = ["--latency-calls", str(LATENCY_CALLS)] if corpus == "sentences" else []
-        embeddings = workdir / f"{system}-{corpus}.npy"
-        child = _child(
+        children[corpus] = _child(
             python,
             ["run", system, *common, "--texts", str(texts_path), "--repeats", str(args.repeats)]
-            + ["--embeddings-out", str(embeddings), *latency],
+            + ["--embeddings-out", str(workdir / f"{system}-{corpus}.npy"), *latency],
         )
-        result["corpora"][corpus] = child
+    return children
+
+
+def add_round(result: dict[str, Any], children: dict[str, Any]) -> None:
+    """Fold one round's processes into a system's result: timings, latencies and memory per round."""
+    for corpus, child in children.items():
         for key in ("max_length", "threads", "versions"):
             result[key] = child.pop(key)
         if corpus == "sentences":
-            result["latency_p50_s"] = child.pop("latency_p50_s")
-            result["latency_p99_s"] = child.pop("latency_p99_s")
+            result.setdefault("latency_p50_rounds_s", []).append(child.pop("latency_p50_s"))
+            result.setdefault("latency_p99_rounds_s", []).append(child.pop("latency_p99_s"))
             result["latency_calls"] = len(child.pop("latency_s"))
+            result["latency_p50_s"] = statistics.median(result["latency_p50_rounds_s"])
+            result["latency_p99_s"] = statistics.median(result["latency_p99_rounds_s"])
+        run = result["corpora"].setdefault(corpus, {"rounds": []})
+        run["rounds"].append(child)
+        run["timings_s"] = [t for one in run["rounds"] for t in one["timings_s"]]
+        run["peak_rss_bytes"] = max(one["peak_rss_bytes"] for one in run["rounds"])
+        run["rss_after_load_bytes"] = statistics.median(one["rss_after_load_bytes"] for one in run["rounds"])
+        run["others_cpu_cores"] = max(one["others_cpu_cores"] for one in run["rounds"])
+
+
+def cold_starts(system: str, args: argparse.Namespace, corpora: dict[str, Path], python: str) -> dict[str, Any]:
+    """--repeats fresh processes, each timed from just before its start to its first embedding."""
+    common = ["--src", str(args.src), "--exported", str(args.exported), "--batch-size", str(args.batch_size)]
     cold = []
     for _ in range(args.repeats):
         started = time.time()
@@ -149,11 +170,12 @@ def run_system(
                 python, ["run", system, *common, "--texts", str(corpora["sentences"]), "--cold-start-at", str(started)]
             )
         )
-    result["cold_start_runs_s"] = [child["cold_start_s"] for child in cold]
-    result["cold_start_s"] = statistics.median(result["cold_start_runs_s"])
-    result["cold_load_s"] = statistics.median(child["load_s"] for child in cold)
-    result["loadavg_after"] = os.getloadavg()
-    return result
+    runs = [child["cold_start_s"] for child in cold]
+    return {
+        "cold_start_runs_s": runs,
+        "cold_start_s": statistics.median(runs),
+        "cold_load_s": statistics.median(child["load_s"] for child in cold),
+    }
 
 
 def reference_embeddings(
@@ -185,11 +207,21 @@ def add_rates(
     """Rates, tokens, FLOP/s, utilisation, memory and cosines for each system that ran."""
     parameters = results["model"]["non_embedding_parameters"]
     peak = results["peak_gflops"]["used"]
+    baseline = results["systems"].get("st", {})
     for name, system in results["systems"].items():
         if system["status"] != "ok":
             continue
         for corpus, run in system["corpora"].items():
-            seconds = statistics.median(run["timings_s"])
+            # each round's median run; the rate is the median over rounds, and the ratio to
+            # sentence-transformers the median of the per-round ratios (rounds alternate the systems)
+            round_s = [statistics.median(one["timings_s"]) for one in run["rounds"]]
+            seconds = statistics.median(round_s)
+            run["round_median_s"] = round_s
+            if baseline.get("status") == "ok":
+                st_round_s = [statistics.median(one["timings_s"]) for one in baseline["corpora"][corpus]["rounds"]]
+                ratios = [st / own for st, own in zip(st_round_s, round_s, strict=True)]
+                run["vs_st_rounds"] = ratios
+                run["vs_st"] = statistics.median(ratios)
             tokens = counter.total(texts[corpus], system["max_length"])
             cosines = _cosines(reference[corpus], np.load(workdir / f"{name}-{corpus}.npy"))
             run.update(
@@ -216,15 +248,16 @@ def markdown(results: dict[str, Any]) -> str:
     lines = [
         f"model: {model['name']}, {model['non_embedding_parameters']:,} non-embedding parameters, "
         f"max_seq_length {model['max_seq_length']}; batch size {settings['batch_size']}, "
-        f"median of {settings['repeats']} runs after a warm-up",
+        f"{settings['rounds']} rounds (the systems in turn), each the median of {settings['repeats']} runs after a "
+        "warm-up; rates are the median round, x st the median of the per-round ratios",
         f"machine: {machine['cpu']}, {machine['cores']} cores; fp32 matmul peak {peak['used']:.1f} GFLOP/s "
         f"({peak['used_source']}; numpy {peak['numpy']:.1f}, onnxruntime {peak['onnxruntime']:.1f}); "
         f"load average {machine['loadavg_start'][0]:.2f} at start, {machine['loadavg_end'][0]:.2f} at end",
         f"corpora (tokens at max_seq_length): {corpora}",
         "",
-        "| corpus | system | sentences/s | spread | others' CPU | tokens/s | GFLOP/s | of peak | peak RSS MiB "
-        "| min cos | mean cos |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| corpus | system | sentences/s | x st | spread | others' CPU | tokens/s | GFLOP/s | of peak "
+        "| peak RSS MiB | min cos | mean cos |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for corpus, info in results["corpora"].items():
         for name, system in results["systems"].items():
@@ -236,6 +269,7 @@ def markdown(results: dict[str, Any]) -> str:
                 corpus,
                 name,
                 f"{run['sentences_per_s']:.1f}",
+                f"{run['vs_st']:.2f}x" if "vs_st" in run else "",
                 f"{run['spread']:.0%}",
                 f"{run['others_cpu_cores']:.2f}",
                 f"{run['tokens_per_s']:,.0f}",
@@ -246,7 +280,7 @@ def markdown(results: dict[str, Any]) -> str:
             ]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append(
-            f"| {corpus} | *fp32 matmul peak* | {info['hardware_limit_sentences_per_s']:.1f} | | | "
+            f"| {corpus} | *fp32 matmul peak* | {info['hardware_limit_sentences_per_s']:.1f} | | | | "
             f"{info['hardware_limit_sentences_per_s'] * info['mean_tokens']:,.0f} | {peak['used']:.1f} | 100% | | | |"
         )
     lines += [
@@ -286,6 +320,7 @@ def main() -> None:
     parser.add_argument("exported", type=Path, help="directory written by `onnxembed export`")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=3, help="times every system runs, in turn")
     parser.add_argument("--sentences", type=int, default=1000)
     parser.add_argument("--paragraphs", type=int, default=150)
     parser.add_argument("--systems", default=",".join(SYSTEMS), help=f"comma-separated, from {','.join(SYSTEMS)}")
@@ -302,8 +337,8 @@ def main() -> None:
     unknown = [name for name in systems if name not in SYSTEMS]
     if unknown or not systems:
         parser.error(f"unknown systems {unknown}; choose from {', '.join(SYSTEMS)}")
-    if args.repeats < 1 or args.batch_size < 1:
-        parser.error("--repeats and --batch-size must be at least 1")
+    if args.repeats < 1 or args.batch_size < 1 or args.rounds < 1:
+        parser.error("--repeats, --rounds and --batch-size must be at least 1")
 
     manifest = json.loads((args.exported / "onnxembed.json").read_text())
     texts = {"sentences": sentences(args.sentences), "paragraphs": paragraphs(args.paragraphs)}
@@ -322,7 +357,12 @@ def main() -> None:
             "non_embedding_parameters": parameters,
             "max_seq_length": manifest["max_seq_length"],
         },
-        "settings": {"batch_size": args.batch_size, "repeats": args.repeats, "latency_calls": LATENCY_CALLS},
+        "settings": {
+            "batch_size": args.batch_size,
+            "repeats": args.repeats,
+            "rounds": args.rounds,
+            "latency_calls": LATENCY_CALLS,
+        },
         "corpora": {},
         "systems": {},
     }
@@ -334,16 +374,30 @@ def main() -> None:
             corpora[corpus].write_text(json.dumps(corpus_texts))
         for name in systems:
             reason = _skip_reason(name, args.exported, manifest, args.fastembed_python)
-            if reason is not None:
-                results["systems"][name] = {"status": "skipped", "note": reason}
-                continue
-            print(f"running {name} ...", file=sys.stderr, flush=True)
-            try:
-                results["systems"][name] = run_system(
-                    name, args, corpora, workdir, _python_for(name, args.fastembed_python)
-                )
-            except RuntimeError as error:
-                results["systems"][name] = {"status": "failed", "note": str(error)}
+            results["systems"][name] = (
+                {"status": "ok", "corpora": {}, "loadavg_before": os.getloadavg()}
+                if reason is None
+                else {"status": "skipped", "note": reason}
+            )
+        # Rounds outermost: a slower spell of the shared machine falls on every system, not on one.
+        for round_index in range(args.rounds):
+            for name, system in results["systems"].items():
+                if system["status"] != "ok":
+                    continue
+                print(f"round {round_index + 1}/{args.rounds}: {name} ...", file=sys.stderr, flush=True)
+                try:
+                    children = throughput_round(name, args, corpora, workdir, _python_for(name, args.fastembed_python))
+                    add_round(system, children)
+                except RuntimeError as error:
+                    results["systems"][name] = {"status": "failed", "note": str(error)}
+        for name, system in results["systems"].items():
+            if system["status"] == "ok":
+                try:
+                    system.update(cold_starts(name, args, corpora, _python_for(name, args.fastembed_python)))
+                except RuntimeError as error:
+                    results["systems"][name] = {"status": "failed", "note": str(error)}
+                    continue
+                system["loadavg_after"] = os.getloadavg()
         peak_end = matmul_peak()
         peaks = {name: max(peak_start[name], peak_end[name]) for name in peak_start}
         source = max(peaks, key=peaks.__getitem__)
