@@ -32,6 +32,14 @@ class BlockingEncoder:
         return np.array([[len(text), len(text)] for text in texts], dtype=np.float32)
 
 
+def _wait_until(condition: Any) -> bool:
+    for _ in range(500):  # bounded: 5 s
+        if condition():
+            return True
+        threading.Event().wait(0.01)
+    return False
+
+
 @pytest.mark.parametrize(("workers", "threads"), [(1, None), (3, 1)])  # several workers share one Encoder
 def test_rows_go_back_to_their_own_request_with_prompts(tiny_export: Path, workers: int, threads: int | None) -> None:
     encoder = Encoder(tiny_export, threads=threads)
@@ -50,20 +58,14 @@ def test_full_queue_refuses_and_close_drains() -> None:
     fake = BlockingEncoder()
     batcher = Batcher(fake, max_queue=4, max_run_texts=100)  # type: ignore[arg-type]
     first = batcher.submit(["a"], "", tokens=1)  # the worker takes it and blocks in encode
-    for _ in range(100):
-        if batcher.queue_depth == 0:
-            break
-        threading.Event().wait(0.01)
+    assert _wait_until(lambda: batcher.queue_depth == 0)
     queued = [batcher.submit(["bb", "ccc"], "", tokens=2), batcher.submit(["dddd", "e"], "", tokens=2)]
     assert batcher.queue_depth == 4
     with pytest.raises(QueueFull):
         batcher.submit(["f"], "", tokens=1)
     closer = threading.Thread(target=batcher.close, kwargs={"timeout": 30})
     closer.start()
-    for _ in range(100):
-        if batcher.closed:
-            break
-        threading.Event().wait(0.01)
+    assert _wait_until(lambda: batcher.closed)
     with pytest.raises(ShuttingDown):
         batcher.submit(["g"], "", tokens=1)
     fake.release.set()
@@ -101,14 +103,6 @@ def test_batch_wait_gathers_requests_into_one_run() -> None:
         assert fake.calls == [["a", "bb"]]
     finally:
         batcher.close(timeout=30)
-
-
-def _wait_until(condition: Any) -> bool:
-    for _ in range(500):  # bounded: 5 s
-        if condition():
-            return True
-        threading.Event().wait(0.01)
-    return False
 
 
 def test_second_worker_takes_requests_while_the_first_runs_and_close_drains_both() -> None:

@@ -8,7 +8,6 @@ sentence-transformers in tests/runtime): the server must hand each request exact
 from __future__ import annotations
 
 import base64
-import os
 import random
 import signal
 import subprocess
@@ -287,7 +286,7 @@ def test_cli_error_is_one_line(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("provider", "workers", "threads", "expected"),
     [
-        ("CPUExecutionProvider", None, None, ("cores", 1)),  # one single-threaded worker per core
+        ("CPUExecutionProvider", None, None, (4, 1)),  # one single-threaded worker per core (4 here)
         ("CPUExecutionProvider", None, 2, (1, 2)),  # asking for threads keeps one worker
         ("CPUExecutionProvider", 3, None, (3, 1)),
         ("CPUExecutionProvider", 1, None, (1, None)),  # one worker: onnxruntime's threads, one per core
@@ -295,13 +294,20 @@ def test_cli_error_is_one_line(tmp_path: Path) -> None:
         ("CUDAExecutionProvider", None, None, (1, None)),
     ],
 )
-def test_worker_threads_defaults(provider: str, workers: int | None, threads: int | None, expected: Any) -> None:
-    from onnxembed.serve import worker_threads
+def test_worker_threads_defaults(
+    monkeypatch: pytest.MonkeyPatch, provider: str, workers: int | None, threads: int | None, expected: Any
+) -> None:
+    import onnxembed.serve
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    want_workers = cores if expected[0] == "cores" else expected[0]
-    want_threads = None if expected[0] == "cores" and cores == 1 else expected[1]
-    assert worker_threads(provider, workers, threads) == (want_workers, want_threads)
+    monkeypatch.setattr(onnxembed.serve, "_usable_cores", lambda: 4)
+    assert onnxembed.serve.worker_threads(provider, workers, threads) == expected
+
+
+def test_one_core_gets_one_worker_on_all_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    import onnxembed.serve
+
+    monkeypatch.setattr(onnxembed.serve, "_usable_cores", lambda: 1)
+    assert onnxembed.serve.worker_threads("CPUExecutionProvider", None, None) == (1, None)
 
 
 def test_one_worker_on_all_threads_serves_concurrent_clients(
