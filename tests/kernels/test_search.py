@@ -220,7 +220,10 @@ def test_paraphrase_mining_max_pairs() -> None:
     full = paraphrase_mining_embeddings(embeddings, top_k=5)
     for max_pairs in (1, 37, len(full) - 1):
         mined = paraphrase_mining_embeddings(embeddings, top_k=5, max_pairs=max_pairs, query_chunk_size=30)
-        assert mined == full[:max_pairs]
+        # the same pairs; scores to float32 rounding (a BLAS may sum a dot product of other chunk shapes in
+        # another order: 0.5552822 against 0.5552820 on a Zen 5 host)
+        assert _pairs(mined) == _pairs(full[:max_pairs])
+        np.testing.assert_allclose([s for s, _, _ in mined], [s for s, _, _ in full[:max_pairs]], **TOL)
         # sentence-transformers keeps max_pairs - 1 directed pairs, then drops duplicates: a prefix of ours.
         expected = util.paraphrase_mining_embeddings(torch.from_numpy(embeddings), top_k=5, max_pairs=max_pairs)
         assert len(expected) < max_pairs
