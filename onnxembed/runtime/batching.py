@@ -3,11 +3,11 @@
 In scope: the order texts run in and where batches end. Not in scope: running them (encoder.py).
 
 Padding is wasted compute, so texts run longest first, sorted by their real token counts, and a batch
-ends at ``batch_size`` texts or at ``max_batch_tokens`` padded tokens, whichever comes first. Measured
-on all-MiniLM-L6-v2, 2 cores (Zen 4), stdlib-docstring sentences (~26 tokens): sorting by tokens
-instead of characters cut padded tokens from 43k to 28k per 1,000 texts and raised throughput from
-187 to 321 texts/s; budgets of 512-1,024 tokens were best for sentences, 1,024-2,048 for ~190-token
-paragraphs (smaller batches stay in cache), hence the CPU default of 1,024.
+holds at most ``batch_size`` texts and ``max_batch_tokens`` padded tokens. Measured on all-MiniLM-L6-v2, 2
+cores (Zen 4), stdlib-docstring sentences (~26 tokens): sorting by tokens instead of characters cut padded
+tokens from 43k to 28k per 1,000 texts and raised throughput from 187 to 321 texts/s; budgets of 512-1,024
+tokens were best for sentences, 1,024-2,048 for ~190-token paragraphs (smaller batches stay in cache),
+hence the CPU default of 1,024. Where batches end within those limits is a cost trade (see CPU_RUN_COST).
 
 Models that pad on the left and count positions from the padding (BERT with padding_side="left") give
 results that depend on which texts share a batch; for them the batches are sentence-transformers' own
@@ -36,19 +36,31 @@ TOKENIZE_WINDOW = 4096
 Batch = tuple[np.ndarray, dict[str, np.ndarray]]  # (indices into texts, padded arrays)
 
 
-# A batch also ends before the first text shorter than MIN_FILL x its longest (padding it would be mostly
-# waste). Measured on CPU (MiniLM, 2 cores, budget 1,024; texts/s without -> with 0.85): calls of 36 random
-# sentences 190 -> 267, of 8 paragraphs 55 -> 69, one call of 1,818 sentences 332 -> 336. Not measured on a
-# GPU, where bigger batches matter more: off there.
-DEFAULT_MIN_FILL = {"CPUExecutionProvider": 0.85}
+# Where batches end. Every run costs a fixed time beyond its padded tokens: the weights stream from memory
+# once per run (42 MB for MiniLM in fp32, more than the L3 cache) and each node is dispatched. On CPU the cuts
+# minimise  sum over batches of (run cost + rows x longest)  in padded-token units, exactly (cut_batches).
+# One session run on one thread (MiniLM, 2 Zen 5 cores): fp32 1.63 ms for 1 x 4 tokens, then ~0.095 ms a
+# token, so a run costs ~17 tokens; int8 0.37 ms, then ~0.05 ms a token: ~4 tokens. Measured with
+# bench/batch_cuts.py (1,818 random stdlib sentences; texts/s of two threads encoding calls of 4 / 14 / 36
+# texts, and of one call of all; medians of 3 interleaved rounds):
+#   fp32  the earlier rule (end a batch before a text under 0.85 of its longest) 448 / 513 / 581 / 743,
+#         run cost 8: 482 / 544 / 600 / 771, 16: 497 / 563 / 601 / 788, 32: 502 / 555 / 593 / 761;
+#         paragraphs in calls of 4 / 14: 0 (batches filled) 97 / 115, 8: 138 / 148, 16: 141 / 151
+#   int8  0 (filled) 732 / 514 / 711 / 1281, 4: 946 / 1144 / 1158 / 1293, 8: 1144 / 1209 / 1218 / 1304 and
+#         1099 / 1103 / 1170 / 1318, 16: 921 / 1039 / 1050 / 1370 and 942 / 1009 / 1118 / 1268
+# On a GPU batches fill up to the limits (run cost 0): not measured there, where bigger batches matter more.
+CPU_RUN_COST = {"float": 16, "int8": 8}
 
 
 def default_max_batch_tokens(provider: str) -> int:
     return DEFAULT_MAX_BATCH_TOKENS.get(provider, DEFAULT_MAX_BATCH_TOKENS_OTHER)
 
 
-def default_min_fill(provider: str) -> float:
-    return DEFAULT_MIN_FILL.get(provider, 0.0)
+def default_run_cost(provider: str, quantized: bool) -> int:
+    """The fixed cost of a session run, in padded tokens, for cutting batches (0: fill them to the limits)."""
+    if provider != "CPUExecutionProvider":
+        return 0
+    return CPU_RUN_COST["int8" if quantized else "float"]
 
 
 def plan(
@@ -59,13 +71,14 @@ def plan(
     max_batch_tokens: int,
     sentence_transformers_order: bool,
     pad_multiple: int = 1,
-    min_fill: float = 0.0,
+    run_cost: int = 0,
 ) -> list[Callable[[], Iterator[Batch]]]:
     """Independent jobs that together yield every text's batch once; each job tokenizes its own windows,
     so jobs can run on separate threads while the model runs (see runtime/pipeline.py).
 
     ``pad_multiple`` rounds padded lengths up (shapes repeat on a GPU); it is ignored for left-padded models,
-    whose results depend on the padding. ``min_fill``: see DEFAULT_MIN_FILL.
+    whose results depend on the padding. ``run_cost`` > 0: cut batches by :func:`cut_batches`; 0: fill each
+    batch up to the limits.
     """
     # Longest first by characters: sentence-transformers' key and sort (np.argsort's default kind).
     order = np.argsort([-len(text) for text in texts])
@@ -81,7 +94,7 @@ def plan(
     size = min(max(TOKENIZE_WINDOW, max_batch_tokens // 8), 4 * TOKENIZE_WINDOW)
     windows = [order[start : start + size] for start in range(0, len(order), size)]
     return [
-        partial(_window_batches, window, texts, tokenizer, prompt, batch_size, max_batch_tokens, pad_multiple, min_fill)
+        partial(_window_batches, window, texts, tokenizer, prompt, batch_size, max_batch_tokens, pad_multiple, run_cost)
         for window in windows
     ]
 
@@ -101,20 +114,55 @@ def _window_batches(
     batch_size: int,
     max_batch_tokens: int,
     pad_multiple: int,
-    min_fill: float = 0.0,
+    run_cost: int = 0,
 ) -> Iterator[Batch]:
     encodings = tokenizer.encode([prompt + texts[i] for i in window])
     lengths = np.fromiter((len(encoding) for encoding in encodings), dtype=np.int64, count=len(encodings))
     by_tokens = np.argsort(-lengths, kind="stable")
-    start = 0
-    while start < len(by_tokens):
-        longest = -(-int(lengths[by_tokens[start]]) // pad_multiple) * pad_multiple
-        rows = max(1, min(batch_size, max_batch_tokens // max(longest, 1)))
-        chosen = by_tokens[start : start + rows]
-        if min_fill > 0:
-            # end the batch before the first text that would be mostly padding
-            too_short = np.flatnonzero(lengths[chosen] < min_fill * longest)
-            if too_short.size:
-                chosen = chosen[: max(1, int(too_short[0]))]
-        start += len(chosen)
+    padded = (-(-lengths[by_tokens] // pad_multiple) * pad_multiple).tolist()  # longest first
+    if run_cost > 0:
+        bounds = cut_batches(padded, batch_size, max_batch_tokens, run_cost)
+    else:
+        bounds = _fill_batches(padded, batch_size, max_batch_tokens)
+    for start, end in bounds:
+        chosen = by_tokens[start:end]
         yield window[chosen], tokenizer.pad([encodings[i] for i in chosen], pad_multiple)
+
+
+def _fill_batches(lengths: list[int], batch_size: int, max_batch_tokens: int) -> list[tuple[int, int]]:
+    """(start, end) of batches over ``lengths`` (padded lengths, longest first), each as full as the limits let it."""
+    bounds = []
+    start = 0
+    while start < len(lengths):
+        rows = max(1, min(batch_size, max_batch_tokens // max(lengths[start], 1)))
+        bounds.append((start, min(start + rows, len(lengths))))
+        start += rows
+    return bounds
+
+
+def cut_batches(lengths: list[int], batch_size: int, max_batch_tokens: int, run_cost: float) -> list[tuple[int, int]]:
+    """(start, end) of consecutive batches over ``lengths`` (padded lengths, longest first) that minimise
+    sum(run_cost + rows x longest) within the limits: at most ``batch_size`` rows, at most
+    ``max_batch_tokens`` padded tokens unless a batch holds one row. Dynamic programming, O(n x batch_size):
+    best[j] is the least cost of the first j texts, the last batch being texts i..j-1 (its longest is
+    lengths[i])."""
+    count = len(lengths)
+    best = [0.0] + [float("inf")] * count
+    first = [0] * (count + 1)
+    for end in range(1, count + 1):
+        least, start_of_least = float("inf"), end - 1
+        for start in range(end - 1, max(0, end - batch_size) - 1, -1):
+            rows = end - start
+            tokens = rows * lengths[start]
+            if rows > 1 and tokens > max_batch_tokens:
+                break  # further back the batch only gets longer and wider
+            if best[start] + tokens < least:
+                least, start_of_least = best[start] + tokens, start
+        best[end] = least + run_cost
+        first[end] = start_of_least
+    bounds = []
+    end = count
+    while end > 0:
+        bounds.append((first[end], end))
+        end = first[end]
+    return bounds[::-1]

@@ -23,7 +23,7 @@ from onnxembed._checks import positive_int
 from onnxembed.kernels import exclude_prompt, normalize, pool, similarity, similarity_pairwise
 from onnxembed.kernels.quantization import PRECISIONS, Precision, quantize_embeddings
 from onnxembed.manifest import MODEL_INPUTS, POOLED_OUTPUT, Manifest, ModelLoadError
-from onnxembed.runtime.batching import Batch, default_max_batch_tokens, default_min_fill, plan
+from onnxembed.runtime.batching import Batch, default_max_batch_tokens, default_run_cost, plan
 from onnxembed.runtime.pipeline import OverlappedRunner, run_serial
 from onnxembed.runtime.session import create_session, resolve_provider
 from onnxembed.runtime.tokenize import TextTokenizer
@@ -103,6 +103,8 @@ class Encoder:
         self._tokenizer = TextTokenizer(self.path, self.manifest)
         # Shapes that repeat let a GPU reuse its kernels' choices; results do not depend on padding length.
         self._pad_multiple = 1 if on_cpu else 8
+        # Where batches end (batching.py): int8 runs cost less to start than float ones.
+        self._run_cost = default_run_cost(self.provider, quantized=self.variant.startswith("int8"))
 
     @property
     def dim(self) -> int:
@@ -283,7 +285,7 @@ class Encoder:
             max_batch_tokens,
             self.manifest.padding_side == "left",
             self._pad_multiple,
-            default_min_fill(self.provider),
+            self._run_cost,
         )
         lock = threading.Lock()
 
