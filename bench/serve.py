@@ -78,6 +78,12 @@ def _client(port: int, requests: list[list[str]], latencies: list[float], failur
     connection.close()
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _mean_worker_batch(port: int) -> float:
     """Texts per worker Encoder.encode call, from the server's /metrics."""
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
@@ -111,6 +117,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="server and offline timings, alternated")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--port", type=int, default=0, help="0: a free port")
+    parser.add_argument("--variant", default="auto", help="model variant for the server and the offline encoders")
     parser.add_argument("--server-args", default="", help="extra `onnxembed serve` options, e.g. '--workers 2'")
     args = parser.parse_args()
 
@@ -122,14 +129,26 @@ def main() -> None:
     load_before = os.getloadavg()
 
     port = args.port or _free_port()
-    command = [sys.executable, "-m", "onnxembed", "serve", str(args.model), "--port", str(port)]
+    command = [
+        sys.executable,
+        "-m",
+        "onnxembed",
+        "serve",
+        str(args.model),
+        "--port",
+        str(port),
+        "--variant",
+        args.variant,
+    ]
     command += args.server_args.split()
     cores = os.cpu_count() or 1
     # The offline side at its best: the default Encoder, and one single-threaded session per core (README's
     # advice for batch jobs); each round's ratio is taken against the faster of the two.
-    offline_encoders = {"default Encoder": Encoder(args.model)}
+    offline_encoders = {"default Encoder": Encoder(args.model, variant=args.variant)}
     if cores > 1:
-        offline_encoders[f"{cores} sessions x 1 thread"] = Encoder(args.model, threads=1, sessions=cores, overlap=True)
+        offline_encoders[f"{cores} sessions x 1 thread"] = Encoder(
+            args.model, threads=1, sessions=cores, overlap=True, variant=args.variant
+        )
     for encoder in offline_encoders.values():
         encoder.encode(texts[:64])  # warm-up
     server = subprocess.Popen(command)
@@ -137,11 +156,18 @@ def main() -> None:
     offline_s: dict[str, list[float]] = {name: [] for name in offline_encoders}
     latencies: list[float] = []
     failures: list[str] = []
+    client_cpu: list[float] = []  # cores busy in this process (the clients) during the server rounds
+    server_cpus: list[float] = []  # cores busy in the server process
     try:
         _wait_ready(server, port)
         run_clients(port, [requests[:2] for requests in plan])  # warm-up
         for _ in range(args.rounds):
+            server_cpu, own_cpu = _cpu_seconds(server.pid), os.times()
             seconds, round_latencies, round_failures, served = run_clients(port, plan)
+            server_cpu = _cpu_seconds(server.pid) - server_cpu
+            own = os.times()
+            client_cpu.append((own.user + own.system - own_cpu.user - own_cpu.system) / seconds)
+            server_cpus.append(server_cpu / seconds)
             server_s.append(seconds)
             latencies += round_latencies
             failures += round_failures
@@ -172,10 +198,17 @@ def main() -> None:
     best_offline_s = [min(times) for times in zip(*offline_s.values(), strict=True)]
     ratios = [offline / server for server, offline in zip(server_s, best_offline_s, strict=True)]
     quantiles = statistics.quantiles(latencies, n=100)
-    print(f"model {args.model}, {len(texts)} sentences in {len(requests)} requests from {args.clients} clients,")
+    print(
+        f"model {args.model} ({encoder.variant}), {len(texts)} sentences in {len(requests)} requests "
+        f"from {args.clients} clients,"
+    )
     print(f"server: onnxembed serve {args.server_args or '(defaults)'}; {args.rounds} rounds, {cores} cores, ", end="")
     print(f"load average {load_before[0]:.2f} before, {load_after[0]:.2f} after")
     print(f"max abs difference, served vs offline vectors: {max_diff:.1e}")
+    print(
+        f"cores busy during server rounds (median): server {statistics.median(server_cpus):.2f}, "
+        f"clients {statistics.median(client_cpu):.2f}; server's mean worker batch {worker_batch:.1f} texts"
+    )
     print("server / best offline per round: " + ", ".join(f"{ratio:.0%}" for ratio in ratios))
     if failures:
         print(f"{len(failures)} requests failed, e.g. {failures[0]}")
