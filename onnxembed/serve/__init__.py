@@ -25,14 +25,15 @@ __all__ = ["ServeConfig", "serve", "worker_threads"]
 def worker_threads(provider: str, workers: int | None, threads: int | None) -> tuple[int, int | None]:
     """(inference workers, intra-op threads per run) for a resolved provider name.
 
-    On CPU, by default one worker per core, each run on one thread. Measured with bench/serve.py (MiniLM, 2
-    cores shared with the 16 clients; median of 5 rounds of server / best offline encode): 2 workers x 1
+    On CPU, by default one worker per core, each run on one thread. Measured with bench/serve.py (MiniLM fp32,
+    2 Zen 4 cores shared with the 16 clients; median of 5 rounds of server / best offline encode): 2 workers x 1
     thread 80%, 78%, 74%, 81%, 77% (265-290 sentences/s, p50 198-227 ms, p99 472-548 ms); 1 worker on 2
     threads, in runs interleaved with those, 73%, 70%, 77%, 60%, 72%, 75% (199-274/s, p50 265-351 ms, p99
     330-463 ms; README.md). Two workers take the waiting requests in turn, so batches are smaller (~14
     texts against ~36), but single-threaded runs never wait on each other's threads and no core idles while
     the other finishes a run. The cost: a lone one-sentence request runs on one core (~6 ms instead of ~4 ms
-    for MiniLM).
+    for MiniLM). On 2 Zen 5 cores, 1 worker driving both cores through one shared single-threaded session
+    (calls of ~36 texts) ran 77%, 75%, 74% against 73-77% for the default: not enough to change it.
     Elsewhere (GPUs) one worker, which the Encoder's own pipeline keeps busy.
     """
     on_cpu = provider == "CPUExecutionProvider"
