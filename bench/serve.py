@@ -8,10 +8,10 @@ keep-alive connection per client, after a warm-up round. Each of --rounds rounds
 same texts: the server round, then in this process ``Encoder.encode`` of all texts in one call (the best a
 batch job gets), with the default Encoder and with one single-threaded session per core. The ratio to the
 faster of those two is taken per round and the median reported, so a slower spell of the shared machine
-hits both sides. After the rounds, once: offline calls as large as the server's mean worker batch
-(read from its /metrics: what batching alone costs) and one call per request in sequence (a server without
-dynamic batching). Clients, server and the offline encoder share the machine's cores, so the server column
-pays for its clients' JSON work too. Prints a Markdown table with the load average; asserts nothing.
+hits both sides. After the rounds, once: one offline call per request in sequence (a server without
+dynamic batching); the server's mean texts per model batch comes from its /metrics. Clients, server and
+the offline encoder share the machine's cores, so the server column pays for its clients' JSON work too.
+Prints a Markdown table with the load average and the cores busy; asserts nothing.
 """
 
 from __future__ import annotations
@@ -84,8 +84,8 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _mean_worker_batch(port: int) -> float:
-    """Texts per worker Encoder.encode call, from the server's /metrics."""
+def _mean_model_batch(port: int) -> float:
+    """Texts per model batch the server ran, from its /metrics."""
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     connection.request("GET", "/metrics")
     values = dict(
@@ -175,7 +175,7 @@ def main() -> None:
                 started = time.perf_counter()
                 offline = encoder.encode(texts)
                 offline_s[name].append(time.perf_counter() - started)
-        worker_batch = _mean_worker_batch(port)
+        model_batch = _mean_model_batch(port)
     finally:
         server.terminate()
         server.wait(timeout=60)
@@ -185,11 +185,6 @@ def main() -> None:
     for request in requests:
         encoder.encode(request)
     sequential_s = time.perf_counter() - started
-    chunk = max(1, round(worker_batch))
-    started = time.perf_counter()
-    for start in range(0, len(texts), chunk):
-        encoder.encode(texts[start : start + chunk])
-    chunked_s = time.perf_counter() - started
     max_diff = max(
         float(np.abs(served[text] - row).max()) for text, row in zip(texts, offline, strict=True) if text in served
     )
@@ -207,7 +202,7 @@ def main() -> None:
     print(f"max abs difference, served vs offline vectors: {max_diff:.1e}")
     print(
         f"cores busy during server rounds (median): server {statistics.median(server_cpus):.2f}, "
-        f"clients {statistics.median(client_cpu):.2f}; server's mean worker batch {worker_batch:.1f} texts"
+        f"clients {statistics.median(client_cpu):.2f}; server's mean model batch {model_batch:.1f} texts"
     )
     print("server / best offline per round: " + ", ".join(f"{ratio:.0%}" for ratio in ratios))
     if failures:
@@ -223,10 +218,6 @@ def main() -> None:
     for name, times in offline_s.items():
         print(f"| offline encode, one call, {name} | {statistics.median(len(texts) / t for t in times):.0f} | | |")
     print(f"| server / best offline, median of per-round ratios | {statistics.median(ratios):.0%} | | |")
-    print(
-        f"| offline, default Encoder, calls of {chunk} texts (server's mean worker batch) | "
-        f"{len(texts) / chunked_s:.0f} | | |"
-    )
     print(
         f"| offline, default Encoder, one call per request | {len(texts) / sequential_s:.0f} | "
         f"{sequential_s / len(requests) * 1e3:.1f} (mean) | |"

@@ -90,8 +90,8 @@ def _build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--workers",
         type=int,
-        help="inference threads taking requests off the queue (default: on CPU without --threads, one per core, "
-        "each on 1 intra-op thread; otherwise 1)",
+        help="inference threads running the queued requests' batches (default: on CPU without --threads, one per "
+        "core, each on 1 intra-op thread; on CPU with --threads 1; on a GPU 2)",
     )
     serve.add_argument("--variant", default="auto", help="auto, fp32, int8, fp16, optimized or a graph file name")
     serve.add_argument("--max-batch-tokens", type=int, help="padded tokens per inference batch")

@@ -164,11 +164,9 @@ class Encoder:
             max_batch_tokens if max_batch_tokens is not None else default_max_batch_tokens(self.provider),
             "max_batch_tokens",
         )
-        if batch_size is None:
-            # Left-padded models run sentence-transformers' own batches of 32 (see batching.py) everywhere.
-            capped = self.provider == "CPUExecutionProvider" or self.manifest.padding_side == "left"
-            batch_size = DEFAULT_CPU_BATCH_SIZE if capped else max_batch_tokens
-        batch_size = positive_int(batch_size, "batch_size")
+        batch_size = positive_int(
+            batch_size if batch_size is not None else self._default_batch_size(max_batch_tokens), "batch_size"
+        )
         if precision not in PRECISIONS:
             raise ValueError(f"precision {precision!r} is not supported; choose from {PRECISIONS}")
         truncate_dim = _checked_truncate_dim(truncate_dim if truncate_dim is not None else self.truncate_dim)
@@ -176,9 +174,7 @@ class Encoder:
         prompt_text = self._resolve_prompt(prompt_name, prompt)
         embeddings = np.empty((len(texts), dim), dtype=np.float32)
         if texts:
-            prompt_length = None
-            if prompt_text and not self.manifest.include_prompt:
-                prompt_length = self._tokenizer.prompt_length(prompt_text)
+            prompt_length = self._excluded_prompt_length(prompt_text or "")
             self._encode_into(
                 embeddings, texts, batch_size, max_batch_tokens, prompt_text or "", prompt_length, show_progress_bar
             )
@@ -243,6 +239,62 @@ class Encoder:
         """(n,) similarity of a[i] and b[i] with the model's similarity function."""
         return similarity_pairwise(a, b, self.manifest.similarity_fn_name)
 
+    def batches(self, texts: list[str], prompt: str = "", max_batch_tokens: int | None = None) -> Iterator[Batch]:
+        """The batches ``encode(texts, prompt=prompt, max_batch_tokens=...)`` runs, tokenized and padded on the
+        calling thread: (indices into ``texts``, padded input arrays). For loops that run batches themselves
+        (the server's workers); :meth:`embed_batch` turns each into embeddings."""
+        max_batch_tokens = max_batch_tokens if max_batch_tokens is not None else default_max_batch_tokens(self.provider)
+        for job in self._plan(texts, self._default_batch_size(max_batch_tokens), max_batch_tokens, prompt):
+            yield from job()
+
+    def embed_batch(self, arrays: dict[str, np.ndarray], prompt: str = "") -> np.ndarray:
+        """(rows, dim) float32 embeddings of one batch from :meth:`batches` (made with the same ``prompt``), as
+        ``encode`` returns them: pooled, normalized if the model normalizes, cut to ``truncate_dim``. Runs
+        on the first session, from any thread."""
+        rows = self._embed(self._session, arrays, arrays["attention_mask"], self._excluded_prompt_length(prompt))
+        return rows[:, : self.dim]
+
+    def _default_batch_size(self, max_batch_tokens: int) -> int:
+        # Left-padded models run sentence-transformers' own batches of 32 (see batching.py) everywhere.
+        capped = self.provider == "CPUExecutionProvider" or self.manifest.padding_side == "left"
+        return DEFAULT_CPU_BATCH_SIZE if capped else max_batch_tokens
+
+    def _excluded_prompt_length(self, prompt: str) -> int | None:
+        """Tokens of ``prompt`` that pooling leaves out (include_prompt=False), else None."""
+        if not prompt or self.manifest.include_prompt:
+            return None
+        if self._pooled:
+            raise ValueError(
+                f"variant {self.variant!r} pools inside the graph and cannot leave the prompt out of the pooling "
+                "(include_prompt=False); load a variant that is not pooled"
+            )
+        return self._tokenizer.prompt_length(prompt)
+
+    def _plan(
+        self, texts: list[str], batch_size: int, max_batch_tokens: int, prompt: str
+    ) -> list[Callable[[], Iterator[Batch]]]:
+        return plan(
+            texts,
+            self._tokenizer,
+            prompt,
+            batch_size,
+            max_batch_tokens,
+            self.manifest.padding_side == "left",
+            self._pad_multiple,
+            self._run_cost,
+        )
+
+    def _embed(self, session: Any, inputs: dict[str, Any], mask: np.ndarray, prompt_length: int | None) -> np.ndarray:
+        """One batch through one session, pooled and normalized: (rows, the model's dim). ``inputs``: numpy
+        arrays or OrtValues already on the device; ``mask``: the batch's attention mask, in numpy."""
+        result = self._run(session, inputs)
+        if self._pooled:
+            return result
+        if prompt_length is not None:
+            mask = exclude_prompt(mask, prompt_length)
+        result = pool(result, mask, self.manifest.pooling_modes)
+        return normalize(result) if self.manifest.normalize else result
+
     def _resolve_prompt(self, prompt_name: str | None, prompt: str | None) -> str | None:
         if prompt is not None:
             if not isinstance(prompt, str):
@@ -271,35 +323,15 @@ class Encoder:
         prompt_length: int | None,
         show_progress_bar: bool,
     ) -> None:
-        if prompt_length is not None and self._pooled:
-            raise ValueError(
-                f"variant {self.variant!r} pools inside the graph and cannot leave the prompt out of the pooling "
-                "(include_prompt=False); load a variant that is not pooled"
-            )
         progress = _progress(len(texts), show_progress_bar)
-        jobs = plan(
-            texts,
-            self._tokenizer,
-            prompt,
-            batch_size,
-            max_batch_tokens,
-            self.manifest.padding_side == "left",
-            self._pad_multiple,
-            self._run_cost,
-        )
+        jobs = self._plan(texts, batch_size, max_batch_tokens, prompt)
         lock = threading.Lock()
 
         def worker(session: Any) -> Callable[[tuple[Any, ...]], None]:
             def run(batch: tuple[Any, ...]) -> None:
                 indices, arrays, *on_device = batch  # on_device: the inputs already copied, with io_binding
-                result = self._run(session, on_device[0] if on_device else arrays)
-                if not self._pooled:
-                    mask = arrays["attention_mask"]
-                    if prompt_length is not None:
-                        mask = exclude_prompt(mask, prompt_length)
-                    result = pool(result, mask, self.manifest.pooling_modes)
-                    if self.manifest.normalize:
-                        result = normalize(result)
+                inputs = on_device[0] if on_device else arrays
+                result = self._embed(session, inputs, arrays["attention_mask"], prompt_length)
                 out[indices] = result[:, : out.shape[1]]
                 if progress is not None:
                     with lock:

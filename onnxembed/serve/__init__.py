@@ -25,20 +25,20 @@ __all__ = ["ServeConfig", "serve", "worker_threads"]
 def worker_threads(provider: str, workers: int | None, threads: int | None) -> tuple[int, int | None]:
     """(inference workers, intra-op threads per run) for a resolved provider name.
 
-    On CPU, by default one worker per core, each run on one thread. Measured with bench/serve.py (MiniLM fp32,
-    2 Zen 4 cores shared with the 16 clients; median of 5 rounds of server / best offline encode): 2 workers x 1
-    thread 80%, 78%, 74%, 81%, 77% (265-290 sentences/s, p50 198-227 ms, p99 472-548 ms); 1 worker on 2
-    threads, in runs interleaved with those, 73%, 70%, 77%, 60%, 72%, 75% (199-274/s, p50 265-351 ms, p99
-    330-463 ms; README.md). Two workers take the waiting requests in turn, so batches are smaller (~14
-    texts against ~36), but single-threaded runs never wait on each other's threads and no core idles while
-    the other finishes a run. The cost: a lone one-sentence request runs on one core (~6 ms instead of ~4 ms
-    for MiniLM). On 2 Zen 5 cores, 1 worker driving both cores through one shared single-threaded session
-    (calls of ~36 texts) ran 77%, 75%, 74% against 73-77% for the default: not enough to change it.
-    Elsewhere (GPUs) one worker, which the Encoder's own pipeline keeps busy.
+    On CPU, by default one worker per core, each run on one thread: the workers share the model batches of
+    what was taken (batcher.py), so no core waits on another's threads. Measured with bench/serve.py (MiniLM
+    fp32, 2 Zen 4 cores shared with the 16 clients, when each worker still encoded its own take): 2 workers
+    x 1 thread 80%, 78%, 74%, 81%, 77% of the best offline encode; 1 worker on 2 threads 73%, 70%, 77%, 60%,
+    72%, 75%. The cost: a lone one-sentence request runs on one core (~6 ms instead of ~4 ms for MiniLM).
+    Elsewhere (GPUs) two workers, so that one tokenizes the next take while the other runs batches on the
+    device (not measured on a GPU yet).
     """
     on_cpu = provider == "CPUExecutionProvider"
     if workers is None:
-        workers = _usable_cores() if on_cpu and threads is None else 1
+        if on_cpu:
+            workers = _usable_cores() if threads is None else 1
+        else:
+            workers = 2
     if on_cpu and threads is None and workers > 1:
         threads = 1  # the workers share the cores, one each
     return workers, threads
@@ -74,7 +74,7 @@ def serve(
     """Serve the exported model at ``model_dir`` until SIGTERM or SIGINT. Blocks; returns after a clean shutdown.
 
     Limits are those of :class:`ServeConfig`; ``max_inputs`` defaults to 2048 (OpenAI's), or ``max_queue``
-    when that is smaller. ``workers`` inference threads each take the waiting requests and encode them on one
+    when that is smaller. ``workers`` inference threads run the model batches of the waiting requests on one
     shared session; on CPU the default is one worker per core with one intra-op thread each (``threads``
     unset), elsewhere one worker (see :func:`worker_threads`).
     """

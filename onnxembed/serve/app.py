@@ -109,7 +109,7 @@ class EmbeddingService:
         if self.batcher is None:
             raise ApiError(503, "the server is starting", "server_busy")
         try:
-            future = self.batcher.submit(texts, prompt, tokens)
+            future = self.batcher.submit(texts, prompt)
         except QueueFull as error:
             headers = {"Retry-After": str(self.config.retry_after_s)}
             raise ApiError(503, str(error), "server_busy", headers) from error

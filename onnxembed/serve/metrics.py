@@ -48,9 +48,9 @@ class Metrics:
         self._inference_seconds = Histogram(
             "onnxembed_inference_duration_seconds", "Time of one worker Encoder.encode call.", LATENCY_BUCKETS
         )
-        self._batch_size = Histogram("onnxembed_batch_size", "Texts in one worker Encoder.encode call.", SIZE_BUCKETS)
+        self._batch_size = Histogram("onnxembed_batch_size", "Texts in one model batch.", SIZE_BUCKETS)
         self._batch_tokens = Histogram(
-            "onnxembed_batch_tokens", "Tokens (unpadded) in one worker Encoder.encode call.", TOKEN_BUCKETS
+            "onnxembed_batch_tokens", "Tokens (unpadded, after truncation) in one model batch.", TOKEN_BUCKETS
         )
 
     def observe_request(self, endpoint: str, status: int, seconds: float) -> None:

@@ -98,6 +98,18 @@ def test_results_do_not_depend_on_batching(tiny_export: Path, chinese_bert) -> N
         np.testing.assert_allclose(actual, expected, atol=1e-4, rtol=0)
 
 
+def test_batch_steps_give_sentence_transformers_embeddings(tiny_export: Path, chinese_bert) -> None:
+    """Encoder.batches + embed_batch (the server's workers run these) against sentence-transformers."""
+    from sentence_transformers import SentenceTransformer
+
+    expected = SentenceTransformer(str(chinese_bert.path), device="cpu").encode(TEXTS, prompt="query: ")
+    encoder = Encoder(tiny_export)
+    rows = np.full((len(TEXTS), encoder.dim), np.nan, dtype=np.float32)
+    for indices, arrays in encoder.batches(TEXTS, prompt="query: ", max_batch_tokens=200):
+        rows[indices] = encoder.embed_batch(arrays, prompt="query: ")
+    np.testing.assert_allclose(rows, expected, atol=1e-4, rtol=0)
+
+
 def test_bad_max_batch_tokens(tiny_export: Path) -> None:
     with pytest.raises(ValueError, match="max_batch_tokens must be a positive integer"):
         Encoder(tiny_export).encode(["a"], max_batch_tokens=0)

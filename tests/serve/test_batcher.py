@@ -18,18 +18,38 @@ from tests.conftest import CORPUS
 
 
 class BlockingEncoder:
-    """Stands in for Encoder: waits for ``release``, then returns row i = [len(text)] * 2 (or raises)."""
+    """Stands in for Encoder: one model batch per text; ``embed_batch`` waits for ``release`` (and for the
+    text's own gate, if it has one), then returns the row [len(text), len(text)], or raises for "boom"."""
+
+    dim = 2
 
     def __init__(self) -> None:
         self.release = threading.Event()
-        self.calls: list[list[str]] = []
+        self.gates: dict[str, threading.Event] = {}
+        self.takes: list[list[str]] = []  # the texts of each plan, in order
+        self.running = 0
+        self.most_running = 0
+        self._lock = threading.Lock()
 
-    def encode(self, texts: list[str], **options: Any) -> np.ndarray:
-        self.release.wait(timeout=30)
-        self.calls.append(list(texts))
-        if "boom" in texts:
-            raise RuntimeError("boom")
-        return np.array([[len(text), len(text)] for text in texts], dtype=np.float32)
+    def batches(self, texts: list[str], prompt: str = "", max_batch_tokens: int | None = None) -> Any:
+        self.takes.append(list(texts))
+        for index, text in enumerate(texts):
+            yield np.array([index]), {"text": np.array([text]), "attention_mask": np.ones((1, max(len(text), 1)))}
+
+    def embed_batch(self, arrays: dict[str, np.ndarray], prompt: str = "") -> np.ndarray:
+        (text,) = arrays["text"].tolist()
+        with self._lock:
+            self.running += 1
+            self.most_running = max(self.most_running, self.running)
+        try:
+            self.release.wait(timeout=30)
+            self.gates.get(text, self.release).wait(timeout=30)
+            if text == "boom":
+                raise RuntimeError("boom")
+            return np.array([[len(text), len(text)]], dtype=np.float32)
+        finally:
+            with self._lock:
+                self.running -= 1
 
 
 def _wait_until(condition: Any) -> bool:
@@ -47,7 +67,7 @@ def test_rows_go_back_to_their_own_request_with_prompts(tiny_export: Path, worke
     jobs = [(CORPUS[i : i + 1 + i % 7], "query: " if i % 3 == 0 else "") for i in range(60)]
     try:
         with ThreadPoolExecutor(max_workers=8) as pool:
-            futures = list(pool.map(lambda job: batcher.submit(job[0], job[1], tokens=0), jobs))
+            futures = list(pool.map(lambda job: batcher.submit(job[0], job[1]), jobs))
         for (texts, prompt), future in zip(jobs, futures, strict=True):
             np.testing.assert_allclose(future.result(timeout=30), encoder.encode(texts, prompt=prompt), atol=1e-5)
     finally:
@@ -57,37 +77,37 @@ def test_rows_go_back_to_their_own_request_with_prompts(tiny_export: Path, worke
 def test_full_queue_refuses_and_close_drains() -> None:
     fake = BlockingEncoder()
     batcher = Batcher(fake, max_queue=4, max_run_texts=100)  # type: ignore[arg-type]
-    first = batcher.submit(["a"], "", tokens=1)  # the worker takes it and blocks in encode
+    first = batcher.submit(["a"], "")  # the worker takes it and blocks in encode
     assert _wait_until(lambda: batcher.queue_depth == 0)
-    queued = [batcher.submit(["bb", "ccc"], "", tokens=2), batcher.submit(["dddd", "e"], "", tokens=2)]
+    queued = [batcher.submit(["bb", "ccc"], ""), batcher.submit(["dddd", "e"], "")]
     assert batcher.queue_depth == 4
     with pytest.raises(QueueFull):
-        batcher.submit(["f"], "", tokens=1)
+        batcher.submit(["f"], "")
     closer = threading.Thread(target=batcher.close, kwargs={"timeout": 30})
     closer.start()
     assert _wait_until(lambda: batcher.closed)
     with pytest.raises(ShuttingDown):
-        batcher.submit(["g"], "", tokens=1)
+        batcher.submit(["g"], "")
     fake.release.set()
     closer.join(timeout=30)
     assert not closer.is_alive()
     assert first.result(timeout=1)[:, 0].tolist() == [1]
     assert queued[0].result(timeout=1)[:, 0].tolist() == [2, 3]
     assert queued[1].result(timeout=1)[:, 0].tolist() == [4, 1]
-    assert fake.calls == [["a"], ["bb", "ccc", "dddd", "e"]]  # the two waiting requests ran together
+    assert fake.takes == [["a"], ["bb", "ccc", "dddd", "e"]]  # the two waiting requests were taken together
 
 
-def test_failing_encode_fails_only_its_group() -> None:
+def test_failing_batch_fails_only_its_own_requests() -> None:
     fake = BlockingEncoder()
     batcher = Batcher(fake, max_queue=100, max_run_texts=100)  # type: ignore[arg-type]
     try:
-        bad = batcher.submit(["boom"], "p: ", tokens=1)
-        good = batcher.submit(["ok"], "", tokens=1)
+        bad = batcher.submit(["boom"], "p: ")
+        good = batcher.submit(["ok"], "")
         fake.release.set()
         with pytest.raises(RuntimeError, match="boom"):
             bad.result(timeout=30)
         assert good.result(timeout=30)[:, 0].tolist() == [2]
-        assert batcher.submit(["later"], "", tokens=1).result(timeout=30)[:, 0].tolist() == [5]
+        assert batcher.submit(["later"], "").result(timeout=30)[:, 0].tolist() == [5]
     finally:
         batcher.close(timeout=30)
 
@@ -97,10 +117,10 @@ def test_batch_wait_gathers_requests_into_one_run() -> None:
     fake.release.set()
     batcher = Batcher(fake, max_queue=100, max_run_texts=100, batch_wait_s=0.5)  # type: ignore[arg-type]
     try:
-        first = batcher.submit(["a"], "", tokens=1)
-        second = batcher.submit(["bb"], "", tokens=1)  # well inside the first one's wait
+        first = batcher.submit(["a"], "")
+        second = batcher.submit(["bb"], "")  # well inside the first one's wait
         assert first.result(timeout=30)[0, 0] == 1 and second.result(timeout=30)[0, 0] == 2
-        assert fake.calls == [["a", "bb"]]
+        assert fake.takes == [["a", "bb"]]
     finally:
         batcher.close(timeout=30)
 
@@ -108,12 +128,12 @@ def test_batch_wait_gathers_requests_into_one_run() -> None:
 def test_second_worker_takes_requests_while_the_first_runs_and_close_drains_both() -> None:
     fake = BlockingEncoder()
     batcher = Batcher(fake, max_queue=100, max_run_texts=100, workers=2)  # type: ignore[arg-type]
-    first = batcher.submit(["a"], "", tokens=1)
+    first = batcher.submit(["a"], "")
     assert _wait_until(lambda: batcher.queue_depth == 0)  # one worker holds it, blocked in encode
-    second = batcher.submit(["bb", "ccc"], "", tokens=2)
+    second = batcher.submit(["bb", "ccc"], "")
     # with one worker this request would wait in the queue until the first run ends
     assert _wait_until(lambda: batcher.queue_depth == 0), "the second worker did not take the waiting request"
-    third = batcher.submit(["dddd"], "", tokens=1)  # both workers busy: it waits
+    third = batcher.submit(["dddd"], "")  # both workers busy: it waits
     assert batcher.queue_depth == 1
     closer = threading.Thread(target=batcher.close, kwargs={"timeout": 30})
     closer.start()
@@ -123,4 +143,37 @@ def test_second_worker_takes_requests_while_the_first_runs_and_close_drains_both
     assert first.result(timeout=1)[:, 0].tolist() == [1]
     assert second.result(timeout=1)[:, 0].tolist() == [2, 3]
     assert third.result(timeout=1)[:, 0].tolist() == [4]
-    assert sorted(map(tuple, fake.calls)) == [("a",), ("bb", "ccc"), ("dddd",)]
+    assert sorted(map(tuple, fake.takes)) == [("a",), ("bb", "ccc"), ("dddd",)]
+
+
+def test_a_request_is_answered_when_its_own_texts_are_done() -> None:
+    """Requests taken together: those whose batches are done are answered while the take's last batch runs."""
+    fake = BlockingEncoder()
+    fake.gates["slow"] = threading.Event()
+    batcher = Batcher(fake, max_queue=100, max_run_texts=100, batch_wait_s=0.5)  # type: ignore[arg-type]
+    try:
+        fast = batcher.submit(["x", "yy"], "")
+        empty = batcher.submit([], "")
+        slow = batcher.submit(["slow"], "")  # its batch runs last and waits for its gate
+        fake.release.set()
+        assert fast.result(timeout=30)[:, 0].tolist() == [1, 2]
+        assert empty.result(timeout=30).shape == (0, 2)
+        assert not slow.done()
+        fake.gates["slow"].set()
+        assert slow.result(timeout=30)[:, 0].tolist() == [4]
+        assert fake.takes == [["x", "yy", "slow"]]
+    finally:
+        batcher.close(timeout=30)
+
+
+def test_free_workers_join_in_on_the_batches_of_one_take() -> None:
+    fake = BlockingEncoder()
+    batcher = Batcher(fake, max_queue=100, max_run_texts=100, workers=2)  # type: ignore[arg-type]
+    try:
+        future = batcher.submit(["p", "qq"], "")
+        assert _wait_until(lambda: fake.running == 2), "the second worker did not run the take's other batch"
+        fake.release.set()
+        assert future.result(timeout=30)[:, 0].tolist() == [1, 2]
+        assert fake.takes == [["p", "qq"]] and fake.most_running == 2
+    finally:
+        batcher.close(timeout=30)

@@ -291,7 +291,8 @@ def test_cli_error_is_one_line(tmp_path: Path) -> None:
         ("CPUExecutionProvider", 3, None, (3, 1)),
         ("CPUExecutionProvider", 1, None, (1, None)),  # one worker: onnxruntime's threads, one per core
         ("CPUExecutionProvider", 2, 2, (2, 2)),  # both given: as given
-        ("CUDAExecutionProvider", None, None, (1, None)),
+        ("CUDAExecutionProvider", None, None, (2, None)),  # one tokenizes the next take while one runs
+        ("CUDAExecutionProvider", 1, None, (1, None)),
     ],
 )
 def test_worker_threads_defaults(
