@@ -243,6 +243,7 @@ class Encoder:
         """The batches ``encode(texts, prompt=prompt, max_batch_tokens=...)`` runs, tokenized and padded on the
         calling thread: (indices into ``texts``, padded input arrays). For loops that run batches themselves
         (the server's workers); :meth:`embed_batch` turns each into embeddings."""
+        self._excluded_prompt_length(prompt)  # a pooled variant that cannot leave the prompt out fails here
         max_batch_tokens = max_batch_tokens if max_batch_tokens is not None else default_max_batch_tokens(self.provider)
         for job in self._plan(texts, self._default_batch_size(max_batch_tokens), max_batch_tokens, prompt):
             yield from job()

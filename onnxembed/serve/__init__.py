@@ -76,7 +76,7 @@ def serve(
     Limits are those of :class:`ServeConfig`; ``max_inputs`` defaults to 2048 (OpenAI's), or ``max_queue``
     when that is smaller. ``workers`` inference threads run the model batches of the waiting requests on one
     shared session; on CPU the default is one worker per core with one intra-op thread each (``threads``
-    unset), elsewhere one worker (see :func:`worker_threads`).
+    unset), elsewhere two (see :func:`worker_threads`).
     """
     try:
         import uvicorn

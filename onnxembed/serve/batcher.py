@@ -53,7 +53,9 @@ class _Job:
 
 @dataclass
 class _Take:
-    """Requests with one prompt, taken together: their rows, and how many texts each still waits for."""
+    """Requests with one prompt, taken together: their rows, and how many texts each still waits for. Every
+    request is answered exactly once: with its rows when its last text is done, or with the error of the
+    first batch of its own that failed (the take's other requests go on)."""
 
     jobs: list[_Job]
     prompt: str
@@ -61,8 +63,8 @@ class _Take:
     owner: np.ndarray  # text -> index of its job
     offsets: np.ndarray  # job k's rows are rows[offsets[k]:offsets[k + 1]]
     left: list[int]  # texts not yet embedded, per job
+    failed: set[int] = field(default_factory=set)  # jobs answered with an error
     lock: threading.Lock = field(default_factory=threading.Lock)
-    failed: bool = False
 
     @classmethod
     def of(cls, jobs: list[_Job], prompt: str, dim: int) -> _Take:
@@ -74,27 +76,34 @@ class _Take:
     def texts(self) -> list[str]:
         return [text for job in self.jobs for text in job.texts]
 
+    def wanted(self, indices: np.ndarray) -> bool:
+        """Whether any request of these texts still waits for them (not all have failed)."""
+        with self.lock:
+            return any(job not in self.failed for job in self.owner[indices].tolist())
+
     def done(self, indices: np.ndarray, embeddings: np.ndarray) -> None:
         """Store one batch's rows; answer each request whose last text this was."""
         self.rows[indices] = embeddings
         finished = []
         with self.lock:
             for job in self.owner[indices].tolist():
+                if job in self.failed:
+                    continue
                 self.left[job] -= 1
                 if self.left[job] == 0:
                     finished.append(job)
         for job in finished:
             self.jobs[job].future.set_result(self.rows[self.offsets[job] : self.offsets[job + 1]])
 
-    def fail(self, error: BaseException) -> None:
-        """Fail every request of the take not yet answered; its remaining batches are skipped."""
+    def fail(self, error: BaseException, indices: np.ndarray | None = None) -> None:
+        """Answer with ``error`` the requests that own these texts (None: every request of the take), unless
+        they were answered already."""
+        owners = range(len(self.jobs)) if indices is None else set(self.owner[indices].tolist())
         with self.lock:
-            if self.failed:
-                return
-            self.failed = True
-            pending = [job for job, left in zip(self.jobs, self.left, strict=True) if left > 0]
-        for job in pending:
-            job.future.set_exception(error)
+            newly = [job for job in owners if job not in self.failed and self.left[job] > 0]
+            self.failed.update(newly)
+        for job in newly:
+            self.jobs[job].future.set_exception(error)
 
 
 Run = tuple[_Take, np.ndarray, dict[str, np.ndarray]]  # (take, indices into its texts, padded arrays)
@@ -167,19 +176,18 @@ class Batcher:
     def _work(self) -> None:
         while (run := self._next_run()) is not None:
             take, indices, arrays = run
-            if take.failed:
+            if not take.wanted(indices):
                 continue
             started = time.perf_counter()
             try:
                 embeddings = self._encoder.embed_batch(arrays, prompt=take.prompt)
-            except Exception as error:  # a failing batch fails its own take's requests, never the worker
+                if self._metrics is not None:
+                    tokens = int(arrays["attention_mask"].sum())
+                    self._metrics.observe_batch(len(indices), tokens, time.perf_counter() - started)
+                take.done(indices, embeddings)
+            except Exception as error:  # a failing batch fails the requests it holds, never the worker
                 logger.exception("embedding a batch of %d texts failed", len(indices))
-                take.fail(error)
-                continue
-            if self._metrics is not None:
-                tokens = int(arrays["attention_mask"].sum())
-                self._metrics.observe_batch(len(indices), tokens, time.perf_counter() - started)
-            take.done(indices, embeddings)
+                take.fail(error, indices)
 
     def _next_run(self) -> Run | None:
         """The next planned batch; with none planned, take the waiting requests and plan them. None: closed
@@ -198,6 +206,11 @@ class Batcher:
             runs: list[Run] = []
             try:
                 runs = self._plan(jobs)
+            except Exception as error:  # none of its batches was published: answer its requests here
+                logger.exception("planning %d requests failed", len(jobs))
+                for job in jobs:
+                    if not job.future.done():
+                        job.future.set_exception(error)
             finally:
                 with self._cond:
                     self._planning -= 1
@@ -241,5 +254,5 @@ class Batcher:
                 runs.extend((take, indices, arrays) for indices, arrays in batches)
             except Exception as error:  # e.g. a prompt this variant cannot leave out of its pooling
                 logger.exception("planning %d texts failed", len(take.owner))
-                take.fail(error)
+                take.fail(error)  # its batches already planned are skipped: no request of it is waiting
         return runs

@@ -19,9 +19,9 @@ class ServeConfig:
     max_inputs: int = 2048  # texts in one request (OpenAI's limit); beyond it 413
     max_input_chars: int = 100_000  # characters in one text; beyond it 413
     max_body_bytes: int = 8 * 1024 * 1024  # request body; beyond it 413
-    max_run_texts: int = 1024  # texts a worker takes off the queue for one Encoder.encode call
+    max_run_texts: int = 1024  # texts a worker takes off the queue at once, to cut into model batches
     batch_wait_ms: float = 0.0  # how long a worker lets concurrent requests gather before a run
-    workers: int = 1  # inference threads, each taking the waiting requests for its own Encoder.encode call
+    workers: int = 1  # inference threads sharing the model batches of what was taken
     retry_after_s: int = 1
 
     def __post_init__(self) -> None:

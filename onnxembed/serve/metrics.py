@@ -46,7 +46,7 @@ class Metrics:
             "onnxembed_request_duration_seconds", "End-to-end request latency.", LATENCY_BUCKETS
         )
         self._inference_seconds = Histogram(
-            "onnxembed_inference_duration_seconds", "Time of one worker Encoder.encode call.", LATENCY_BUCKETS
+            "onnxembed_inference_duration_seconds", "Time of one model batch (run, pool, normalize).", LATENCY_BUCKETS
         )
         self._batch_size = Histogram("onnxembed_batch_size", "Texts in one model batch.", SIZE_BUCKETS)
         self._batch_tokens = Histogram(

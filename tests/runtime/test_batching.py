@@ -12,7 +12,7 @@ import pytest
 
 from onnxembed import Encoder
 from onnxembed.runtime import batching
-from tests.conftest import CORPUS, LONG_TEXT, MIXED_TEXTS
+from tests.conftest import CORPUS, LONG_TEXT, MIXED_TEXTS, exported
 
 TEXTS = [*MIXED_TEXTS, *CORPUS, LONG_TEXT[:700], "", "b"] * 2
 
@@ -98,12 +98,16 @@ def test_results_do_not_depend_on_batching(tiny_export: Path, chinese_bert) -> N
         np.testing.assert_allclose(actual, expected, atol=1e-4, rtol=0)
 
 
-def test_batch_steps_give_sentence_transformers_embeddings(tiny_export: Path, chinese_bert) -> None:
+@pytest.mark.parametrize("replica_name", ["chinese_bert", "multi_pooling_bert"])  # the second leaves the prompt out
+def test_batch_steps_give_sentence_transformers_embeddings(
+    request: pytest.FixtureRequest, exports_dir: Path, replica_name: str
+) -> None:
     """Encoder.batches + embed_batch (the server's workers run these) against sentence-transformers."""
     from sentence_transformers import SentenceTransformer
 
-    expected = SentenceTransformer(str(chinese_bert.path), device="cpu").encode(TEXTS, prompt="query: ")
-    encoder = Encoder(tiny_export)
+    replica = request.getfixturevalue(replica_name)
+    expected = SentenceTransformer(str(replica.path), device="cpu").encode(TEXTS, prompt="query: ")
+    encoder = Encoder(exported(replica, exports_dir))
     rows = np.full((len(TEXTS), encoder.dim), np.nan, dtype=np.float32)
     for indices, arrays in encoder.batches(TEXTS, prompt="query: ", max_batch_tokens=200):
         rows[indices] = encoder.embed_batch(arrays, prompt="query: ")

@@ -1,5 +1,6 @@
 """The Batcher without HTTP: rows go back to their own submitter across prompts and threads, a full
-queue refuses, close drains what was accepted, and a failing encode fails only its own requests."""
+queue refuses, close drains what was accepted, a request is answered when its own texts are done, and a
+failing batch or plan fails only the requests it holds, never a worker."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ from tests.conftest import CORPUS
 
 class BlockingEncoder:
     """Stands in for Encoder: one model batch per text; ``embed_batch`` waits for ``release`` (and for the
-    text's own gate, if it has one), then returns the row [len(text), len(text)], or raises for "boom"."""
+    text's own gate, if it has one), then returns the row [len(text), len(text)], or raises for "boom";
+    planning "noplan" raises."""
 
     dim = 2
 
@@ -34,6 +36,8 @@ class BlockingEncoder:
     def batches(self, texts: list[str], prompt: str = "", max_batch_tokens: int | None = None) -> Any:
         self.takes.append(list(texts))
         for index, text in enumerate(texts):
+            if text == "noplan":
+                raise ValueError("cannot plan this")
             yield np.array([index]), {"text": np.array([text]), "attention_mask": np.ones((1, max(len(text), 1)))}
 
     def embed_batch(self, arrays: dict[str, np.ndarray], prompt: str = "") -> np.ndarray:
@@ -97,7 +101,7 @@ def test_full_queue_refuses_and_close_drains() -> None:
     assert fake.takes == [["a"], ["bb", "ccc", "dddd", "e"]]  # the two waiting requests were taken together
 
 
-def test_failing_batch_fails_only_its_own_requests() -> None:
+def test_a_failing_batch_of_one_prompt_spares_the_requests_of_another() -> None:
     fake = BlockingEncoder()
     batcher = Batcher(fake, max_queue=100, max_run_texts=100)  # type: ignore[arg-type]
     try:
@@ -146,22 +150,81 @@ def test_second_worker_takes_requests_while_the_first_runs_and_close_drains_both
     assert sorted(map(tuple, fake.takes)) == [("a",), ("bb", "ccc"), ("dddd",)]
 
 
+def _threads_alive(batcher: Batcher) -> int:
+    return sum(thread.is_alive() for thread in batcher._threads)
+
+
+def _hold_workers(fake: BlockingEncoder, batcher: Batcher, count: int) -> list[Any]:
+    """Keep ``count`` workers busy on gated one-text requests, so that what is submitted next is taken at once."""
+    held = []
+    for index in range(count):
+        fake.gates[f"hold{index}"] = threading.Event()
+        held.append(batcher.submit([f"hold{index}"], ""))
+    assert _wait_until(lambda: fake.running == count)
+    return held
+
+
+def _let_go(fake: BlockingEncoder, count: int) -> None:
+    for index in range(count):
+        fake.gates[f"hold{index}"].set()
+
+
 def test_a_request_is_answered_when_its_own_texts_are_done() -> None:
     """Requests taken together: those whose batches are done are answered while the take's last batch runs."""
     fake = BlockingEncoder()
+    fake.release.set()
     fake.gates["slow"] = threading.Event()
-    batcher = Batcher(fake, max_queue=100, max_run_texts=100, batch_wait_s=0.5)  # type: ignore[arg-type]
+    batcher = Batcher(fake, max_queue=100, max_run_texts=100)  # type: ignore[arg-type]
     try:
+        _hold_workers(fake, batcher, 1)
         fast = batcher.submit(["x", "yy"], "")
         empty = batcher.submit([], "")
         slow = batcher.submit(["slow"], "")  # its batch runs last and waits for its gate
-        fake.release.set()
+        _let_go(fake, 1)
         assert fast.result(timeout=30)[:, 0].tolist() == [1, 2]
         assert empty.result(timeout=30).shape == (0, 2)
         assert not slow.done()
         fake.gates["slow"].set()
         assert slow.result(timeout=30)[:, 0].tolist() == [4]
-        assert fake.takes == [["x", "yy", "slow"]]
+        assert fake.takes[-1] == ["x", "yy", "slow"]
+    finally:
+        batcher.close(timeout=30)
+
+
+def test_a_failing_batch_fails_only_the_requests_it_holds_and_no_worker() -> None:
+    """Two requests in one take on two workers: one's batch fails while the other's still runs."""
+    fake = BlockingEncoder()
+    fake.release.set()
+    fake.gates["okay"] = threading.Event()
+    batcher = Batcher(fake, max_queue=100, max_run_texts=100, workers=2)  # type: ignore[arg-type]
+    try:
+        _hold_workers(fake, batcher, 2)
+        bad = batcher.submit(["boom"], "")
+        good = batcher.submit(["okay", "b"], "")
+        _let_go(fake, 2)
+        with pytest.raises(RuntimeError, match="boom"):
+            bad.result(timeout=30)
+        assert fake.takes[-1] == ["boom", "okay", "b"]  # one take
+        assert not good.done()
+        fake.gates["okay"].set()
+        assert good.result(timeout=30)[:, 0].tolist() == [4, 1]
+        assert _threads_alive(batcher) == 2
+        later = [batcher.submit(["c" * n], "") for n in (1, 2, 3)]
+        assert [future.result(timeout=30)[0, 0] for future in later] == [1, 2, 3]
+    finally:
+        batcher.close(timeout=30)
+    assert _threads_alive(batcher) == 0
+
+
+def test_a_take_that_cannot_be_planned_fails_its_requests_and_no_worker() -> None:
+    fake = BlockingEncoder()
+    fake.release.set()
+    batcher = Batcher(fake, max_queue=100, max_run_texts=100, workers=2)  # type: ignore[arg-type]
+    try:
+        with pytest.raises(ValueError, match="cannot plan this"):
+            batcher.submit(["a", "noplan"], "").result(timeout=30)
+        assert batcher.submit(["ok"], "").result(timeout=30)[:, 0].tolist() == [2]
+        assert _threads_alive(batcher) == 2
     finally:
         batcher.close(timeout=30)
 
