@@ -43,8 +43,9 @@ Batch = tuple[np.ndarray, dict[str, np.ndarray]]  # (indices into texts, padded 
 # token, so a run costs ~17 tokens; int8 0.37 ms, then ~0.05 ms a token: ~4 tokens. Measured with
 # bench/batch_cuts.py (1,818 random stdlib sentences; texts/s of two threads encoding calls of 4 / 14 / 36
 # texts, and of one call of all; medians of 3 interleaved rounds):
-#   fp32  the earlier rule (end a batch before a text under 0.85 of its longest) 448 / 513 / 581 / 743,
-#         run cost 8: 482 / 544 / 600 / 771, 16: 497 / 563 / 601 / 788, 32: 502 / 555 / 593 / 761;
+#   fp32  run cost 8: 482 / 544 / 600 / 771, 16: 497 / 563 / 601 / 788, 32: 502 / 555 / 593 / 761; the
+#         earlier rule (end a batch before a text under 0.85 of its longest), in a prototype of the script
+#         run an hour before: 448 / 513 / 581 / 743, against 492 / 547 / 594 / 763 for run cost 18 there;
 #         paragraphs in calls of 4 / 14: 0 (batches filled) 97 / 115, 8: 138 / 148, 16: 141 / 151
 #   int8  0 (filled) 732 / 514 / 711 / 1281, 4: 946 / 1144 / 1158 / 1293, 8: 1144 / 1209 / 1218 / 1304 and
 #         1099 / 1103 / 1170 / 1318, 16: 921 / 1039 / 1050 / 1370 and 942 / 1009 / 1118 / 1268
