@@ -26,7 +26,6 @@ sys.path.insert(0, str(Path(__file__).parent))
 from corpus import paragraphs, sentences  # noqa: E402
 
 from onnxembed import Encoder  # noqa: E402
-from onnxembed.runtime import batching  # noqa: E402
 
 CALL_SIZES = (4, 14, 36)
 
@@ -63,9 +62,7 @@ def plan_totals(encoder: Encoder, texts: list[str], size: int) -> tuple[int, int
     """(runs, padded tokens) of encoding ``texts`` in calls of ``size`` with the encoder's run cost."""
     runs = padded = 0
     for start in range(0, len(texts), size):
-        call = texts[start : start + size]
-        planned = batching.batches(call, encoder._tokenizer, "", 32, 1024, False, run_cost=encoder._run_cost)
-        for _, arrays in planned:
+        for _, arrays in encoder.batches(texts[start : start + size]):  # what encode() plans
             runs += 1
             padded += arrays["attention_mask"].size
     return runs, padded

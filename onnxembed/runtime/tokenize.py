@@ -43,6 +43,7 @@ class TextTokenizer:
         self._special_ids = {
             token_id for token_id, token in tokenizer.get_added_tokens_decoder().items() if token.special
         }
+        self._prompt_lengths: dict[str, int] = {}
         # Single texts get one type id per template piece; when a probe's are all 0, every text's are, and
         # padding skips reading them (a Python list per text). Offsets are never used: skip computing them.
         self._zero_type_ids = not any(tokenizer.encode("probe text", add_special_tokens=True).type_ids)
@@ -79,6 +80,12 @@ class TextTokenizer:
 
     def prompt_length(self, prompt: str) -> int:
         """Tokens a prompt takes at the start of a text, excluding a trailing special token
-        (sentence-transformers' rule for ``include_prompt=False``)."""
-        ids = self._tokenizer.encode(prompt, add_special_tokens=True).ids
-        return len(ids) - 1 if ids and ids[-1] in self._special_ids else len(ids)
+        (sentence-transformers' rule for ``include_prompt=False``). Remembered per prompt: the server asks
+        for every batch."""
+        length = self._prompt_lengths.get(prompt)
+        if length is None:
+            ids = self._tokenizer.encode(prompt, add_special_tokens=True).ids
+            length = len(ids) - 1 if ids and ids[-1] in self._special_ids else len(ids)
+            if len(self._prompt_lengths) < 64:  # a model has a few prompts; callers may send any
+                self._prompt_lengths[prompt] = length
+        return length
