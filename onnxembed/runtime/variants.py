@@ -6,7 +6,9 @@ CPU int8 when its accuracy met the budget it was made for, else the fused fp32 g
 else fp32. A variant name or a graph file name picks that graph.
 
 The int8 graphs quantize activations dynamically, with one scale per batch tensor: their embeddings
-move slightly (~1e-4 on MiniLM) with which texts share a batch. fp32 and fused graphs do not.
+move with which texts share a batch, about as much as int8 moves them from fp32 (MiniLM: max abs 1.6e-2,
+cosine >= 0.9958 between one text per call and one call of 400). fp32 and fused graphs do not. Running
+each text alone (batch_size=1) makes int8 vectors depend on the text only.
 """
 
 from __future__ import annotations

@@ -73,6 +73,15 @@ def test_sentence_transformers_loads_the_int8_file(with_variants: Path) -> None:
     np.testing.assert_allclose(ours, theirs.encode(MIXED_TEXTS, batch_size=1), atol=1e-5, rtol=0)
 
 
+def test_int8_one_text_per_run_depends_on_the_text_alone(with_variants: Path) -> None:
+    """The README's way to int8 vectors that do not move with their neighbours: batch_size=1."""
+    encoder = Encoder(with_variants, variant="int8")
+    texts = [*MIXED_TEXTS, *CORPUS[:20]]
+    alone = np.concatenate([encoder.encode([text]) for text in texts])
+    np.testing.assert_array_equal(encoder.encode(texts, batch_size=1), alone)
+    np.testing.assert_array_equal(encoder.encode(texts[::-1], batch_size=1), alone[::-1])
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"), [({"quantize": "int4"}, "quantize"), ({"int8_min_cosine": 1.5}, "int8_min")]
 )
