@@ -27,6 +27,7 @@ import time
 from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
@@ -34,6 +35,14 @@ from onnxembed.runtime import Encoder
 from onnxembed.serve.metrics import Metrics
 
 logger = logging.getLogger(__name__)
+
+
+class Embedded(NamedTuple):
+    """What a request gets back: its rows, and the tokens the model read for each text (after truncation,
+    prompt and special tokens included; its attention mask's row sums)."""
+
+    rows: np.ndarray  # (texts, dim) float32
+    tokens: np.ndarray  # (texts,) int64
 
 
 class QueueFull(Exception):
@@ -48,7 +57,7 @@ class ShuttingDown(Exception):
 class _Job:
     texts: list[str]
     prompt: str
-    future: Future[np.ndarray]
+    future: Future[Embedded]
 
 
 @dataclass
@@ -60,6 +69,7 @@ class _Take:
     jobs: list[_Job]
     prompt: str
     rows: np.ndarray  # (texts of all jobs, dim), filled batch by batch
+    tokens: np.ndarray  # (texts of all jobs,) tokens the model read, filled batch by batch
     owner: np.ndarray  # text -> index of its job
     offsets: np.ndarray  # job k's rows are rows[offsets[k]:offsets[k + 1]]
     left: list[int]  # texts not yet embedded, per job
@@ -71,7 +81,8 @@ class _Take:
         counts = [len(job.texts) for job in jobs]
         offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         owner = np.repeat(np.arange(len(jobs)), counts)
-        return cls(jobs, prompt, np.empty((int(offsets[-1]), dim), np.float32), owner, offsets, counts)
+        total = int(offsets[-1])
+        return cls(jobs, prompt, np.empty((total, dim), np.float32), np.zeros(total, np.int64), owner, offsets, counts)
 
     def texts(self) -> list[str]:
         return [text for job in self.jobs for text in job.texts]
@@ -81,9 +92,10 @@ class _Take:
         with self.lock:
             return any(job not in self.failed for job in self.owner[indices].tolist())
 
-    def done(self, indices: np.ndarray, embeddings: np.ndarray) -> None:
-        """Store one batch's rows; answer each request whose last text this was."""
+    def done(self, indices: np.ndarray, embeddings: np.ndarray, tokens: np.ndarray) -> None:
+        """Store one batch's rows and token counts; answer each request whose last text this was."""
         self.rows[indices] = embeddings
+        self.tokens[indices] = tokens
         finished = []
         with self.lock:
             for job in self.owner[indices].tolist():
@@ -93,7 +105,8 @@ class _Take:
                 if self.left[job] == 0:
                     finished.append(job)
         for job in finished:
-            self.jobs[job].future.set_result(self.rows[self.offsets[job] : self.offsets[job + 1]])
+            own = slice(self.offsets[job], self.offsets[job + 1])
+            self.jobs[job].future.set_result(Embedded(self.rows[own], self.tokens[own]))
 
     def fail(self, error: BaseException, indices: np.ndarray | None = None) -> None:
         """Answer with ``error`` the requests that own these texts (None: every request of the take), unless
@@ -111,7 +124,8 @@ Run = tuple[_Take, np.ndarray, dict[str, np.ndarray]]  # (take, indices into its
 
 class Batcher:
     """Queue texts from any thread; ``workers`` threads embed them. ``submit`` returns a future of
-    (len(texts), dim) float32 rows: what ``Encoder.encode(texts, prompt=prompt)`` gives, in order."""
+    :class:`Embedded`: (len(texts), dim) float32 rows, what ``Encoder.encode(texts, prompt=prompt)`` gives, in
+    order, and each text's token count (so the server need not tokenize twice to report usage)."""
 
     def __init__(
         self,
@@ -151,9 +165,9 @@ class Batcher:
     def closed(self) -> bool:
         return self._closed
 
-    def submit(self, texts: list[str], prompt: str) -> Future[np.ndarray]:
+    def submit(self, texts: list[str], prompt: str) -> Future[Embedded]:
         """Queue texts (all run with ``prompt``, "" for none); raises QueueFull or ShuttingDown."""
-        future: Future[np.ndarray] = Future()
+        future: Future[Embedded] = Future()
         with self._cond:
             if self._closed:
                 raise ShuttingDown("the server is shutting down")
@@ -181,10 +195,10 @@ class Batcher:
             started = time.perf_counter()
             try:
                 embeddings = self._encoder.embed_batch(arrays, prompt=take.prompt)
+                tokens = arrays["attention_mask"].sum(axis=1, dtype=np.int64)
                 if self._metrics is not None:
-                    tokens = int(arrays["attention_mask"].sum())
-                    self._metrics.observe_batch(len(indices), tokens, time.perf_counter() - started)
-                take.done(indices, embeddings)
+                    self._metrics.observe_batch(len(indices), int(tokens.sum()), time.perf_counter() - started)
+                take.done(indices, embeddings, tokens)
             except Exception as error:  # a failing batch fails the requests it holds, never the worker
                 logger.exception("embedding a batch of %d texts failed", len(indices))
                 take.fail(error, indices)
@@ -245,7 +259,7 @@ class Batcher:
             if job.texts:
                 by_prompt.setdefault(job.prompt, []).append(job)
             else:  # nothing to run: no batch would ever answer it
-                job.future.set_result(np.empty((0, self._encoder.dim), np.float32))
+                job.future.set_result(Embedded(np.empty((0, self._encoder.dim), np.float32), np.empty(0, np.int64)))
         runs: list[Run] = []
         for prompt, group in by_prompt.items():
             take = _Take.of(group, prompt, self._encoder.dim)

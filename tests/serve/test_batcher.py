@@ -15,7 +15,7 @@ import pytest
 from onnxembed import Encoder
 from onnxembed.serve.batcher import Batcher, QueueFull, ShuttingDown
 from onnxembed.serve.metrics import Metrics
-from tests.conftest import CORPUS
+from tests.conftest import CORPUS, Replica
 
 
 class BlockingEncoder:
@@ -65,7 +65,12 @@ def _wait_until(condition: Any) -> bool:
 
 
 @pytest.mark.parametrize(("workers", "threads"), [(1, None), (3, 1)])  # several workers share one Encoder
-def test_rows_go_back_to_their_own_request_with_prompts(tiny_export: Path, workers: int, threads: int | None) -> None:
+def test_rows_go_back_to_their_own_request_with_prompts(
+    tiny_export: Path, chinese_bert: Replica, workers: int, threads: int | None
+) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    tokenize = SentenceTransformer(str(chinese_bert.path), device="cpu").tokenize  # tiny_export's source
     encoder = Encoder(tiny_export, threads=threads)
     batcher = Batcher(encoder, max_queue=10_000, max_run_texts=64, metrics=Metrics(), workers=workers)
     jobs = [(CORPUS[i : i + 1 + i % 7], "query: " if i % 3 == 0 else "") for i in range(60)]
@@ -73,7 +78,11 @@ def test_rows_go_back_to_their_own_request_with_prompts(tiny_export: Path, worke
         with ThreadPoolExecutor(max_workers=8) as pool:
             futures = list(pool.map(lambda job: batcher.submit(job[0], job[1]), jobs))
         for (texts, prompt), future in zip(jobs, futures, strict=True):
-            np.testing.assert_allclose(future.result(timeout=30), encoder.encode(texts, prompt=prompt), atol=1e-5)
+            rows, tokens = future.result(timeout=30)
+            np.testing.assert_allclose(rows, encoder.encode(texts, prompt=prompt), atol=1e-5)
+            # what the model read, as sentence-transformers feeds it (some requests here are empty)
+            expected = tokenize([prompt + text for text in texts])["attention_mask"].sum(axis=1) if texts else []
+            assert tokens.tolist() == list(expected)
     finally:
         batcher.close(timeout=30)
 
@@ -95,9 +104,9 @@ def test_full_queue_refuses_and_close_drains() -> None:
     fake.release.set()
     closer.join(timeout=30)
     assert not closer.is_alive()
-    assert first.result(timeout=1)[:, 0].tolist() == [1]
-    assert queued[0].result(timeout=1)[:, 0].tolist() == [2, 3]
-    assert queued[1].result(timeout=1)[:, 0].tolist() == [4, 1]
+    assert first.result(timeout=1).rows[:, 0].tolist() == [1]
+    assert queued[0].result(timeout=1).rows[:, 0].tolist() == [2, 3]
+    assert queued[1].result(timeout=1).rows[:, 0].tolist() == [4, 1]
     assert fake.takes == [["a"], ["bb", "ccc", "dddd", "e"]]  # the two waiting requests were taken together
 
 
@@ -110,8 +119,8 @@ def test_a_failing_batch_of_one_prompt_spares_the_requests_of_another() -> None:
         fake.release.set()
         with pytest.raises(RuntimeError, match="boom"):
             bad.result(timeout=30)
-        assert good.result(timeout=30)[:, 0].tolist() == [2]
-        assert batcher.submit(["later"], "").result(timeout=30)[:, 0].tolist() == [5]
+        assert good.result(timeout=30).rows[:, 0].tolist() == [2]
+        assert batcher.submit(["later"], "").result(timeout=30).rows[:, 0].tolist() == [5]
     finally:
         batcher.close(timeout=30)
 
@@ -123,7 +132,7 @@ def test_batch_wait_gathers_requests_into_one_run() -> None:
     try:
         first = batcher.submit(["a"], "")
         second = batcher.submit(["bb"], "")  # well inside the first one's wait
-        assert first.result(timeout=30)[0, 0] == 1 and second.result(timeout=30)[0, 0] == 2
+        assert first.result(timeout=30).rows[0, 0] == 1 and second.result(timeout=30).rows[0, 0] == 2
         assert fake.takes == [["a", "bb"]]
     finally:
         batcher.close(timeout=30)
@@ -144,9 +153,9 @@ def test_second_worker_takes_requests_while_the_first_runs_and_close_drains_both
     fake.release.set()
     closer.join(timeout=30)
     assert not closer.is_alive()
-    assert first.result(timeout=1)[:, 0].tolist() == [1]
-    assert second.result(timeout=1)[:, 0].tolist() == [2, 3]
-    assert third.result(timeout=1)[:, 0].tolist() == [4]
+    assert first.result(timeout=1).rows[:, 0].tolist() == [1]
+    assert second.result(timeout=1).rows[:, 0].tolist() == [2, 3]
+    assert third.result(timeout=1).rows[:, 0].tolist() == [4]
     assert sorted(map(tuple, fake.takes)) == [("a",), ("bb", "ccc"), ("dddd",)]
 
 
@@ -181,11 +190,11 @@ def test_a_request_is_answered_when_its_own_texts_are_done() -> None:
         empty = batcher.submit([], "")
         slow = batcher.submit(["slow"], "")  # its batch runs last and waits for its gate
         _let_go(fake, 1)
-        assert fast.result(timeout=30)[:, 0].tolist() == [1, 2]
-        assert empty.result(timeout=30).shape == (0, 2)
+        assert fast.result(timeout=30).rows[:, 0].tolist() == [1, 2]
+        assert empty.result(timeout=30).rows.shape == (0, 2)
         assert not slow.done()
         fake.gates["slow"].set()
-        assert slow.result(timeout=30)[:, 0].tolist() == [4]
+        assert slow.result(timeout=30).rows[:, 0].tolist() == [4]
         assert fake.takes[-1] == ["x", "yy", "slow"]
     finally:
         batcher.close(timeout=30)
@@ -207,10 +216,10 @@ def test_a_failing_batch_fails_only_the_requests_it_holds_and_no_worker() -> Non
         assert fake.takes[-1] == ["boom", "okay", "b"]  # one take
         assert not good.done()
         fake.gates["okay"].set()
-        assert good.result(timeout=30)[:, 0].tolist() == [4, 1]
+        assert good.result(timeout=30).rows[:, 0].tolist() == [4, 1]
         assert _threads_alive(batcher) == 2
         later = [batcher.submit(["c" * n], "") for n in (1, 2, 3)]
-        assert [future.result(timeout=30)[0, 0] for future in later] == [1, 2, 3]
+        assert [future.result(timeout=30).rows[0, 0] for future in later] == [1, 2, 3]
     finally:
         batcher.close(timeout=30)
     assert _threads_alive(batcher) == 0
@@ -223,7 +232,7 @@ def test_a_take_that_cannot_be_planned_fails_its_requests_and_no_worker() -> Non
     try:
         with pytest.raises(ValueError, match="cannot plan this"):
             batcher.submit(["a", "noplan"], "").result(timeout=30)
-        assert batcher.submit(["ok"], "").result(timeout=30)[:, 0].tolist() == [2]
+        assert batcher.submit(["ok"], "").result(timeout=30).rows[:, 0].tolist() == [2]
         assert _threads_alive(batcher) == 2
     finally:
         batcher.close(timeout=30)
@@ -236,7 +245,7 @@ def test_free_workers_join_in_on_the_batches_of_one_take() -> None:
         future = batcher.submit(["p", "qq"], "")
         assert _wait_until(lambda: fake.running == 2), "the second worker did not run the take's other batch"
         fake.release.set()
-        assert future.result(timeout=30)[:, 0].tolist() == [1, 2]
+        assert future.result(timeout=30).rows[:, 0].tolist() == [1, 2]
         assert fake.takes == [["p", "qq"]] and fake.most_running == 2
     finally:
         batcher.close(timeout=30)

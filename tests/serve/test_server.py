@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from onnxembed import Encoder
-from tests.conftest import CORPUS, LONG_TEXT, MIXED_TEXTS
+from tests.conftest import CORPUS, LONG_TEXT, MIXED_TEXTS, Replica
 from tests.serve.conftest import API_KEY, LIMITS, Server
 
 pytest.importorskip("uvicorn", reason="the server needs the serve extra: pip install 'onnxembed[serve]'")
@@ -65,15 +65,25 @@ def _expected(encoder: Encoder, kind: str, texts: list[str]) -> np.ndarray:
     return encoder.encode(texts, normalize_embeddings=kind == "embed")  # TEI normalizes by default
 
 
-def test_openai_response_shape_and_values(server: Server, encoder: Encoder) -> None:
+def test_openai_response_shape_and_values(server: Server, encoder: Encoder, st_tokens: Any) -> None:
     response = server.request("/v1/embeddings", {"input": TEXTS[:5], "model": "whatever"})
     assert response.status == 200
     body = response.body
     assert set(body) == {"object", "data", "model", "usage"}
     assert body["object"] == "list" and body["model"] == Path(encoder.path).name
     assert all(set(item) == {"object", "index", "embedding"} for item in body["data"])
-    assert body["usage"]["prompt_tokens"] == body["usage"]["total_tokens"] > 0
+    assert body["usage"]["prompt_tokens"] == body["usage"]["total_tokens"] == st_tokens(TEXTS[:5])
     np.testing.assert_allclose(_vectors(body, "float"), encoder.encode(TEXTS[:5]), atol=ATOL)
+
+
+@pytest.fixture(scope="module")
+def st_tokens(chinese_bert: Replica) -> Any:
+    """Tokens sentence-transformers feeds its model for some texts (truncated, special tokens included); the
+    server's model is chinese_bert's export."""
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(chinese_bert.path), device="cpu")
+    return lambda texts: int(model.tokenize(texts)["attention_mask"].sum())
 
 
 def test_single_string_and_usage_counts_truncated_tokens(server: Server, encoder: Encoder) -> None:
@@ -107,6 +117,21 @@ def test_tei_embed_normalize_and_truncate(server: Server, encoder: Encoder) -> N
     np.testing.assert_allclose(_vectors(raw.body, "embed"), encoder.encode(TEXTS[:6]), atol=ATOL)
     # text-embeddings-inference: an input over max_seq_length is 413 unless truncate is true
     assert server.request("/embed", {"inputs": [LONG_TEXT]}).status == 413
+
+
+def test_tei_refuses_exactly_the_inputs_over_the_limit(server: Server, encoder: Encoder, st_tokens: Any) -> None:
+    """The server learns token counts from its batches and recounts only texts that reached the limit:
+    a text of exactly max_seq_length tokens passes, one token more is 413, whichever input it is."""
+    limit = encoder.max_seq_length
+    specials = st_tokens([""])
+    word = next(word for word in LONG_TEXT.split() if st_tokens([f"{word} {word}"]) == specials + 2)  # one token
+    at_limit, over = (" ".join([word] * (limit - specials + extra)) for extra in (0, 1))
+    assert st_tokens([at_limit]) == limit and st_tokens([over]) == limit  # sentence-transformers cuts `over`
+    response = server.request("/embed", {"inputs": [TEXTS[0], at_limit], "normalize": False})
+    assert response.status == 200
+    np.testing.assert_allclose(_vectors(response.body, "embed"), encoder.encode([TEXTS[0], at_limit]), atol=ATOL)
+    refused = server.request("/embed", {"inputs": [TEXTS[0], at_limit, over]})
+    assert refused.status == 413 and "input 2 has" in refused.body["error"]["message"]
     truncated = server.request("/embed", {"inputs": [LONG_TEXT], "truncate": True, "normalize": False})
     np.testing.assert_allclose(_vectors(truncated.body, "embed"), encoder.encode([LONG_TEXT]), atol=ATOL)
 
