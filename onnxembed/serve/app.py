@@ -1,8 +1,9 @@
 """The HTTP API on Starlette: OpenAI's /v1/embeddings, text-embeddings-inference's /embed and /similarity,
 /v1/models, /health, /metrics.
 
-In scope: routes, the API key, turning errors into ``{"error": {"message", "type"}}``, counting tokens,
-per-request post-processing of the workers' rows (dimensions, normalize, base64).
+In scope: routes, the API key, turning errors into ``{"error": {"message", "type"}}``, the token limit check
+(only texts cut at max_seq_length are recounted), per-request post-processing of the workers' rows
+(dimensions, normalize, base64).
 Not in scope: batching (batcher.py), body checks (parsing.py), the exposition format (metrics.py).
 """
 
