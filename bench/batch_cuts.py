@@ -62,7 +62,7 @@ def plan_totals(encoder: Encoder, texts: list[str], size: int) -> tuple[int, int
     """(runs, padded tokens) of encoding ``texts`` in calls of ``size`` with the encoder's run cost."""
     runs = padded = 0
     for start in range(0, len(texts), size):
-        for _, arrays in encoder.batches(texts[start : start + size]):  # what encode() plans
+        for _, arrays in encoder._batches(texts[start : start + size]):  # what encode() plans
             runs += 1
             padded += arrays["attention_mask"].size
     return runs, padded

@@ -1,5 +1,5 @@
 """Benchmark corpora: the stdlib-docstring text the exporter calibrates on (onnxembed/export/calibration.py)."""
 
-from onnxembed.export.calibration import paragraphs, sentences
+from onnxembed.exporter.calibration import paragraphs, sentences
 
 __all__ = ["paragraphs", "sentences"]

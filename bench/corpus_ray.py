@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/corpus_ray.py /tmp/minilm-out [--sentences 2000] [--repeats 3]
 
-The texts are ``onnxembed.export.calibration.sentences()`` written to one text file; each run writes a
+The texts are ``onnxembed.exporter.calibration.sentences()`` written to one text file; each run writes a
 fresh OUTPUT. Rows: ``Encoder.encode`` on the list in memory (no I/O, the ceiling), the local streaming path
 (``embed_corpus``), and the Ray path (``embed_corpus_ray`` on a local cluster started once, with all the
 machine's CPUs; each run includes starting the actor pool and loading the model in it). Median of
@@ -41,7 +41,7 @@ def main() -> None:
     from onnxembed import Encoder
     from onnxembed.corpus import embed_corpus
     from onnxembed.corpus.ray import embed_corpus_ray, plan_actors
-    from onnxembed.export.calibration import sentences
+    from onnxembed.exporter.calibration import sentences
 
     texts = sentences(args.sentences)
     work = Path(tempfile.mkdtemp(prefix="corpus-ray-bench-"))

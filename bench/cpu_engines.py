@@ -51,7 +51,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     from onnxembed import Encoder
-    from onnxembed.export.calibration import paragraphs, sentences
+    from onnxembed.exporter.calibration import paragraphs, sentences
 
     cores = os.cpu_count() or 1
     encoders = {

@@ -54,7 +54,7 @@ def check_texts() -> list[str]:
 
 def corpus(kind: str, count: int) -> list[str]:
     sys.path.insert(0, str(ROOT))
-    from onnxembed.export.calibration import paragraphs, sentences
+    from onnxembed.exporter.calibration import paragraphs, sentences
 
     distinct = sentences(10**6, wide=True) if kind == "sentences" else paragraphs(10**6, wide=True)
     return [distinct[i % len(distinct)] for i in range(count)]

@@ -1,8 +1,8 @@
 """onnxembed: SentenceTransformer models exported to ONNX, encoded without torch.
 
-``Encoder`` runs an exported model (onnxruntime + tokenizers + numpy); ``export(src, out_dir)`` makes
-one (needs ``pip install onnxembed[export]``). Importing this package does no work and never imports
-torch: onnxruntime is imported when ``Encoder`` is first used.
+``Encoder`` runs an exported model (onnxruntime + tokenizers + numpy); ``export(model_name_or_path, model_dir)``
+makes one (needs ``pip install onnxembed[export]``). Importing this package does no work and never imports
+torch: onnxruntime is imported when ``Encoder`` is first used, torch when ``export`` is called.
 """
 
 from __future__ import annotations
@@ -10,8 +10,17 @@ from __future__ import annotations
 from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
-from onnxembed import export
-from onnxembed.manifest import Manifest, ModelLoadError
+from onnxembed.errors import (
+    ArgumentTypeError,
+    ExportVerificationError,
+    InvalidArgumentError,
+    ModelLoadError,
+    OnnxEmbedError,
+    OutputExistsError,
+    UnsupportedModelError,
+)
+from onnxembed.exporter.pipeline import export
+from onnxembed.manifest import Manifest
 
 if TYPE_CHECKING:
     from onnxembed.runtime import Encoder
@@ -21,7 +30,19 @@ try:
 except metadata.PackageNotFoundError:  # running from a source tree that was not installed
     __version__ = "0.0.0"
 
-__all__ = ["Encoder", "Manifest", "ModelLoadError", "__version__", "export"]
+__all__ = [
+    "ArgumentTypeError",
+    "Encoder",
+    "ExportVerificationError",
+    "InvalidArgumentError",
+    "Manifest",
+    "ModelLoadError",
+    "OnnxEmbedError",
+    "OutputExistsError",
+    "UnsupportedModelError",
+    "__version__",
+    "export",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -1,6 +1,6 @@
 """The ``onnxembed`` command: export, encode, info, serve, embed-corpus.
 
-Errors become one line on stderr and exit code 1 (2 for usage errors, from argparse); no traceback.
+Errors become one line on stderr and exit code 1 (2 for usage errors, from argparse); ``-v`` adds the traceback.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import sys
+import traceback
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TextIO
@@ -21,12 +22,16 @@ _BATCH_HELP = "texts per batch at most (default: 32 on CPU; on a GPU the token b
 
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="onnxembed", description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="log progress to stderr, and show the traceback of an error"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     export = commands.add_parser("export", help="export a SentenceTransformer directory to ONNX and verify it")
-    export.add_argument("src", help="SentenceTransformer directory, or a model name in the local HF cache")
-    export.add_argument("out_dir", help="directory to write (onnx/model.onnx, tokenizer, configs, onnxembed.json)")
+    export.add_argument(
+        "model_name_or_path", help="SentenceTransformer directory, or a model name in the local HF cache"
+    )
+    export.add_argument("model_dir", help="directory to write (onnx/model.onnx, tokenizer, configs, onnxembed.json)")
     export.add_argument("--base-model", help="base model directory for a PEFT adapter (overrides adapter_config.json)")
     export.add_argument("--exporter", choices=("auto", "torchscript", "dynamo"), default="auto")
     export.add_argument(
@@ -35,7 +40,7 @@ def _build_parser() -> argparse.ArgumentParser:
         default=None,
         help="store weights beside the graph (default: only when over 2 GB)",
     )
-    export.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it holds a model")
+    export.add_argument("--overwrite", action="store_true", help="replace MODEL_DIR if it holds a model")
     export.add_argument("--no-verify", dest="verify", action="store_false", help="skip the check against the source")
     faster = export.add_argument_group("faster variants (each measured against fp32 and recorded)")
     faster.add_argument("--optimize", action="store_true", help="fused graph: onnx/model_O2.onnx (cpu) or _O4 (gpu)")
@@ -57,7 +62,7 @@ def _build_parser() -> argparse.ArgumentParser:
     faster.add_argument("--calibration-file", help="texts to calibrate and measure on, one per line")
 
     encode = commands.add_parser("encode", help="embed one text per line into an .npy file")
-    encode.add_argument("model", help="directory written by `onnxembed export`")
+    encode.add_argument("model_dir", help="directory written by `onnxembed export`")
     encode.add_argument("input", nargs="?", default="-", help="text file, one text per line (default: stdin)")
     encode.add_argument("-o", "--output", required=True, help=".npy file to write, (n, dim) float32")
     encode.add_argument(
@@ -74,11 +79,11 @@ def _build_parser() -> argparse.ArgumentParser:
     encode.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
 
     info = commands.add_parser("info", help="show what an exported directory holds")
-    info.add_argument("model", help="directory written by `onnxembed export`")
+    info.add_argument("model_dir", help="directory written by `onnxembed export`")
     info.add_argument("--json", action="store_true", help="print the manifest as JSON")
 
     serve = commands.add_parser("serve", help="HTTP server: OpenAI /v1/embeddings, TEI /embed and /similarity")
-    serve.add_argument("model", help="directory written by `onnxembed export`")
+    serve.add_argument("model_dir", help="directory written by `onnxembed export`")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     serve.add_argument("--port", type=int, default=8080)
     serve.add_argument("--api-key", help="require Authorization: Bearer KEY (default: $ONNXEMBED_API_KEY, else none)")
@@ -106,7 +111,9 @@ def _build_parser() -> argparse.ArgumentParser:
     corpus = commands.add_parser("embed-corpus", help="embed Parquet/JSONL/text into Parquet, locally or on Ray")
     corpus.add_argument("input", help="a .parquet, .jsonl or .txt file (one text per line), or a folder of them")
     corpus.add_argument("output", help="folder of Parquet parts (id, embedding); a rerun skips finished parts")
-    corpus.add_argument("--model", required=True, help="directory written by `onnxembed export`")
+    corpus.add_argument(
+        "--model-dir", "--model", dest="model_dir", required=True, help="directory written by `onnxembed export`"
+    )
     corpus.add_argument("--text-column", default="text", help="column holding the text (default: text)")
     corpus.add_argument("--id-column", help="column holding the id (default: 'id' if present, else the row number)")
     corpus.add_argument(
@@ -132,11 +139,11 @@ def _read_lines(stream: TextIO) -> Iterator[str]:
 
 
 def _run_export(args: argparse.Namespace) -> None:
-    from onnxembed.export import export
+    from onnxembed import export
 
     manifest = export(
-        args.src,
-        args.out_dir,
+        args.model_name_or_path,
+        args.model_dir,
         base_model=args.base_model,
         exporter=args.exporter,
         external_data=args.external_data,
@@ -151,7 +158,7 @@ def _run_export(args: argparse.Namespace) -> None:
         calibration_file=args.calibration_file,
     )
     accuracy = manifest.variants["fp32"].accuracy
-    print(f"exported {args.src} -> {args.out_dir} ({manifest.architecture}, dim {manifest.dim})")
+    print(f"exported {args.model_name_or_path} -> {args.model_dir} ({manifest.architecture}, dim {manifest.dim})")
     if "min_cosine" in accuracy:
         print(
             f"verified against sentence-transformers {accuracy['sentence_transformers']}: min cosine "
@@ -195,7 +202,7 @@ def _run_encode(args: argparse.Namespace) -> None:
     from onnxembed.npy_stream import NpyWriter
     from onnxembed.runtime import Encoder
 
-    encoder = Encoder(args.model, provider=args.provider, threads=args.threads)
+    encoder = Encoder(args.model_dir, provider=args.provider, threads=args.threads)
     stream = sys.stdin if args.input == "-" else open(args.input, encoding="utf-8")  # noqa: SIM115
     total = None if args.input == "-" else _count_lines(args.input)
     output = Path(args.output)
@@ -230,11 +237,11 @@ def _run_encode(args: argparse.Namespace) -> None:
 def _run_info(args: argparse.Namespace) -> None:
     from onnxembed.manifest import Manifest
 
-    manifest = Manifest.read(args.model)
+    manifest = Manifest.read(args.model_dir)
     if args.json:
         print(manifest.to_json(), end="")
         return
-    print(f"model:           {args.model}")
+    print(f"model:           {args.model_dir}")
     print(f"architecture:    {manifest.architecture}  (source: {manifest.source.get('path')})")
     if manifest.source.get("adapter"):
         print(f"adapter merged:  {manifest.source['adapter']}")
@@ -266,7 +273,7 @@ def _run_serve(args: argparse.Namespace) -> None:
     from onnxembed.serve import serve
 
     serve(
-        args.model,
+        args.model_dir,
         args.host,
         args.port,
         provider=args.provider,
@@ -299,7 +306,7 @@ def _run_embed_corpus(args: argparse.Namespace) -> None:
         result = embed_corpus(
             args.input,
             args.output,
-            args.model,
+            args.model_dir,
             chunk_rows=args.chunk_rows,
             provider=args.provider,
             threads=args.threads,
@@ -309,7 +316,7 @@ def _run_embed_corpus(args: argparse.Namespace) -> None:
     else:
         from onnxembed.corpus.ray import embed_corpus_ray
 
-        result = embed_corpus_ray(args.input, args.output, args.model, address=args.ray or None, **common)
+        result = embed_corpus_ray(args.input, args.output, args.model_dir, address=args.ray or None, **common)
     print(
         f"wrote {args.output}: {result.rows_embedded} rows embedded, {result.rows_reused} found done",
         file=sys.stderr,
@@ -338,7 +345,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("onnxembed: interrupted", file=sys.stderr)
         return 130
-    except Exception as error:  # the CLI's contract: one line, no traceback
+    except Exception as error:  # the CLI's contract: one line, the traceback only with -v
+        if args.verbose:
+            traceback.print_exc()
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
         print(f"onnxembed {args.command}: error: {message}", file=sys.stderr)
         return 1

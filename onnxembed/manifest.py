@@ -11,16 +11,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from onnxembed.errors import ModelLoadError
+
 MANIFEST_NAME = "onnxembed.json"
 # The graph inputs an export may declare and the runtime knows how to fill.
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 # The output of graphs that pool (and normalize) inside: (batch, dim) float32.
 POOLED_OUTPUT = "sentence_embedding"
 FORMAT_VERSION = 1
-
-
-class ModelLoadError(ValueError):
-    """An exported model directory is missing, incomplete or corrupt. The message names the file."""
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,8 @@ from typing import BinaryIO
 
 import numpy as np
 
+from onnxembed.errors import InvalidArgumentError
+
 _MAGIC = b"\x93NUMPY\x01\x00"
 _HEADER_BYTES = 128  # magic + length + dict, padded with spaces: room for any 2-D shape
 
@@ -39,7 +41,9 @@ class NpyWriter:
 
     def write(self, block: np.ndarray) -> None:
         if block.ndim != 2 or block.shape[1] != self.width or block.dtype != self.dtype:
-            raise ValueError(f"expected rows of shape (k, {self.width}) {self.dtype}; got {block.shape} {block.dtype}")
+            raise InvalidArgumentError(
+                f"expected rows of shape (k, {self.width}) {self.dtype}; got {block.shape} {block.dtype}"
+            )
         self._file.write(np.ascontiguousarray(block).tobytes())
         self.rows += block.shape[0]
 

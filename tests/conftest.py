@@ -393,7 +393,7 @@ _EXPORTS: dict[str, Path] = {}
 
 def exported(replica: Replica, exports_dir: Path) -> Path:
     """Export a replica once per run; later calls reuse the directory."""
-    from onnxembed.export import export
+    from onnxembed import export
 
     if replica.name not in _EXPORTS:
         out = exports_dir / replica.name

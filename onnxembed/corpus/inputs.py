@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from onnxembed.errors import InvalidArgumentError
+
 Format = Literal["parquet", "jsonl", "text"]
 SUFFIXES: dict[str, Format] = {
     ".parquet": "parquet",
@@ -28,7 +30,7 @@ SUFFIXES: dict[str, Format] = {
 DEFAULT_ID_COLUMN = "id"
 
 
-class CorpusError(ValueError):
+class CorpusError(InvalidArgumentError):
     """The input or output of a corpus job is not usable as given."""
 
 

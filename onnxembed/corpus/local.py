@@ -27,6 +27,7 @@ from onnxembed.corpus.parts import (
     row_errors,
     write_part,
 )
+from onnxembed.errors import InvalidArgumentError
 
 logger = logging.getLogger(__name__)
 
@@ -45,9 +46,9 @@ class CorpusResult:
 
 def check_options(on_error: str, precision: str) -> None:
     if on_error not in ("fail", "skip"):
-        raise ValueError(f"on_error {on_error!r} is not supported; choose 'fail' or 'skip'")
+        raise InvalidArgumentError(f"on_error {on_error!r} is not supported; choose 'fail' or 'skip'")
     if precision not in VALUE_TYPES:
-        raise ValueError(f"precision {precision!r} is not supported here; choose from {tuple(VALUE_TYPES)}")
+        raise InvalidArgumentError(f"precision {precision!r} is not supported here; choose from {tuple(VALUE_TYPES)}")
 
 
 def require_pyarrow() -> None:

@@ -14,6 +14,8 @@ from typing import Literal, get_args
 
 import numpy as np
 
+from onnxembed.errors import InvalidArgumentError
+
 PoolingMode = Literal["cls", "max", "mean", "mean_sqrt_len_tokens", "weightedmean", "lasttoken"]
 POOLING_MODES: tuple[str, ...] = get_args(PoolingMode)
 
@@ -46,12 +48,12 @@ def pool(
     """
     mode_list = [modes] if isinstance(modes, str) else list(modes)
     if not mode_list:
-        raise ValueError(f"no pooling mode given; choose from {POOLING_MODES}")
+        raise InvalidArgumentError(f"no pooling mode given; choose from {POOLING_MODES}")
     for mode in mode_list:
         if mode not in POOLING_MODES:
-            raise ValueError(f"unknown pooling mode {mode!r}; choose from {POOLING_MODES}")
+            raise InvalidArgumentError(f"unknown pooling mode {mode!r}; choose from {POOLING_MODES}")
     if token_embeddings.ndim != 3 or attention_mask.shape != token_embeddings.shape[:2]:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"token_embeddings must be (batch, seq, dim) and attention_mask (batch, seq); "
             f"got {token_embeddings.shape} and {attention_mask.shape}"
         )

@@ -20,6 +20,8 @@ from typing import Literal, get_args
 import numpy as np
 import numpy.typing as npt
 
+from onnxembed.errors import ArgumentTypeError, InvalidArgumentError
+
 logger = logging.getLogger(__name__)
 
 Precision = Literal["float32", "int8", "uint8", "binary", "ubinary"]
@@ -55,10 +57,10 @@ def quantize_embeddings(
     dtype, or integers wider than 8 bits; the arithmetic runs in the dtype numpy promotes them to.
     """
     if not isinstance(precision, str) or precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; choose from {PRECISIONS}")
+        raise InvalidArgumentError(f"unknown precision {precision!r}; choose from {PRECISIONS}")
     matrix = _as_real_array(embeddings, "embeddings")
     if matrix.ndim != 2:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"embeddings must be 2-D (n, dim); got shape {matrix.shape}. For a single vector pass embeddings[None, :]"
         )
     _reject_nan(matrix, "embeddings")
@@ -80,7 +82,7 @@ def quantize_embeddings(
     with np.errstate(over="ignore"):
         steps = (bounds[1, :] - bounds[0, :]) / _TOP_BUCKET
     if not np.isfinite(steps).all():
-        raise ValueError(f"ranges too wide for {steps.dtype}: max - min overflows; got {bounds.tolist()}")
+        raise InvalidArgumentError(f"ranges too wide for {steps.dtype}: max - min overflows; got {bounds.tolist()}")
     # sentence-transformers' guard against min == max: a step of 1 leaves values at the min in bucket 0.
     # Kept as its exact expression: a Python 1 takes the dtype of `steps`.
     steps = np.where(steps == 0, 1, steps)
@@ -100,7 +102,7 @@ def _as_real_array(value: npt.ArrayLike, name: str) -> np.ndarray:
     # int8/uint8 inputs are already quantized, and 8-bit max - min wraps around; bool, complex and
     # object arrays have no per-dimension ranges to speak of.
     if kind not in "fiu" or (kind in "iu" and size == 1):
-        raise TypeError(
+        raise ArgumentTypeError(
             f"{name} must be a float array (or integers wider than 8 bits); got dtype {array.dtype}"
             + (": int8/uint8 embeddings are already quantized" if kind in "iu" and size == 1 else "")
         )
@@ -110,7 +112,7 @@ def _as_real_array(value: npt.ArrayLike, name: str) -> np.ndarray:
 def _reject_nan(array: np.ndarray, name: str) -> None:
     # NaN has no bucket and no sign: sentence-transformers would turn it into an arbitrary byte.
     if array.dtype.kind == "f" and np.isnan(array).any():
-        raise ValueError(f"{name} contains NaN at (row, column) {np.argwhere(np.isnan(array))[:5].tolist()}")
+        raise InvalidArgumentError(f"{name} contains NaN at (row, column) {np.argwhere(np.isnan(array))[:5].tolist()}")
 
 
 def _resolve_ranges(
@@ -126,7 +128,7 @@ def _resolve_ranges(
         # Checked even when `ranges` wins: a calibration set of another dim is a mistake either way.
         calibration = _as_real_array(calibration_embeddings, "calibration_embeddings")
         if calibration.ndim != 2 or calibration.shape[1] != dim:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"calibration_embeddings must be 2-D (m, {dim}), the dim of embeddings; got shape {calibration.shape}"
             )
         _reject_nan(calibration, "calibration_embeddings")
@@ -134,7 +136,7 @@ def _resolve_ranges(
     if ranges is not None:
         bounds, source = _as_real_array(ranges, "ranges"), "ranges"
         if bounds.shape != (2, dim):
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"ranges must be (2, {dim}): row 0 the per-dimension minimum, row 1 the maximum; "
                 f"got shape {bounds.shape}"
             )
@@ -144,7 +146,7 @@ def _resolve_ranges(
             (calibration, "calibration_embeddings") if calibration is not None else (embeddings, "embeddings")
         )
         if rows.shape[0] == 0:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"cannot compute {precision} ranges from 0 {source}; pass ranges or calibration_embeddings"
             )
         if calibration is None and rows.shape[0] < _FEW_EMBEDDINGS:
@@ -157,10 +159,10 @@ def _resolve_ranges(
         bounds = np.vstack((np.min(rows, axis=0), np.max(rows, axis=0)))
 
     if not np.isfinite(bounds).all():
-        raise ValueError(f"{precision} ranges must be finite; the ones from {source} contain +-inf")
+        raise InvalidArgumentError(f"{precision} ranges must be finite; the ones from {source} contain +-inf")
     inverted = np.flatnonzero(bounds[0] > bounds[1])
     if inverted.size:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"ranges row 0 is the minimum and row 1 the maximum; min > max in dimensions {inverted[:5].tolist()}"
         )
     return bounds

@@ -21,6 +21,7 @@ from typing import Literal, get_args
 import numpy as np
 
 from onnxembed._checks import positive_int
+from onnxembed.errors import InvalidArgumentError
 from onnxembed.kernels.pooling import normalize
 
 ScoreFunction = Literal["cosine", "dot"]
@@ -203,7 +204,9 @@ def _search_block(
         # max() propagates NaN: one reduction over the block, no mask allocated.
         if np.isnan(scores.max()):
             stop = start + scores.shape[1]
-            raise ValueError(f"scores against corpus rows {start}:{stop} contain NaN; embeddings must be finite")
+            raise InvalidArgumentError(
+                f"scores against corpus rows {start}:{stop} contain NaN; embeddings must be finite"
+            )
         positions = np.stack([_top_positions(row, k) for row in scores])
         chunk_scores = np.take_along_axis(scores, positions, axis=1)
         best_scores, best_indices = _keep_best(
@@ -310,7 +313,7 @@ def _rescore(
 
 def _check_score_function(score_function: str) -> None:
     if score_function not in SCORE_FUNCTIONS:
-        raise ValueError(f"unknown score function {score_function!r}; choose from {SCORE_FUNCTIONS}")
+        raise InvalidArgumentError(f"unknown score function {score_function!r}; choose from {SCORE_FUNCTIONS}")
 
 
 def _matrix(embeddings: np.ndarray, name: str, allow_vector: bool) -> np.ndarray:
@@ -319,14 +322,14 @@ def _matrix(embeddings: np.ndarray, name: str, allow_vector: bool) -> np.ndarray
         matrix = matrix[None, :]
     if matrix.ndim != 2:
         allowed = "(n, dim) or (dim,)" if allow_vector else "(n, dim)"
-        raise ValueError(f"{name} must be {allowed}; got shape {matrix.shape}")
+        raise InvalidArgumentError(f"{name} must be {allowed}; got shape {matrix.shape}")
     return matrix
 
 
 def _float_matrix(embeddings: np.ndarray, name: str, allow_vector: bool) -> np.ndarray:
     matrix = _matrix(embeddings, name, allow_vector)
     if not np.issubdtype(matrix.dtype, np.floating):
-        raise ValueError(
+        raise InvalidArgumentError(
             f"{name} must be float embeddings; got dtype {matrix.dtype}. Packed binary embeddings (uint8/int8) "
             f"go to semantic_search_binary; for int8 scalar quantization cast to float32 first"
         )
@@ -336,7 +339,7 @@ def _float_matrix(embeddings: np.ndarray, name: str, allow_vector: bool) -> np.n
 def _packed_matrix(embeddings: np.ndarray, name: str, allow_vector: bool) -> np.ndarray:
     matrix = _matrix(embeddings, name, allow_vector)
     if matrix.dtype not in (np.uint8, np.int8):
-        raise ValueError(
+        raise InvalidArgumentError(
             f"{name} must be packed bits, uint8 ('ubinary') or int8 ('binary') as quantize_embeddings makes; "
             f"got dtype {matrix.dtype}. Float embeddings go to semantic_search"
         )
@@ -345,7 +348,7 @@ def _packed_matrix(embeddings: np.ndarray, name: str, allow_vector: bool) -> np.
 
 def _check_same_dim(queries: np.ndarray, corpus: np.ndarray, what: str) -> None:
     if queries.shape[1] != corpus.shape[1]:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"{what} mismatch: query_embeddings have {queries.shape[1]}, corpus_embeddings have {corpus.shape[1]}"
         )
 
@@ -353,13 +356,13 @@ def _check_same_dim(queries: np.ndarray, corpus: np.ndarray, what: str) -> None:
 def _check_rescore_shape(float_queries: np.ndarray, packed_queries: np.ndarray) -> None:
     n_bytes = packed_queries.shape[1]
     if float_queries.shape[0] != packed_queries.shape[0]:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"rescore_embeddings must have one row per query: {packed_queries.shape[0]} queries, "
             f"got {float_queries.shape[0]} rows"
         )
     # packbits pads the last byte with zeros, so n_bytes packed bytes hold any dim from 8*n_bytes - 7 up.
     if not 8 * n_bytes - 7 <= float_queries.shape[1] <= 8 * n_bytes:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"rescore_embeddings have dim {float_queries.shape[1]}; {n_bytes} packed bytes allow a dim from "
             f"{max(8 * n_bytes - 7, 1)} to {8 * n_bytes}"
         )

@@ -13,6 +13,7 @@ from typing import Literal, get_args
 
 import numpy as np
 
+from onnxembed.errors import InvalidArgumentError
 from onnxembed.kernels.pooling import normalize
 
 SimilarityFn = Literal["cosine", "dot", "euclidean", "manhattan"]
@@ -28,14 +29,14 @@ def _as_matrix(embeddings: np.ndarray, name: str) -> np.ndarray:
     if matrix.ndim == 1:
         matrix = matrix[None, :]
     if matrix.ndim != 2:
-        raise ValueError(f"{name} must be (n, dim) or (dim,); got shape {matrix.shape}")
+        raise InvalidArgumentError(f"{name} must be (n, dim) or (dim,); got shape {matrix.shape}")
     return matrix
 
 
 def _pair(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     a, b = _as_matrix(a, "a"), _as_matrix(b, "b")
     if a.shape[1] != b.shape[1]:
-        raise ValueError(f"dimension mismatch: a has {a.shape[1]}, b has {b.shape[1]}")
+        raise InvalidArgumentError(f"dimension mismatch: a has {a.shape[1]}, b has {b.shape[1]}")
     return a, b
 
 
@@ -77,7 +78,9 @@ def manhattan_sim(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def _same_rows(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     a, b = _pair(a, b)
     if a.shape[0] != b.shape[0]:
-        raise ValueError(f"pairwise similarity needs as many rows in a as in b; got {a.shape[0]} and {b.shape[0]}")
+        raise InvalidArgumentError(
+            f"pairwise similarity needs as many rows in a as in b; got {a.shape[0]} and {b.shape[0]}"
+        )
     return a, b
 
 
@@ -122,7 +125,7 @@ _PAIRWISE: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
 def check_similarity_fn(fn: str) -> str:
     """Return ``fn`` if it is one of SIMILARITY_FNS, else raise ValueError listing them."""
     if fn not in SIMILARITY_FNS:
-        raise ValueError(f"unknown similarity function {fn!r}; choose from {SIMILARITY_FNS}")
+        raise InvalidArgumentError(f"unknown similarity function {fn!r}; choose from {SIMILARITY_FNS}")
     return fn
 
 

@@ -20,6 +20,7 @@ import numpy as np
 from onnxruntime import OrtValue
 
 from onnxembed._checks import positive_int
+from onnxembed.errors import ArgumentTypeError, InvalidArgumentError
 from onnxembed.kernels import exclude_prompt, normalize, pool, similarity, similarity_pairwise
 from onnxembed.kernels.quantization import PRECISIONS, Precision, quantize_embeddings
 from onnxembed.manifest import MODEL_INPUTS, POOLED_OUTPUT, Manifest, ModelLoadError
@@ -42,26 +43,40 @@ DEFAULT_CPU_BATCH_SIZE = 32
 
 
 class Encoder:
-    """Encode text with a model exported by ``onnxembed export``.
+    """Encode text with a model exported by ``onnxembed export``, as ``SentenceTransformer.encode`` would.
 
-    ``Encoder(path, provider="auto", threads=None, variant="auto", truncate_dim=None)``: provider is
-    "auto", "cpu", "cuda" or an onnxruntime provider name; threads is the number of intra-op threads
-    (None: onnxruntime's default, one per core); variant is "auto", a variant of the manifest ("fp32",
-    "int8", "fp16", "optimized", "fp16-pooled", ...) or a graph file name (see :func:`choose_variant`;
-    ``.variant`` says which was loaded); truncate_dim keeps the first dimensions of every embedding
-    (Matryoshka models; None: the model's own setting). An Encoder is safe to share between threads.
+    An Encoder is safe to share between threads.
 
-    How batches run (defaults: measured best per provider, bench/results/h100-*.md): ``overlap``
-    tokenizes and pads the next batches on other threads while the model runs (default: on for GPU
-    providers, off on CPU, where both would compete for the same cores); ``sessions`` runs that many
-    sessions side by side (on CUDA each has its own stream; with ``overlap`` only; 2 was slower than 1 on
-    an H100); ``io_binding`` copies each batch to the device on the tokenizing thread and binds it
-    (default off: on an H100 it ran sentences 14-20% slower and paragraphs 3-25% faster).
+    Args:
+        model_dir: A directory written by ``onnxembed export``.
+        provider: "auto" (CUDA when onnxruntime has it, else CPU), "cpu", "cuda" or an onnxruntime
+            provider name.
+        threads: Intra-op threads per session (None: onnxruntime's default, one per core).
+        variant: "auto" (the fastest variant whose accuracy the export accepted for this provider), a variant
+            of the manifest ("fp32", "int8", "fp16", "optimized", "fp16-pooled", ...) or a graph file name;
+            ``.variant`` says which was loaded.
+        truncate_dim: Keep the first dimensions of every embedding (Matryoshka models; None: the model's own
+            setting).
+        overlap: Tokenize and pad the next batches on other threads while the model runs (None: on for GPU
+            providers, off on CPU, where both would compete for the same cores).
+        sessions: Sessions run side by side (needs ``overlap``); on CPU, ``sessions=os.cpu_count(),
+            threads=1`` suits batch jobs (docs/performance.md).
+        io_binding: Copy each batch to the device on the tokenizing thread and bind it (GPU only).
+
+    Raises:
+        ModelLoadError: ``model_dir`` is not a complete export.
+        InvalidArgumentError: An unknown provider, variant or a bad number.
+
+    Example:
+        >>> from onnxembed import Encoder
+        >>> encoder = Encoder("out/")
+        >>> encoder.encode(["first text", "second text"]).shape
+        (2, 384)
     """
 
     def __init__(
         self,
-        path: str | Path,
+        model_dir: str | Path,
         provider: str = "auto",
         threads: int | None = None,
         variant: str = "auto",
@@ -71,21 +86,23 @@ class Encoder:
         sessions: int = 1,
         io_binding: bool = False,
     ) -> None:
-        self.path = Path(path)
-        self.manifest = Manifest.read(self.path)
+        self.model_dir = Path(model_dir)
+        self.manifest = Manifest.read(self.model_dir)
         self.truncate_dim = _checked_truncate_dim(
             truncate_dim if truncate_dim is not None else self.manifest.truncate_dim
         )
         self.provider = resolve_provider(provider)
-        self.variant, variant_file = choose_variant(self.manifest, self.path, variant, self.provider)
+        self.variant, variant_file = choose_variant(self.manifest, self.model_dir, variant, self.provider)
         on_cpu = self.provider == "CPUExecutionProvider"
         self._overlap = (not on_cpu) if overlap is None else bool(overlap)
         sessions = positive_int(sessions, "sessions")
         if sessions > 1 and not self._overlap:
-            raise ValueError("sessions > 1 runs sessions side by side and needs overlap=True")
+            raise InvalidArgumentError("sessions > 1 runs sessions side by side and needs overlap=True")
         self._io_binding = bool(io_binding)
         self._device = "cuda" if self.provider == "CUDAExecutionProvider" else "cpu"
-        self._sessions = [create_session(self.path / variant_file, self.provider, threads) for _ in range(sessions)]
+        self._sessions = [
+            create_session(self.model_dir / variant_file, self.provider, threads) for _ in range(sessions)
+        ]
         self._session = self._sessions[0]
         self._runner = (
             OverlappedRunner(sessions, OVERLAP_PRODUCERS, OVERLAP_DEPTH * sessions) if self._overlap else None
@@ -100,7 +117,7 @@ class Encoder:
         self._output_name = POOLED_OUTPUT if self._pooled else self.manifest.output_name
         if self._output_name not in outputs:
             raise ModelLoadError(f"{variant_file} has no output {self._output_name!r} (outputs: {outputs})")
-        self._tokenizer = TextTokenizer(self.path, self.manifest)
+        self._tokenizer = TextTokenizer(self.model_dir, self.manifest)
         # Shapes that repeat let a GPU reuse its kernels' choices; results do not depend on padding length.
         self._pad_multiple = 1 if on_cpu else 8
         # Where batches end (batching.py): int8 runs cost less to start than float ones.
@@ -129,35 +146,64 @@ class Encoder:
         return self.manifest.similarity_fn_name
 
     def __repr__(self) -> str:
-        return f"Encoder({str(self.path)!r}, provider={self.provider!r}, variant={self.variant!r}, dim={self.dim})"
+        return f"Encoder({str(self.model_dir)!r}, provider={self.provider!r}, variant={self.variant!r}, dim={self.dim})"
 
     def encode(
         self,
-        sentences: str | Iterable[str],
-        batch_size: int | None = None,
-        normalize_embeddings: bool | None = None,
+        inputs: str | Iterable[str] | None = None,
+        *,
         prompt_name: str | None = None,
         prompt: str | None = None,
+        batch_size: int | None = None,
         show_progress_bar: bool = False,
         precision: Precision = "float32",
+        normalize_embeddings: bool | None = None,
         truncate_dim: int | None = None,
         max_batch_tokens: int | None = None,
+        sentences: str | Iterable[str] | None = None,
     ) -> np.ndarray:
-        """Embed sentences: (n, dim) in input order, or (dim,) for a single str.
+        """Embed texts as ``SentenceTransformer.encode`` does, step by step.
 
-        As sentence-transformers' ``encode``, step by step: ``prompt`` (a string) or ``prompt_name`` (a
-        key of ``prompts``) is prepended to every text, and without either the model's default prompt;
-        the model pools and, if it has a Normalize module, normalizes; ``truncate_dim`` (default: the
-        Encoder's) keeps the first dimensions — so a normalizing model's truncated vectors are *not*
-        unit length unless ``normalize_embeddings=True``, which L2-normalizes after truncating;
-        ``precision`` other than "float32" quantizes the whole result as ``quantize_embeddings`` does
-        (int8/uint8 ranges from these embeddings; binary/ubinary packed to (n, dim / 8)).
+        ``prompt`` (a string) or ``prompt_name`` (a key of :attr:`prompts`) is prepended to every text, and
+        without either the model's default prompt; the model pools, applies its Dense layers and, if it has a
+        Normalize module, normalizes; ``truncate_dim`` keeps the first dimensions, so a normalizing model's
+        truncated vectors are *not* unit length unless ``normalize_embeddings=True``, which L2-normalizes after
+        truncating; ``precision`` other than "float32" quantizes the whole result as sentence-transformers'
+        ``quantize_embeddings`` does.
 
-        Batching does not change the results: a batch holds at most ``batch_size`` texts (default: 32 on
-        CPU and for left-padded models, as sentence-transformers; on a GPU otherwise only the token budget
-        limits it) and at most
-        ``max_batch_tokens`` padded tokens (default: the best measured for the provider; see batching.py).
+        Batches hold at most ``batch_size`` texts and ``max_batch_tokens`` padded tokens (defaults: measured
+        per provider, docs/performance.md). fp32 and fused graphs give the same vectors however texts are
+        batched; int8 graphs quantize activations per batch, so their vectors move slightly with which texts
+        share a batch (``batch_size=1`` makes them depend on the text alone).
+
+        Args:
+            inputs: One text, or an iterable of texts (``sentences=`` is accepted too, as in
+                sentence-transformers before 5.x).
+            prompt_name: A key of :attr:`prompts`.
+            prompt: A prompt string; wins over ``prompt_name``.
+            batch_size: Texts per batch at most (default: 32 on CPU and for left-padded models, as
+                sentence-transformers; on a GPU otherwise only the token budget limits it).
+            show_progress_bar: Show a tqdm progress bar.
+            precision: "float32", "int8", "uint8", "binary" or "ubinary".
+            normalize_embeddings: L2-normalize the result (after ``truncate_dim``).
+            truncate_dim: Keep this many leading dimensions (default: the Encoder's).
+            max_batch_tokens: Padded tokens per batch at most (default: the best measured for the provider).
+            sentences: The older name of ``inputs``.
+
+        Returns:
+            ``(n, dim)`` float32 in input order, or ``(dim,)`` for a single str; int8/uint8 for those
+            precisions, ``(n, dim / 8)`` packed bits for binary/ubinary.
+
+        Raises:
+            ArgumentTypeError: ``inputs`` is not a str or an iterable of str.
+            InvalidArgumentError: An unknown prompt name or precision, or a bad number.
+
+        Example:
+            >>> embeddings = encoder.encode(["first text", "second text"], prompt_name="query")
+            >>> embeddings.shape, embeddings.dtype
+            ((2, 384), dtype('float32'))
         """
+        sentences = _one_of_inputs(inputs, sentences)
         single = isinstance(sentences, str)
         texts: list[str] = [sentences] if isinstance(sentences, str) else _checked_texts(sentences)
         max_batch_tokens = positive_int(
@@ -168,7 +214,7 @@ class Encoder:
             batch_size if batch_size is not None else self._default_batch_size(max_batch_tokens), "batch_size"
         )
         if precision not in PRECISIONS:
-            raise ValueError(f"precision {precision!r} is not supported; choose from {PRECISIONS}")
+            raise InvalidArgumentError(f"precision {precision!r} is not supported; choose from {PRECISIONS}")
         truncate_dim = _checked_truncate_dim(truncate_dim if truncate_dim is not None else self.truncate_dim)
         dim = self._output_dim(truncate_dim)
         prompt_text = self._resolve_prompt(prompt_name, prompt)
@@ -186,39 +232,85 @@ class Encoder:
             embeddings = quantize_embeddings(embeddings, precision, ranges=ranges)
         return embeddings[0] if single else embeddings
 
+    def encode_query(self, inputs: str | Iterable[str] | None = None, **options: Any) -> np.ndarray:
+        """:meth:`encode` with the model's "query" prompt, as ``SentenceTransformer.encode_query``.
+
+        The "query" prompt is used when neither ``prompt`` nor ``prompt_name`` is given and the model has one
+        (else the default prompt, as :meth:`encode`); other options as in :meth:`encode`.
+
+        Example:
+            >>> queries = encoder.encode_query(["what is onnx?"])
+        """
+        return self._encode_as("query", inputs, options)
+
+    def encode_document(self, inputs: str | Iterable[str] | None = None, **options: Any) -> np.ndarray:
+        """:meth:`encode` with the model's "document" prompt, as ``SentenceTransformer.encode_document``.
+
+        The first of the prompts "document", "passage" and "corpus" that the model defines is used when neither
+        ``prompt`` nor ``prompt_name`` is given; other options as in :meth:`encode`.
+
+        Example:
+            >>> documents = encoder.encode_document(["ONNX is an open format for models."])
+        """
+        return self._encode_as("document", inputs, options)
+
+    def _encode_as(self, task: str, inputs: str | Iterable[str] | None, options: dict[str, Any]) -> np.ndarray:
+        if options.get("prompt_name") is None and options.get("prompt") is None:
+            # sentence-transformers' order of names for each task.
+            names = ("query",) if task == "query" else ("document", "passage", "corpus")
+            options["prompt_name"] = next((name for name in names if name in self.manifest.prompts), None)
+        return self.encode(inputs, **options)
+
     def encode_iter(
         self,
-        sentences: Iterable[str],
+        inputs: Iterable[str] | None = None,
+        *,
         chunk_size: int = 8192,
-        batch_size: int | None = None,
-        normalize_embeddings: bool | None = None,
         prompt_name: str | None = None,
         prompt: str | None = None,
+        batch_size: int | None = None,
         precision: Precision = "float32",
+        normalize_embeddings: bool | None = None,
         truncate_dim: int | None = None,
         max_batch_tokens: int | None = None,
+        sentences: Iterable[str] | None = None,
     ) -> Iterator[np.ndarray]:
-        """Embed a stream of texts: yields (k, dim) blocks, k <= chunk_size, in input order.
+        """Embed a stream of texts block by block, holding one block of texts at a time.
 
-        Holds one chunk of texts at a time, so a corpus larger than memory can be embedded (the CLI
-        streams these blocks into an .npy file). Options as in :meth:`encode`, except int8/uint8
-        precision, whose ranges would differ from chunk to chunk: quantize the float32 result with
-        ``onnxembed.kernels.quantize_embeddings`` and calibration embeddings instead.
+        For corpora larger than memory (the CLI streams these blocks into an .npy file). Options as in
+        :meth:`encode`, except int8/uint8 precision, whose ranges would differ from block to block: quantize
+        the float32 result with ``onnxembed.kernels.quantize_embeddings`` and calibration embeddings instead.
+
+        Args:
+            inputs: An iterable of texts, read lazily (``sentences=`` is accepted too).
+            chunk_size: Texts per yielded block at most.
+
+        Yields:
+            ``(k, dim)`` blocks, ``k <= chunk_size``, in input order.
+
+        Raises:
+            ArgumentTypeError: ``inputs`` is a str or holds something other than str.
+            InvalidArgumentError: int8/uint8 precision, or options :meth:`encode` refuses.
+
+        Example:
+            >>> for block in encoder.encode_iter(open("corpus.txt"), chunk_size=4096):
+            ...     index.add(block)
         """
+        sentences = _one_of_inputs(inputs, sentences)
         chunk_size = positive_int(chunk_size, "chunk_size")
         if precision in ("int8", "uint8"):
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"precision {precision!r} takes its ranges from all embeddings at once; encode_iter cannot. "
                 "Use float32 and quantize_embeddings(..., calibration_embeddings=...)"
             )
         if isinstance(sentences, (str, bytes, bytearray)) or not isinstance(sentences, Iterable):
-            raise TypeError(f"sentences must be an iterable of str; got {type(sentences).__name__}")
+            raise ArgumentTypeError(f"sentences must be an iterable of str; got {type(sentences).__name__}")
         iterator = iter(sentences)
         offset = 0
         while chunk := list(islice(iterator, chunk_size)):
             for index, text in enumerate(chunk):
                 if not isinstance(text, str):
-                    raise TypeError(f"sentences[{offset + index}] is {type(text).__name__}, not str")
+                    raise ArgumentTypeError(f"sentences[{offset + index}] is {type(text).__name__}, not str")
             yield self.encode(
                 chunk,
                 batch_size=batch_size,
@@ -239,17 +331,17 @@ class Encoder:
         """(n,) similarity of a[i] and b[i] with the model's similarity function."""
         return similarity_pairwise(a, b, self.manifest.similarity_fn_name)
 
-    def batches(self, texts: list[str], prompt: str = "", max_batch_tokens: int | None = None) -> Iterator[Batch]:
+    def _batches(self, texts: list[str], prompt: str = "", max_batch_tokens: int | None = None) -> Iterator[Batch]:
         """The batches ``encode(texts, prompt=prompt, max_batch_tokens=...)`` runs, tokenized and padded on the
         calling thread: (indices into ``texts``, padded input arrays). For loops that run batches themselves
-        (the server's workers); :meth:`embed_batch` turns each into embeddings."""
+        (the server's workers); :meth:`_embed_batch` turns each into embeddings."""
         self._excluded_prompt_length(prompt)  # a pooled variant that cannot leave the prompt out fails here
         max_batch_tokens = max_batch_tokens if max_batch_tokens is not None else default_max_batch_tokens(self.provider)
         for job in self._plan(texts, self._default_batch_size(max_batch_tokens), max_batch_tokens, prompt):
             yield from job()
 
-    def embed_batch(self, arrays: dict[str, np.ndarray], prompt: str = "") -> np.ndarray:
-        """(rows, dim) float32 embeddings of one batch from :meth:`batches` (made with the same ``prompt``), as
+    def _embed_batch(self, arrays: dict[str, np.ndarray], prompt: str = "") -> np.ndarray:
+        """(rows, dim) float32 embeddings of one batch from :meth:`_batches` (made with the same ``prompt``), as
         ``encode`` returns them: pooled, normalized if the model normalizes, cut to ``truncate_dim``. Runs
         on the first session, from any thread."""
         rows = self._embed(self._session, arrays, arrays["attention_mask"], self._excluded_prompt_length(prompt))
@@ -265,7 +357,7 @@ class Encoder:
         if not prompt or self.manifest.include_prompt:
             return None
         if self._pooled:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"variant {self.variant!r} pools inside the graph and cannot leave the prompt out of the pooling "
                 "(include_prompt=False); load a variant that is not pooled"
             )
@@ -299,7 +391,7 @@ class Encoder:
     def _resolve_prompt(self, prompt_name: str | None, prompt: str | None) -> str | None:
         if prompt is not None:
             if not isinstance(prompt, str):
-                raise TypeError(f"prompt must be a str; got {type(prompt).__name__}")
+                raise ArgumentTypeError(f"prompt must be a str; got {type(prompt).__name__}")
             if prompt_name is not None:
                 warnings.warn(
                     f"both prompt and prompt_name={prompt_name!r} given; using prompt, as sentence-transformers does",
@@ -311,7 +403,7 @@ class Encoder:
             return None
         if name not in self.manifest.prompts:
             known = ", ".join(repr(key) for key in self.manifest.prompts) or "none"
-            raise ValueError(f"prompt_name {name!r} is not one of the model's prompts: {known}")
+            raise InvalidArgumentError(f"prompt_name {name!r} is not one of the model's prompts: {known}")
         return self.manifest.prompts[name]
 
     def _encode_into(
@@ -381,13 +473,24 @@ def _checked_truncate_dim(truncate_dim: int | None) -> int | None:
     return None if truncate_dim is None else positive_int(truncate_dim, "truncate_dim")
 
 
+def _one_of_inputs(inputs: Any, sentences: Any) -> Any:
+    """``inputs``, or ``sentences`` (its older name): exactly one of them."""
+    if sentences is None:
+        if inputs is None:
+            raise ArgumentTypeError("inputs must be a str or an iterable of str; got NoneType")
+        return inputs
+    if inputs is not None:
+        raise ArgumentTypeError("give the texts once: as inputs or as sentences, not both")
+    return sentences
+
+
 def _checked_texts(sentences: Iterable[str]) -> list[str]:
     if isinstance(sentences, (bytes, bytearray)) or not isinstance(sentences, Iterable):
-        raise TypeError(f"sentences must be a str or an iterable of str; got {type(sentences).__name__}")
+        raise ArgumentTypeError(f"sentences must be a str or an iterable of str; got {type(sentences).__name__}")
     texts = list(sentences)
     for index, text in enumerate(texts):
         if not isinstance(text, str):
-            raise TypeError(f"sentences[{index}] is {type(text).__name__}, not str")
+            raise ArgumentTypeError(f"sentences[{index}] is {type(text).__name__}, not str")
     return texts
 
 

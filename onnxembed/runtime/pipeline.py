@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any, TypeVar
 
+from onnxembed.errors import InvalidArgumentError
+
 Item = TypeVar("Item")
 _POLL_S = 0.05
 
@@ -41,7 +43,9 @@ class OverlappedRunner:
 
     def __init__(self, workers: int, producers: int, depth: int) -> None:
         if workers < 1 or producers < 1 or depth < 1:
-            raise ValueError("OverlappedRunner needs at least one worker, one producer and a queue depth of 1")
+            raise InvalidArgumentError(
+                "OverlappedRunner needs at least one worker, one producer and a queue depth of 1"
+            )
         self._producers = ThreadPoolExecutor(producers, thread_name_prefix="onnxembed-tokenize")
         self._producer_count = producers
         # one thread per worker, so that worker k (session k) always runs on the same thread
@@ -54,7 +58,9 @@ class OverlappedRunner:
         the first exception of any thread stops the others and is raised here. Items are handled in no
         particular order: a worker must place its results itself."""
         if len(workers) != len(self._workers):
-            raise ValueError(f"this runner has {len(self._workers)} worker threads; got {len(workers)} workers")
+            raise InvalidArgumentError(
+                f"this runner has {len(self._workers)} worker threads; got {len(workers)} workers"
+            )
         with self._lock:
             self._run(jobs, workers)
 

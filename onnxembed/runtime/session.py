@@ -13,6 +13,7 @@ from pathlib import Path
 import onnxruntime as ort
 
 from onnxembed._checks import positive_int
+from onnxembed.errors import ArgumentTypeError, InvalidArgumentError
 from onnxembed.manifest import ModelLoadError
 
 logger = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ def resolve_provider(provider: str) -> str:
     """
     available = ort.get_available_providers()
     if not isinstance(provider, str):
-        raise TypeError(f"provider must be a str ('auto', 'cpu', 'cuda' or one of {', '.join(available)})")
+        raise ArgumentTypeError(f"provider must be a str ('auto', 'cpu', 'cuda' or one of {', '.join(available)})")
     if provider == "auto":
         if "CUDAExecutionProvider" in available:
             return "CUDAExecutionProvider"
@@ -50,7 +51,7 @@ def resolve_provider(provider: str) -> str:
         return "CPUExecutionProvider"
     name = _PROVIDER_ALIASES.get(provider.lower(), provider)
     if name not in available:
-        raise ValueError(f"provider {provider!r} is not available; available: {', '.join(available)}")
+        raise InvalidArgumentError(f"provider {provider!r} is not available; available: {', '.join(available)}")
     return name
 
 

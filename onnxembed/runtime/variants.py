@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from onnxembed.errors import InvalidArgumentError
 from onnxembed.manifest import Manifest
 
 _AUTO_ORDER = {
@@ -47,4 +48,6 @@ def choose_variant(manifest: Manifest, model_dir: Path, variant: str, provider: 
         if (model_dir / relative).is_file() and relative.suffix == ".onnx":
             return relative.name, str(relative)
     choices = ", ".join(["auto", *manifest.variants])
-    raise ValueError(f"variant {variant!r} is not in {model_dir}; choose from {choices} or a .onnx file there")
+    raise InvalidArgumentError(
+        f"variant {variant!r} is not in {model_dir}; choose from {choices} or a .onnx file there"
+    )

@@ -70,7 +70,7 @@ class EmbeddingService:
         self.encoder = encoder
         self.config = config
         self.metrics = Metrics()
-        self.counter = TokenCounter(encoder.path)
+        self.counter = TokenCounter(encoder.model_dir)
         self.batcher: Batcher | None = None
 
     def start(self) -> None:

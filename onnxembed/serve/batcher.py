@@ -194,7 +194,7 @@ class Batcher:
                 continue
             started = time.perf_counter()
             try:
-                embeddings = self._encoder.embed_batch(arrays, prompt=take.prompt)
+                embeddings = self._encoder._embed_batch(arrays, prompt=take.prompt)
                 tokens = arrays["attention_mask"].sum(axis=1, dtype=np.int64)
                 if self._metrics is not None:
                     self._metrics.observe_batch(len(indices), int(tokens.sum()), time.perf_counter() - started)
@@ -264,7 +264,7 @@ class Batcher:
         for prompt, group in by_prompt.items():
             take = _Take.of(group, prompt, self._encoder.dim)
             try:
-                batches = self._encoder.batches(take.texts(), prompt, self._max_batch_tokens)
+                batches = self._encoder._batches(take.texts(), prompt, self._max_batch_tokens)
                 runs.extend((take, indices, arrays) for indices, arrays in batches)
             except Exception as error:  # e.g. a prompt this variant cannot leave out of its pooling
                 logger.exception("planning %d texts failed", len(take.owner))

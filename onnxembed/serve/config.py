@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from onnxembed.errors import InvalidArgumentError
+
 
 @dataclass(frozen=True)
 class ServeConfig:
@@ -36,17 +38,17 @@ class ServeConfig:
         ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int; got {value!r}")
+                raise InvalidArgumentError(f"{name} must be a positive int; got {value!r}")
         if self.max_inputs > self.max_queue:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"max_inputs ({self.max_inputs}) must be <= max_queue ({self.max_queue}): a request that big never fits"
             )
         if self.max_batch_tokens is not None and self.max_batch_tokens < 1:
-            raise ValueError(f"max_batch_tokens must be a positive int; got {self.max_batch_tokens!r}")
+            raise InvalidArgumentError(f"max_batch_tokens must be a positive int; got {self.max_batch_tokens!r}")
         if not 0 <= self.batch_wait_ms <= 10_000:
-            raise ValueError(f"batch_wait_ms must be between 0 and 10000; got {self.batch_wait_ms!r}")
+            raise InvalidArgumentError(f"batch_wait_ms must be between 0 and 10000; got {self.batch_wait_ms!r}")
         if self.api_key is not None and not self.api_key:
-            raise ValueError("api_key must not be empty; leave it out to serve without a key")
+            raise InvalidArgumentError("api_key must not be empty; leave it out to serve without a key")
 
 
 class ApiError(Exception):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from onnxembed import Encoder
-from onnxembed.export import ExportVerificationError, UnsupportedModelError, export
+from onnxembed.exporter import ExportVerificationError, UnsupportedModelError, export
 from tests.conftest import MIXED_TEXTS, Replica
 
 
@@ -136,7 +136,7 @@ def test_a_wrong_graph_fails_verification(chinese_bert: Replica, cls_pooling_ber
     import torch
     from transformers import AutoModel
 
-    from onnxembed.export.verify import verify_graph
+    from onnxembed.exporter.verify import verify_graph
 
     export(chinese_bert.path, tmp_path / "out", verify=False)
     other = AutoModel.from_pretrained(str(cls_pooling_bert.path), attn_implementation="eager").eval()
@@ -178,7 +178,7 @@ def test_models_own_truncate_dim(chinese_bert: Replica, tmp_path: Path) -> None:
 def test_auto_exporter_falls_back_to_dynamo_when_the_trace_fails_verification(
     chinese_bert: Replica, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import onnxembed.export.verify as verify
+    import onnxembed.exporter.verify as verify
 
     real = verify.verify_graph
     calls: list[Path] = []
@@ -197,7 +197,7 @@ def test_auto_exporter_falls_back_to_dynamo_when_the_trace_fails_verification(
 
 
 def test_explicit_exporter_does_not_fall_back(chinese_bert: Replica, tmp_path: Path, monkeypatch) -> None:
-    import onnxembed.export.verify as verify
+    import onnxembed.exporter.verify as verify
 
     def fails(*args, **kwargs):
         raise ExportVerificationError("stand-in")

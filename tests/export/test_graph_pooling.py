@@ -6,11 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from onnxembed import Encoder
-from onnxembed.export import export
-from onnxembed.export.accuracy import compare
-from onnxembed.export.errors import UnsupportedModelError
-from onnxembed.export.graph_pooling import can_pool_in_graph
+from onnxembed import Encoder, export
+from onnxembed.exporter.accuracy import compare
+from onnxembed.exporter.errors import UnsupportedModelError
+from onnxembed.exporter.graph_pooling import can_pool_in_graph
 from onnxembed.manifest import POOLED_OUTPUT
 from tests.conftest import CORPUS, DATA, MIXED_TEXTS, REPLICA_FIXTURES, Replica
 
@@ -52,7 +51,7 @@ def test_cls_and_max_pooling_in_graph_with_left_padding() -> None:
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
-    from onnxembed.export.graph_pooling import add_pooling
+    from onnxembed.exporter.graph_pooling import add_pooling
     from onnxembed.kernels import normalize, pool
 
     rng = np.random.default_rng(0)

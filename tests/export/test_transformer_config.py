@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from onnxembed import Encoder
-from onnxembed.export import UnsupportedModelError, export
+from onnxembed.exporter import UnsupportedModelError, export
 from tests.conftest import LONG_TEXT, MIXED_TEXTS, Replica
 
 

@@ -8,9 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from onnxembed import Encoder
-from onnxembed.export import export
-from onnxembed.export.accuracy import compare
+from onnxembed import Encoder, export
+from onnxembed.exporter.accuracy import compare
 from tests.conftest import CORPUS, DATA, MIXED_TEXTS, Replica
 
 CALIBRATION = DATA / "multilingual.txt"

@@ -7,9 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from onnxembed import Encoder
-from onnxembed.export import export
-from onnxembed.export.accuracy import compare
+from onnxembed import Encoder, export
+from onnxembed.exporter.accuracy import compare
 from tests.conftest import CORPUS, DATA, MIXED_TEXTS, REPLICA_FIXTURES, Replica
 
 

@@ -10,9 +10,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from onnxembed import Encoder
-from onnxembed.export import export
-from onnxembed.export.accuracy import compare
+from onnxembed import Encoder, export
+from onnxembed.exporter.accuracy import compare
 from tests.conftest import CORPUS, LONG_TEXT, MIXED_TEXTS, REPLICA_FIXTURES, Replica
 
 pytestmark = [

@@ -102,15 +102,15 @@ def test_results_do_not_depend_on_batching(tiny_export: Path, chinese_bert) -> N
 def test_batch_steps_give_sentence_transformers_embeddings(
     request: pytest.FixtureRequest, exports_dir: Path, replica_name: str
 ) -> None:
-    """Encoder.batches + embed_batch (the server's workers run these) against sentence-transformers."""
+    """Encoder._batches + _embed_batch (the server's workers run these) against sentence-transformers."""
     from sentence_transformers import SentenceTransformer
 
     replica = request.getfixturevalue(replica_name)
     expected = SentenceTransformer(str(replica.path), device="cpu").encode(TEXTS, prompt="query: ")
     encoder = Encoder(exported(replica, exports_dir))
     rows = np.full((len(TEXTS), encoder.dim), np.nan, dtype=np.float32)
-    for indices, arrays in encoder.batches(TEXTS, prompt="query: ", max_batch_tokens=200):
-        rows[indices] = encoder.embed_batch(arrays, prompt="query: ")
+    for indices, arrays in encoder._batches(TEXTS, prompt="query: ", max_batch_tokens=200):
+        rows[indices] = encoder._embed_batch(arrays, prompt="query: ")
     np.testing.assert_allclose(rows, expected, atol=1e-4, rtol=0)
 
 

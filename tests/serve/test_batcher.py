@@ -19,7 +19,7 @@ from tests.conftest import CORPUS, Replica
 
 
 class BlockingEncoder:
-    """Stands in for Encoder: one model batch per text; ``embed_batch`` waits for ``release`` (and for the
+    """Stands in for Encoder: one model batch per text; ``_embed_batch`` waits for ``release`` (and for the
     text's own gate, if it has one), then returns the row [len(text), len(text)], or raises for "boom";
     planning "noplan" raises."""
 
@@ -33,14 +33,14 @@ class BlockingEncoder:
         self.most_running = 0
         self._lock = threading.Lock()
 
-    def batches(self, texts: list[str], prompt: str = "", max_batch_tokens: int | None = None) -> Any:
+    def _batches(self, texts: list[str], prompt: str = "", max_batch_tokens: int | None = None) -> Any:
         self.takes.append(list(texts))
         for index, text in enumerate(texts):
             if text == "noplan":
                 raise ValueError("cannot plan this")
             yield np.array([index]), {"text": np.array([text]), "attention_mask": np.ones((1, max(len(text), 1)))}
 
-    def embed_batch(self, arrays: dict[str, np.ndarray], prompt: str = "") -> np.ndarray:
+    def _embed_batch(self, arrays: dict[str, np.ndarray], prompt: str = "") -> np.ndarray:
         (text,) = arrays["text"].tolist()
         with self._lock:
             self.running += 1

@@ -70,7 +70,7 @@ def test_openai_response_shape_and_values(server: Server, encoder: Encoder, st_t
     assert response.status == 200
     body = response.body
     assert set(body) == {"object", "data", "model", "usage"}
-    assert body["object"] == "list" and body["model"] == Path(encoder.path).name
+    assert body["object"] == "list" and body["model"] == Path(encoder.model_dir).name
     assert all(set(item) == {"object", "index", "embedding"} for item in body["data"])
     assert body["usage"]["prompt_tokens"] == body["usage"]["total_tokens"] == st_tokens(TEXTS[:5])
     np.testing.assert_allclose(_vectors(body, "float"), encoder.encode(TEXTS[:5]), atol=ATOL)

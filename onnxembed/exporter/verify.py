@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from onnxembed.export.errors import ExportVerificationError
+from onnxembed.exporter.errors import ExportVerificationError
 
 logger = logging.getLogger(__name__)
 

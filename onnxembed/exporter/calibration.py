@@ -18,6 +18,8 @@ import sys
 import warnings
 from pathlib import Path
 
+from onnxembed.errors import InvalidArgumentError
+
 _MODULES = (
     "collections",
     "json",
@@ -110,5 +112,5 @@ def read_calibration_file(path: str | Path, limit: int = 2000) -> list[str]:
     lines = [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines()]
     texts = [line for line in lines if line][:limit]
     if len(texts) < 32:
-        raise ValueError(f"calibration file {path} has {len(texts)} non-empty lines; at least 32 are needed")
+        raise InvalidArgumentError(f"calibration file {path} has {len(texts)} non-empty lines; at least 32 are needed")
     return texts

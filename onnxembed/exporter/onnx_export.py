@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import torch
 
-from onnxembed.export.onnx_io import save
+from onnxembed.exporter.onnx_io import save
 
 logger = logging.getLogger(__name__)
 

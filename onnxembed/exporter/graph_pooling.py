@@ -20,7 +20,8 @@ from typing import Any
 import onnx
 from onnx import TensorProto, helper
 
-from onnxembed.export.onnx_io import save
+from onnxembed.errors import InvalidArgumentError
+from onnxembed.exporter.onnx_io import save
 from onnxembed.manifest import POOLED_OUTPUT
 
 GRAPH_POOLING_MODES = ("cls", "max", "mean", "mean_sqrt_len_tokens")
@@ -49,12 +50,12 @@ def add_pooling(
     """Write ``dst``: ``src`` with ``token_output`` (batch, seq, hidden) pooled into POOLED_OUTPUT (batch, dim)."""
     reason = can_pool_in_graph(pooling_modes, include_prompt=True)
     if reason:
-        raise ValueError(reason)
+        raise InvalidArgumentError(reason)
     model = onnx.load(str(src), load_external_data=True)
     graph = model.graph
     names = [output.name for output in graph.output]
     if token_output not in names:
-        raise ValueError(f"{src} has no output {token_output!r} (outputs: {names})")
+        raise InvalidArgumentError(f"{src} has no output {token_output!r} (outputs: {names})")
     nodes: list[onnx.NodeProto] = []
 
     def node(op: str, inputs: list[str], name: str, **attributes: Any) -> str:

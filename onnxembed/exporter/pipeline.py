@@ -15,12 +15,13 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from onnxembed.export.config import SentenceTransformerConfig, module_kind, read_sentence_transformer_config
+from onnxembed.errors import InvalidArgumentError, OutputExistsError
+from onnxembed.exporter.config import SentenceTransformerConfig, module_kind, read_sentence_transformer_config
 from onnxembed.manifest import MANIFEST_NAME, MODEL_INPUTS, Manifest, Variant
 
 if TYPE_CHECKING:
-    from onnxembed.export.onnx_export import Exporter
-    from onnxembed.export.quantize import Target
+    from onnxembed.exporter.onnx_export import Exporter
+    from onnxembed.exporter.quantize import Target
 
 logger = logging.getLogger(__name__)
 
@@ -52,12 +53,14 @@ def _prepare_out_dir(out_dir: Path, overwrite: bool, inputs: list[Path]) -> None
     for path in inputs:
         resolved = path.resolve()
         if resolved == target or target in resolved.parents:
-            raise FileExistsError(f"{out_dir} holds the model being exported ({path}); choose another OUT_DIR")
+            raise OutputExistsError(f"{out_dir} holds the model being exported ({path}); choose another OUT_DIR")
     if out_dir.exists() and any(out_dir.iterdir()):
         if not overwrite:
-            raise FileExistsError(f"{out_dir} exists and is not empty; pass overwrite=True (--overwrite) to replace it")
+            raise OutputExistsError(
+                f"{out_dir} exists and is not empty; pass overwrite=True (--overwrite) to replace it"
+            )
         if not (out_dir / MANIFEST_NAME).is_file() and not (out_dir / "modules.json").is_file():
-            raise FileExistsError(f"{out_dir} is not a model directory; refusing to overwrite it")
+            raise OutputExistsError(f"{out_dir} is not a model directory; refusing to overwrite it")
         shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -93,8 +96,8 @@ def _write_sentence_transformers_files(
 
 
 def export(
-    src: str | Path,
-    out_dir: str | Path,
+    model_name_or_path: str | Path,
+    model_dir: str | Path,
     *,
     base_model: str | Path | None = None,
     exporter: Exporter = "auto",
@@ -111,53 +114,81 @@ def export(
     pool_in_graph: bool = False,
     calibration_file: str | Path | None = None,
 ) -> Manifest:
-    """Export the SentenceTransformer at ``src`` to ``out_dir`` and verify it; return the manifest.
+    """Export a SentenceTransformer model to an onnxembed model directory and verify it.
 
-    ``base_model``: the base model directory of a PEFT adapter, overriding adapter_config.json.
-    ``exporter``: "auto" (TorchScript, or dynamo when the traced graph fails verification), "torchscript"
-    or "dynamo".
-    ``external_data``: store weights beside the graph (None: only when over 2 GB).
-    Verification raises ExportVerificationError (and removes the manifest) when the graph or the
-    whole pipeline does not reproduce the source within ``min_cosine`` / ``atol``.
+    Reads local files only: a directory, or a model name already in the local Hugging Face cache (no network).
+    The directory written also loads in ``SentenceTransformer(model_dir, backend="onnx")`` where
+    sentence-transformers can carry the pipeline (docs/export.md says which).
 
-    Faster variants, each measured against fp32 on held-out calibration text (``calibration_file``, one
-    text per line, or stdlib docstring sentences) and recorded in the manifest: ``optimize`` (fused for
-    ``target`` "cpu" -> onnx/model_O2.onnx, "gpu" -> fp16 onnx/model_O4.onnx), ``quantize="int8"``
-    (the fastest recipe whose 1st-percentile cosine vs fp32 is >= ``int8_min_cosine``), ``fp16``.
-    ``pool_in_graph``: also the fp32 graph and each GPU graph with pooling and Normalize inside
-    (``<file>_pooled.onnx``, variants ``fp32-pooled``, ``fp16-pooled``, ``optimized-gpu-pooled``), which
-    the runtime prefers on CUDA; only for pooling the graph can do (export/graph_pooling.py).
+    Args:
+        model_name_or_path: A SentenceTransformer directory, or a model name in the local Hugging Face cache.
+        model_dir: Where to write the export (created; an earlier export there is replaced only with
+            ``overwrite``).
+        base_model: The base model directory of a PEFT adapter, overriding adapter_config.json.
+        exporter: "auto" (TorchScript where it traces right, else dynamo), "torchscript" or "dynamo".
+        external_data: Store weights beside the graph (None: only when over 2 GB).
+        overwrite: Replace an earlier export in ``model_dir``.
+        verify: Compare the graph with torch and the whole pipeline with ``SentenceTransformer.encode``.
+        min_cosine: Lowest cosine to sentence-transformers that verification accepts.
+        atol: Largest absolute difference that verification accepts.
+        optimize: Also write a fused graph for ``target`` ("cpu": onnx/model_O2.onnx, "gpu": fp16
+            onnx/model_O4.onnx).
+        target: "cpu" or "gpu", for ``optimize``.
+        quantize: "int8" also writes the fastest int8 recipe whose 1st-percentile cosine to fp32 on held-out
+            calibration text is >= ``int8_min_cosine``.
+        int8_min_cosine: The accuracy budget of ``quantize="int8"``.
+        fp16: Also write an fp16 graph (for CUDA).
+        pool_in_graph: Also write graphs that pool (and apply Dense and Normalize) inside, which the runtime
+            prefers on CUDA.
+        calibration_file: Text to calibrate and measure variants on, one text per line (default: sentences
+            from the standard library's docstrings).
+
+    Returns:
+        The manifest written to ``model_dir/onnxembed.json``, with each variant's measured accuracy.
+
+    Raises:
+        UnsupportedModelError: A module, architecture or setting onnxembed cannot carry.
+        ExportVerificationError: The export does not reproduce the source within ``min_cosine`` / ``atol``
+            (the manifest is then removed, so the directory does not load).
+        OutputExistsError: ``model_dir`` is not empty and ``overwrite`` is False, or holds the source.
+        ImportError: The ``export`` extra is not installed.
+
+    Example:
+        >>> import onnxembed
+        >>> manifest = onnxembed.export("path/to/sentence-transformer", "out/", quantize="int8")
+        >>> manifest.dim
+        384
     """
     _require_export_extra()
-    from onnxembed.export.errors import ExportVerificationError, UnsupportedModelError
-    from onnxembed.export.load import load_encoder, resolve_source
-    from onnxembed.export.onnx_export import OUTPUT_NAME, export_onnx
-    from onnxembed.export.verify import verify_graph, verify_pipeline
+    from onnxembed.exporter.errors import ExportVerificationError, UnsupportedModelError
+    from onnxembed.exporter.load import load_encoder, resolve_source
+    from onnxembed.exporter.onnx_export import OUTPUT_NAME, export_onnx
+    from onnxembed.exporter.verify import verify_graph, verify_pipeline
 
     if exporter not in ("auto", "torchscript", "dynamo"):
-        raise ValueError(f"exporter must be 'auto', 'torchscript' or 'dynamo'; got {exporter!r}")
+        raise InvalidArgumentError(f"exporter must be 'auto', 'torchscript' or 'dynamo'; got {exporter!r}")
     if quantize not in (None, "int8"):
-        raise ValueError(f"quantize must be 'int8' or None; got {quantize!r}")
+        raise InvalidArgumentError(f"quantize must be 'int8' or None; got {quantize!r}")
     if target not in ("cpu", "gpu"):
-        raise ValueError(f"target must be 'cpu' or 'gpu'; got {target!r}")
+        raise InvalidArgumentError(f"target must be 'cpu' or 'gpu'; got {target!r}")
     if not 0.0 < int8_min_cosine <= 1.0:
-        raise ValueError(f"int8_min_cosine must be in (0, 1]; got {int8_min_cosine}")
-    source = resolve_source(src)
+        raise InvalidArgumentError(f"int8_min_cosine must be in (0, 1]; got {int8_min_cosine}")
+    source = resolve_source(model_name_or_path)
     st_config = read_sentence_transformer_config(source)
     if pool_in_graph:
-        from onnxembed.export.graph_pooling import can_pool_in_graph
+        from onnxembed.exporter.graph_pooling import can_pool_in_graph
 
         reason = can_pool_in_graph(st_config.pooling_modes, st_config.include_prompt)
         if reason:
             raise UnsupportedModelError(f"--pool-in-graph: {reason}")
     loaded = load_encoder(st_config, base_model)
-    out = Path(out_dir)
+    out = Path(model_dir)
     adapter_base = [Path(loaded.adapter["base_model"])] if loaded.adapter else []
     _prepare_out_dir(out, overwrite, [source, *adapter_base])
 
     tokenizer, model = loaded.tokenizer, loaded.model
     if tokenizer.pad_token_id is None:
-        raise ValueError(f"the tokenizer of {source} has no pad token; it cannot batch texts")
+        raise InvalidArgumentError(f"the tokenizer of {source} has no pad token; it cannot batch texts")
     accepted = set(inspect.signature(model.forward).parameters)
     input_names = tuple(name for name in MODEL_INPUTS if name in tokenizer.model_input_names and name in accepted)
     tokenizer.save_pretrained(str(out))
@@ -222,8 +253,8 @@ def export(
     manifest = dataclasses.replace(manifest, variants=variants)
     manifest.write(out)
     if optimize or quantize or fp16 or pool_in_graph:
-        from onnxembed.export.calibration import read_calibration_file, sentences
-        from onnxembed.export.variants import build_variants
+        from onnxembed.exporter.calibration import read_calibration_file, sentences
+        from onnxembed.exporter.variants import build_variants
 
         texts = read_calibration_file(calibration_file) if calibration_file else sentences(1000)
         variants.update(

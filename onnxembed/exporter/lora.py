@@ -17,6 +17,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
+from onnxembed.errors import InvalidArgumentError
+
 ADAPTER_CONFIG = "adapter_config.json"
 _ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 _LORA_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<part>A|B|embedding_A|embedding_B)(?:\.[^.]+)?(?:\.weight)?$")
@@ -26,9 +28,11 @@ def read_adapter_config(adapter_dir: Path) -> dict[str, Any]:
     config = json.loads((adapter_dir / ADAPTER_CONFIG).read_text(encoding="utf-8"))
     peft_type = str(config.get("peft_type", "LORA")).upper()
     if peft_type != "LORA":
-        raise ValueError(f"{adapter_dir / ADAPTER_CONFIG}: PEFT method {peft_type} is not supported (LoRA only)")
+        raise InvalidArgumentError(
+            f"{adapter_dir / ADAPTER_CONFIG}: PEFT method {peft_type} is not supported (LoRA only)"
+        )
     if config.get("use_dora"):
-        raise ValueError(f"{adapter_dir / ADAPTER_CONFIG}: DoRA adapters are not supported (plain LoRA only)")
+        raise InvalidArgumentError(f"{adapter_dir / ADAPTER_CONFIG}: DoRA adapters are not supported (plain LoRA only)")
     return config
 
 
@@ -76,19 +80,19 @@ def merge_lora(model: torch.nn.Module, adapter_dir: Path) -> int:
             name = key.replace(".modules_to_save.default", "").replace(".modules_to_save", "")
             target = next((p for p in parameters if name == p or name.endswith("." + p)), None)
             if target is None:
-                raise ValueError(f"adapter weight {key!r} matches no parameter of the base model")
+                raise InvalidArgumentError(f"adapter weight {key!r} matches no parameter of the base model")
             parameters[target].copy_(tensor.to(parameters[target].dtype))
             continue
         try:
             module = _module_name(match["module"], module_names)
         except KeyError:
-            raise ValueError(f"adapter weight {key!r} matches no module of the base model") from None
+            raise InvalidArgumentError(f"adapter weight {key!r} matches no module of the base model") from None
         pairs.setdefault(module, {})[match["part"].replace("embedding_", "")] = tensor
     rank_default = int(config.get("r", 8))
     alpha_default = float(config.get("lora_alpha", rank_default))
     for module_name, pair in pairs.items():
         if set(pair) != {"A", "B"}:
-            raise ValueError(f"adapter has an incomplete LoRA pair for {module_name!r}: {sorted(pair)}")
+            raise InvalidArgumentError(f"adapter has an incomplete LoRA pair for {module_name!r}: {sorted(pair)}")
         rank = _pattern_value(config.get("rank_pattern") or {}, module_name, rank_default)
         alpha = _pattern_value(config.get("alpha_pattern") or {}, module_name, alpha_default)
         scale = alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
@@ -97,13 +101,13 @@ def merge_lora(model: torch.nn.Module, adapter_dir: Path) -> int:
         if isinstance(module, torch.nn.Embedding):
             delta = delta.T  # peft stores embedding LoRA as A: (r, vocab), B: (dim, r)
         elif not isinstance(module, torch.nn.Linear):
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"LoRA on {type(module).__name__} ({module_name}) is not supported: Linear and Embedding only"
             )
         elif config.get("fan_in_fan_out"):
             delta = delta.T
         if delta.shape != module.weight.shape:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"LoRA delta for {module_name} has shape {tuple(delta.shape)}, weight {tuple(module.weight.shape)}"
             )
         module.weight += delta.to(module.weight.dtype)

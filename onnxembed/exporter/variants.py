@@ -12,10 +12,11 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from onnxembed.export import quantize
-from onnxembed.export.accuracy import compare, rate
-from onnxembed.export.graph_pooling import add_pooling
-from onnxembed.export.quantize import Target
+from onnxembed.errors import InvalidArgumentError
+from onnxembed.exporter import quantize
+from onnxembed.exporter.accuracy import compare, rate
+from onnxembed.exporter.graph_pooling import add_pooling
+from onnxembed.exporter.quantize import Target
 from onnxembed.manifest import Manifest, Variant
 
 logger = logging.getLogger(__name__)
@@ -81,7 +82,7 @@ def build_variants(
         variants["int8"] = _choose_int8(out, fp32_file, measured, calibration, int8_min_cosine)
     if pool_in_graph:
         if manifest is None:
-            raise ValueError("pool_in_graph needs the manifest (pooling modes, Normalize, dim)")
+            raise InvalidArgumentError("pool_in_graph needs the manifest (pooling modes, Normalize, dim)")
         graphs = {"fp32": Variant(str(fp32_file.relative_to(out)), "fp32"), **variants}
         for name in ("fp32", "fp16", "optimized-gpu"):
             if name not in graphs:

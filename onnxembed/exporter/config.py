@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from onnxembed.export.errors import UnsupportedModelError
+from onnxembed.errors import InvalidArgumentError, ModelLoadError
+from onnxembed.exporter.errors import UnsupportedModelError
 from onnxembed.kernels import POOLING_MODES
 
 # The legacy boolean keys, in the order sentence-transformers concatenates them.
@@ -64,11 +65,11 @@ class SentenceTransformerConfig:
 
 
 def _read_json(path: Path) -> Any:
-    """The JSON value in ``path`` (an object, or a list for modules.json); ValueError naming the file."""
+    """The JSON value in ``path`` (an object, or a list for modules.json); ModelLoadError naming the file."""
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
-        raise ValueError(f"could not read {path}: {error}") from error
+        raise ModelLoadError(f"could not read {path}: {error}") from error
 
 
 def module_kind(type_name: str) -> str:
@@ -101,7 +102,7 @@ def _transformer_config(transformer_dir: Path) -> dict[str, Any]:
         if (transformer_dir / name).is_file():
             config = _read_json(transformer_dir / name)
             if not isinstance(config, dict):
-                raise ValueError(f"{transformer_dir / name} is not a JSON object")
+                raise InvalidArgumentError(f"{transformer_dir / name} is not a JSON object")
             if config.get("processing_kwargs"):
                 raise UnsupportedModelError(
                     f"{transformer_dir / name}: processing_kwargs={config['processing_kwargs']!r} is not supported"
@@ -125,7 +126,7 @@ def _prompts(pipeline_config: dict[str, Any], path: Path) -> dict[str, str]:
     overridden by the model's, with None read as ''."""
     saved = pipeline_config.get("prompts") or {}
     if not isinstance(saved, dict) or not all(value is None or isinstance(value, str) for value in saved.values()):
-        raise ValueError(f"{path}: prompts must map names to strings")
+        raise InvalidArgumentError(f"{path}: prompts must map names to strings")
     prompts = {"query": "", "document": ""}
     prompts.update({name: value or "" for name, value in saved.items()})
     return prompts
@@ -158,10 +159,10 @@ def read_sentence_transformer_config(root: Path) -> SentenceTransformerConfig:
     other than Transformer, Pooling and Normalize, in that order."""
     modules_path = root / "modules.json"
     if not modules_path.is_file():
-        raise ValueError(f"{modules_path} is missing: {root} is not a SentenceTransformer directory")
+        raise InvalidArgumentError(f"{modules_path} is missing: {root} is not a SentenceTransformer directory")
     modules = _read_json(modules_path)
     if not isinstance(modules, list) or not modules:
-        raise ValueError(f"{modules_path} does not list any module")
+        raise InvalidArgumentError(f"{modules_path} does not list any module")
     kinds = _check_module_order(modules)
 
     transformer_dir = root / str(modules[0].get("path", ""))
@@ -174,10 +175,12 @@ def read_sentence_transformer_config(root: Path) -> SentenceTransformerConfig:
     prompts = _prompts(pipeline_config, pipeline_path)
     default_prompt_name = pipeline_config.get("default_prompt_name")
     if default_prompt_name is not None and default_prompt_name not in prompts:
-        raise ValueError(f"default_prompt_name {default_prompt_name!r} is not one of the prompts {list(prompts)}")
+        raise InvalidArgumentError(
+            f"default_prompt_name {default_prompt_name!r} is not one of the prompts {list(prompts)}"
+        )
     truncate_dim = pipeline_config.get("truncate_dim")
     if truncate_dim is not None and (type(truncate_dim) is not int or truncate_dim < 1):
-        raise ValueError(f"{pipeline_path}: truncate_dim must be a positive integer; got {truncate_dim!r}")
+        raise InvalidArgumentError(f"{pipeline_path}: truncate_dim must be a positive integer; got {truncate_dim!r}")
 
     return SentenceTransformerConfig(
         root=root,

@@ -21,6 +21,8 @@ from typing import Any, Literal
 
 import onnx
 
+from onnxembed.errors import InvalidArgumentError
+
 logger = logging.getLogger(__name__)
 
 Target = Literal["cpu", "gpu"]
@@ -315,7 +317,7 @@ def _topological_sort(graph: onnx.GraphProto) -> None:
             else:
                 remaining.append(node)
         if len(remaining) == len(pending):
-            raise ValueError("graph has a cycle or a missing input")
+            raise InvalidArgumentError("graph has a cycle or a missing input")
         pending = remaining
     del graph.node[:]
     graph.node.extend(ordered)

@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from onnxembed.export.config import SentenceTransformerConfig
-from onnxembed.export.errors import UnsupportedModelError
-from onnxembed.export.lora import ADAPTER_CONFIG, merge_lora, read_adapter_config
+from onnxembed.errors import InvalidArgumentError
+from onnxembed.exporter.config import SentenceTransformerConfig
+from onnxembed.exporter.errors import UnsupportedModelError
+from onnxembed.exporter.lora import ADAPTER_CONFIG, merge_lora, read_adapter_config
 
 logger = logging.getLogger(__name__)
 
@@ -44,13 +45,13 @@ def resolve_source(src: str | Path) -> Path:
     if path.is_dir():
         return path
     if path.exists():
-        raise ValueError(f"{src} is a file; expected a SentenceTransformer directory")
+        raise InvalidArgumentError(f"{src} is a file; expected a SentenceTransformer directory")
     from huggingface_hub import snapshot_download
 
     try:
         return Path(snapshot_download(str(src), local_files_only=True))
     except Exception as error:  # huggingface_hub raises several types for "not cached" / bad names
-        raise ValueError(
+        raise InvalidArgumentError(
             f"{src!r} is neither a directory nor a model in the local Hugging Face cache "
             f"(no network is used): {type(error).__name__}"
         ) from error
@@ -60,15 +61,15 @@ def _resolve_base(adapter_dir: Path, adapter_config: dict[str, Any], base_model:
     if base_model is not None:
         path = Path(base_model).expanduser()
         if not path.is_dir():
-            raise ValueError(f"--base-model {base_model} is not a directory")
+            raise InvalidArgumentError(f"--base-model {base_model} is not a directory")
         return path
     name = adapter_config.get("base_model_name_or_path")
     if not name:
-        raise ValueError(f"{adapter_dir / ADAPTER_CONFIG} names no base model; pass --base-model PATH")
+        raise InvalidArgumentError(f"{adapter_dir / ADAPTER_CONFIG} names no base model; pass --base-model PATH")
     try:
         return resolve_source(name)
     except ValueError:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"the adapter's base model {name!r} (from {adapter_dir / ADAPTER_CONFIG}) is not available offline: "
             f"it is not a directory here nor in the local Hugging Face cache; pass --base-model PATH"
         ) from None
