@@ -17,6 +17,8 @@ from typing import TextIO
 
 import numpy as np
 
+from onnxembed.manifest import Manifest
+
 _BATCH_HELP = "texts per batch at most (default: 32 on CPU; on a GPU the token budget alone)"
 
 
@@ -235,8 +237,6 @@ def _run_encode(args: argparse.Namespace) -> None:
 
 
 def _run_info(args: argparse.Namespace) -> None:
-    from onnxembed.manifest import Manifest
-
     manifest = Manifest.read(args.model_dir)
     if args.json:
         print(manifest.to_json(), end="")
@@ -246,10 +246,7 @@ def _run_info(args: argparse.Namespace) -> None:
     if manifest.source.get("adapter"):
         print(f"adapter merged:  {manifest.source['adapter']}")
     print(f"dim:             {manifest.dim}")
-    print(
-        f"pooling:         {'+'.join(manifest.pooling_modes)}{'' if manifest.include_prompt else ' (prompt excluded)'}"
-    )
-    print(f"normalize:       {manifest.normalize}")
+    print(f"modules:         {_modules_line(manifest)}")
     print(f"max_seq_length:  {manifest.max_seq_length}  (lowercase: {manifest.do_lower_case})")
     print(f"similarity:      {manifest.similarity_fn_name}")
     if manifest.truncate_dim is not None:
@@ -267,6 +264,20 @@ def _run_info(args: argparse.Namespace) -> None:
             accuracy = _accuracy_summary(variant.accuracy)
         print(f"variant {name}:  {variant.file}  [{accuracy or 'not verified'}]")
     print(f"versions:        {', '.join(f'{k} {v}' for k, v in manifest.versions.items())}")
+
+
+def _modules_line(manifest: Manifest) -> str:
+    """The pipeline as sentence-transformers' modules, e.g. 'Transformer (BertModel) -> Pooling (cls) -> Dense
+    (768 -> 3072, identity) -> Normalize'."""
+    if manifest.architecture == "StaticEmbedding":
+        parts = ["StaticEmbedding (mean of token vectors)"]
+    else:
+        excluded = "" if manifest.include_prompt else ", prompt excluded"
+        parts = [f"Transformer ({manifest.architecture})", f"Pooling ({'+'.join(manifest.pooling_modes)}{excluded})"]
+    parts += [f"Dense ({layer.in_features} -> {layer.out_features}, {layer.activation})" for layer in manifest.dense]
+    if manifest.normalize:
+        parts.append("Normalize")
+    return " -> ".join(parts)
 
 
 def _run_serve(args: argparse.Namespace) -> None:

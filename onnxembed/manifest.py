@@ -32,6 +32,17 @@ class Variant:
 
 
 @dataclass(frozen=True)
+class DenseLayer:
+    """One sentence-transformers Dense module after pooling: ``activation(x @ weight.T + bias)``."""
+
+    path: str  # folder in the model directory: config.json and model.safetensors (linear.weight, linear.bias)
+    in_features: int
+    out_features: int
+    bias: bool
+    activation: str  # one of onnxembed.kernels.DENSE_ACTIVATIONS
+
+
+@dataclass(frozen=True)
 class Manifest:
     """What the runtime needs to turn text into the same embeddings as sentence-transformers."""
 
@@ -54,6 +65,8 @@ class Manifest:
     source: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
     variants: dict[str, Variant] = field(default_factory=dict)
+    dense: tuple[DenseLayer, ...] = ()  # applied in order after pooling, before Normalize
+    add_special_tokens: bool = True  # False for StaticEmbedding, which tokenizes without them
     format_version: int = FORMAT_VERSION
 
     def to_json(self) -> str:
@@ -80,6 +93,7 @@ class Manifest:
                     f"{path} has format_version {raw.get('format_version')!r}; this onnxembed reads {FORMAT_VERSION}"
                 )
             raw["variants"] = {name: Variant(**variant) for name, variant in raw.get("variants", {}).items()}
+            raw["dense"] = tuple(DenseLayer(**layer) for layer in raw.get("dense", ()))
             for key in ("pooling_modes", "input_names"):
                 raw[key] = tuple(raw[key])
             return cls(**raw)

@@ -1,7 +1,7 @@
 """Read a SentenceTransformer directory's own configuration files, as sentence-transformers reads them.
 
 In scope: modules.json, the Transformer module's sentence_bert_config.json, the Pooling config
-(legacy ``pooling_mode_*`` booleans and the newer ``pooling_mode``), Normalize, and
+(legacy ``pooling_mode_*`` booleans and the newer ``pooling_mode``), StaticEmbedding, Dense, Normalize, and
 config_sentence_transformers.json (prompts, default prompt, similarity function).
 Not in scope: loading weights or tokenizers (load.py). Pure JSON: imports no torch.
 """
@@ -26,7 +26,17 @@ _LEGACY_POOLING_KEYS = {
     "pooling_mode_weightedmean_tokens": "weightedmean",
     "pooling_mode_lasttoken": "lasttoken",
 }
-_SUPPORTED_MODULES = ("Transformer", "Pooling", "Normalize")
+_SUPPORTED_MODULES = ("Transformer", "StaticEmbedding", "Pooling", "Dense", "Normalize")
+_PIPELINES = "Transformer -> Pooling [-> Dense ...] [-> Normalize] or StaticEmbedding [-> Dense ...] [-> Normalize]"
+# torch.nn activations a Dense module may name (by their import path), as onnxembed.kernels.dense calls them.
+DENSE_ACTIVATIONS = {
+    "Identity": "identity",
+    "Tanh": "tanh",
+    "ReLU": "relu",
+    "GELU": "gelu",
+    "Sigmoid": "sigmoid",
+    "SiLU": "silu",
+}
 # sentence-transformers looks for the Transformer module's config under these names, in this order.
 TRANSFORMER_CONFIG_NAMES = (
     "sentence_bert_config.json",
@@ -42,6 +52,17 @@ TRANSFORMER_CONFIG_NAMES = (
 _MODEL_KWARG_KEYS = ("model_args", "model_kwargs", "config_args", "config_kwargs")
 # Loading options that leave an fp32 CPU export's numbers as they are.
 _HARMLESS_MODEL_KWARGS = {"trust_remote_code", "torch_dtype", "dtype", "device_map", "low_cpu_mem_usage", "revision"}
+
+
+@dataclass(frozen=True)
+class DenseConfig:
+    """A Dense module as its config.json describes it."""
+
+    path: Path
+    in_features: int
+    out_features: int
+    bias: bool
+    activation: str  # a value of DENSE_ACTIVATIONS
 
 
 @dataclass(frozen=True)
@@ -62,6 +83,8 @@ class SentenceTransformerConfig:
     modules: tuple[dict[str, Any], ...] = ()  # modules.json entries
     processor_kwargs: dict[str, Any] = field(default_factory=dict)  # for AutoTokenizer.from_pretrained
     transformer_config: dict[str, Any] = field(default_factory=dict)  # the module's own config, as read
+    dense: tuple[DenseConfig, ...] = ()
+    static: bool = False  # a StaticEmbedding (transformer_dir is its folder), not a Transformer + Pooling
 
 
 def _read_json(path: Path) -> Any:
@@ -83,17 +106,47 @@ def _check_module_order(modules: list[dict[str, Any]]) -> list[str]:
         if kind not in _SUPPORTED_MODULES:
             raise UnsupportedModelError(
                 f"module {module.get('type')!r} ({module.get('path') or 'root'}) is not supported: onnxembed "
-                f"exports {' -> '.join(_SUPPORTED_MODULES)} pipelines only"
+                f"exports {_PIPELINES}"
             )
-    if "Pooling" not in kinds:
+    if kinds[0] == "Transformer" and "Pooling" not in kinds:
         raise UnsupportedModelError(
             "a model without a Pooling module gives token embeddings, which onnxembed does not export"
         )
-    if kinds not in (["Transformer", "Pooling"], ["Transformer", "Pooling", "Normalize"]):
-        raise UnsupportedModelError(
-            f"module order {' -> '.join(kinds)} is not supported; expected Transformer -> Pooling [-> Normalize]"
-        )
+    head = ["Transformer", "Pooling"] if kinds[0] == "Transformer" else ["StaticEmbedding"]
+    rest = kinds[len(head) :]
+    dense = len(rest) - (1 if rest and rest[-1] == "Normalize" else 0)
+    if kinds[: len(head)] != head or any(kind != "Dense" for kind in rest[:dense]) or len(rest) > dense + 1:
+        raise UnsupportedModelError(f"module order {' -> '.join(kinds)} is not supported; expected {_PIPELINES}")
     return kinds
+
+
+def _dense_config(path: Path) -> DenseConfig:
+    """A Dense module's config.json, refusing what onnxembed would not reproduce."""
+    config = _read_json(path / "config.json")
+    for key in ("module_input_name", "module_output_name"):
+        name = config.get(key)
+        if name not in (None, "sentence_embedding"):
+            raise UnsupportedModelError(
+                f"{path / 'config.json'}: {key} {name!r} is not supported; onnxembed carries Dense layers that read "
+                "and write sentence_embedding"
+            )
+    activation = str(config.get("activation_function", "torch.nn.modules.activation.Tanh"))
+    short = activation.rsplit(".", 1)[-1]
+    if not activation.startswith("torch.") or short not in DENSE_ACTIVATIONS:
+        raise UnsupportedModelError(
+            f"{path / 'config.json'}: activation_function {activation!r} is not supported; supported: torch.nn "
+            f"{', '.join(DENSE_ACTIVATIONS)}"
+        )
+    try:
+        return DenseConfig(
+            path=path,
+            in_features=int(config["in_features"]),
+            out_features=int(config["out_features"]),
+            bias=bool(config.get("bias", True)),
+            activation=DENSE_ACTIVATIONS[short],
+        )
+    except (KeyError, TypeError, ValueError) as error:
+        raise ModelLoadError(f"{path / 'config.json'} lacks in_features/out_features: {error}") from error
 
 
 def _transformer_config(transformer_dir: Path) -> dict[str, Any]:
@@ -155,8 +208,8 @@ def _processor_kwargs(st_config: dict[str, Any]) -> dict[str, Any]:
 
 
 def read_sentence_transformer_config(root: Path) -> SentenceTransformerConfig:
-    """Read ``root`` (a SentenceTransformer directory). Raises UnsupportedModelError for a module
-    other than Transformer, Pooling and Normalize, in that order."""
+    """Read ``root`` (a SentenceTransformer directory). Raises UnsupportedModelError for modules other than
+    Transformer -> Pooling or StaticEmbedding, then Dense layers and Normalize, in that order."""
     modules_path = root / "modules.json"
     if not modules_path.is_file():
         raise InvalidArgumentError(f"{modules_path} is missing: {root} is not a SentenceTransformer directory")
@@ -164,12 +217,16 @@ def read_sentence_transformer_config(root: Path) -> SentenceTransformerConfig:
     if not isinstance(modules, list) or not modules:
         raise InvalidArgumentError(f"{modules_path} does not list any module")
     kinds = _check_module_order(modules)
+    static = kinds[0] == "StaticEmbedding"
 
     transformer_dir = root / str(modules[0].get("path", ""))
-    st_config = _transformer_config(transformer_dir)
-
-    pooling_dir = root / str(modules[1].get("path", ""))
-    pooling_config = _read_json(pooling_dir / "config.json")
+    st_config = {} if static else _transformer_config(transformer_dir)
+    pooling_config = {} if static else _read_json(root / str(modules[1].get("path", "")) / "config.json")
+    dense = tuple(
+        _dense_config(root / str(module.get("path", "")))
+        for module, kind in zip(modules, kinds, strict=True)
+        if kind == "Dense"
+    )
     pipeline_path = root / "config_sentence_transformers.json"
     pipeline_config = _read_json(pipeline_path) if pipeline_path.is_file() else {}
     prompts = _prompts(pipeline_config, pipeline_path)
@@ -187,7 +244,7 @@ def read_sentence_transformer_config(root: Path) -> SentenceTransformerConfig:
         transformer_dir=transformer_dir,
         max_seq_length=st_config.get("max_seq_length"),
         do_lower_case=bool(st_config.get("do_lower_case", False)),
-        pooling_modes=pooling_modes_from_config(pooling_config),
+        pooling_modes=("mean",) if static else pooling_modes_from_config(pooling_config),
         include_prompt=bool(pooling_config.get("include_prompt", True)),
         normalize="Normalize" in kinds,
         prompts=prompts,
@@ -197,4 +254,6 @@ def read_sentence_transformer_config(root: Path) -> SentenceTransformerConfig:
         modules=tuple(modules),
         processor_kwargs=_processor_kwargs(st_config),
         transformer_config=st_config,
+        dense=dense,
+        static=static,
     )

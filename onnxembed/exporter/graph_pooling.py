@@ -17,8 +17,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from onnxembed.errors import InvalidArgumentError
 from onnxembed.exporter.onnx_io import save
@@ -46,8 +47,10 @@ def add_pooling(
     normalize: bool,
     dim: int,
     external_data: bool,
+    dense: Sequence[tuple[np.ndarray, np.ndarray | None, str]] = (),
 ) -> None:
-    """Write ``dst``: ``src`` with ``token_output`` (batch, seq, hidden) pooled into POOLED_OUTPUT (batch, dim)."""
+    """Write ``dst``: ``src`` with ``token_output`` (batch, seq, hidden) pooled into POOLED_OUTPUT (batch, dim),
+    through the ``dense`` layers ((out, in) weight, bias or None, activation) before Normalize."""
     reason = can_pool_in_graph(pooling_modes, include_prompt=True)
     if reason:
         raise InvalidArgumentError(reason)
@@ -95,6 +98,8 @@ def add_pooling(
                 count = node("Sqrt", [count], f"{mode}_sqrt")
             pooled.append(node("Div", [summed, count], mode))
     embedding = pooled[0] if len(pooled) == 1 else node("Concat", pooled, "concat", axis=1)
+    for index, (weight, bias, activation) in enumerate(dense):
+        embedding = _dense_nodes(graph, node, embedding, f"dense{index}", weight, bias, activation)
     if normalize:
         # F.normalize(p=2, eps=1e-12), as sentence-transformers' Normalize.
         norm = node("ReduceL2", [embedding, axis1], "norm", keepdims=1)
@@ -105,6 +110,38 @@ def add_pooling(
     del graph.output[:]
     graph.output.append(helper.make_tensor_value_info(POOLED_OUTPUT, TensorProto.FLOAT, ["batch", dim]))
     save(model, dst, external_data)
+
+
+def _dense_nodes(
+    graph: onnx.GraphProto,
+    node: Any,
+    embedding: str,
+    name: str,
+    weight: np.ndarray,
+    bias: np.ndarray | None,
+    activation: str,
+) -> str:
+    """activation(embedding @ weight.T + bias) as graph nodes, the weights as initializers."""
+    transposed = _PREFIX + f"{name}_weight"
+    graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(weight.T, dtype=np.float32), transposed))
+    out = node("MatMul", [embedding, transposed], f"{name}_matmul")
+    if bias is not None:
+        graph.initializer.append(numpy_helper.from_array(bias.astype(np.float32), _PREFIX + f"{name}_bias"))
+        out = node("Add", [out, _PREFIX + f"{name}_bias"], f"{name}_add")
+    if activation == "identity":
+        return out
+    if activation in ("tanh", "relu", "sigmoid"):
+        return node({"tanh": "Tanh", "relu": "Relu", "sigmoid": "Sigmoid"}[activation], [out], f"{name}_{activation}")
+    if activation == "silu":
+        return node("Mul", [out, node("Sigmoid", [out], f"{name}_sigmoid")], f"{name}_silu")
+    if activation == "gelu":  # the exact form torch.nn.GELU() computes: 0.5 x (1 + erf(x / sqrt 2))
+        const = graph.initializer
+        for constant, value in (("half", 0.5), ("one", 1.0), ("sqrt2", float(np.sqrt(2.0)))):
+            const.append(numpy_helper.from_array(np.array(value, dtype=np.float32), _PREFIX + f"{name}_{constant}"))
+        erf = node("Erf", [node("Div", [out, _PREFIX + f"{name}_sqrt2"], f"{name}_scaled")], f"{name}_erf")
+        gate = node("Add", [erf, _PREFIX + f"{name}_one"], f"{name}_gate")
+        return node("Mul", [node("Mul", [out, gate], f"{name}_gated"), _PREFIX + f"{name}_half"], f"{name}_gelu")
+    raise InvalidArgumentError(f"Dense activation {activation!r} cannot be written into a graph")
 
 
 def _constant(nodes: list[onnx.NodeProto], name: str, value: onnx.TensorProto) -> str:

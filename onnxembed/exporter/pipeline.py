@@ -11,13 +11,14 @@ import inspect
 import json
 import logging
 import shutil
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from onnxembed.errors import InvalidArgumentError, OutputExistsError
 from onnxembed.exporter.config import SentenceTransformerConfig, module_kind, read_sentence_transformer_config
-from onnxembed.manifest import MANIFEST_NAME, MODEL_INPUTS, Manifest, Variant
+from onnxembed.manifest import MANIFEST_NAME, MODEL_INPUTS, DenseLayer, Manifest, Variant
 
 if TYPE_CHECKING:
     from onnxembed.exporter.onnx_export import Exporter
@@ -66,13 +67,17 @@ def _prepare_out_dir(out_dir: Path, overwrite: bool, inputs: list[Path]) -> None
 
 
 def _write_sentence_transformers_files(
-    st_config: SentenceTransformerConfig, out_dir: Path, max_seq_length: int
-) -> None:
-    """modules.json with the Transformer at the root, and each module's config copied over."""
+    st_config: SentenceTransformerConfig, out_dir: Path, max_seq_length: int, pooled_dim: int
+) -> tuple[DenseLayer, ...]:
+    """modules.json with the Transformer (or StaticEmbedding) at the root, each module's config copied over and
+    each Dense layer's weights written beside it; returns the Dense layers for the manifest."""
+    from onnxembed.exporter.dense import write_dense
+
     modules = []
+    dense_folders = []
     for index, module in enumerate(st_config.modules):
         kind = module_kind(str(module["type"]))
-        path = "" if kind == "Transformer" else f"{index}_{kind}"
+        path = "" if kind in ("Transformer", "StaticEmbedding") else f"{index}_{kind}"
         modules.append({"idx": index, "name": str(index), "path": path, "type": module["type"]})
         source = st_config.root / str(module.get("path", ""))
         if kind == "Pooling":
@@ -80,7 +85,16 @@ def _write_sentence_transformers_files(
             shutil.copyfile(source / "config.json", out_dir / path / "config.json")
         elif kind == "Normalize":
             (out_dir / path).mkdir()
+        elif kind == "Dense":
+            dense_folders.append(Path(path))
     (out_dir / "modules.json").write_text(json.dumps(modules, indent=2) + "\n", encoding="utf-8")
+    dense = write_dense(st_config.dense, dense_folders, pooled_dim, out_dir)
+    if (st_config.root / "config_sentence_transformers.json").is_file():
+        shutil.copyfile(
+            st_config.root / "config_sentence_transformers.json", out_dir / "config_sentence_transformers.json"
+        )
+    if st_config.static:
+        return dense
     # Under the first name sentence-transformers looks for; tokenizer options are already in the saved tokenizer.
     bert_config = {
         key: value
@@ -89,10 +103,18 @@ def _write_sentence_transformers_files(
     }
     bert_config.update(max_seq_length=max_seq_length, do_lower_case=st_config.do_lower_case)
     (out_dir / "sentence_bert_config.json").write_text(json.dumps(bert_config, indent=2) + "\n", encoding="utf-8")
-    if (st_config.root / "config_sentence_transformers.json").is_file():
-        shutil.copyfile(
-            st_config.root / "config_sentence_transformers.json", out_dir / "config_sentence_transformers.json"
-        )
+    return dense
+
+
+@dataclass(frozen=True)
+class _Written:
+    """What the first step of an export wrote: the manifest (fp32 graph not yet measured) and the figures the
+    later steps need."""
+
+    manifest: Manifest
+    graph_diff: float | None  # torch vs ONNX token embeddings, when checked
+    num_heads: int = 0  # for the optimizer's fusions (0: a graph with no attention)
+    hidden_size: int = 0
 
 
 def export(
@@ -160,10 +182,9 @@ def export(
         384
     """
     _require_export_extra()
-    from onnxembed.exporter.errors import ExportVerificationError, UnsupportedModelError
-    from onnxembed.exporter.load import load_encoder, resolve_source
-    from onnxembed.exporter.onnx_export import OUTPUT_NAME, export_onnx
-    from onnxembed.exporter.verify import verify_graph, verify_pipeline
+    from onnxembed.exporter.errors import UnsupportedModelError
+    from onnxembed.exporter.load import resolve_source
+    from onnxembed.exporter.verify import verify_pipeline
 
     if exporter not in ("auto", "torchscript", "dynamo"):
         raise InvalidArgumentError(f"exporter must be 'auto', 'torchscript' or 'dynamo'; got {exporter!r}")
@@ -181,8 +202,120 @@ def export(
         reason = can_pool_in_graph(st_config.pooling_modes, st_config.include_prompt)
         if reason:
             raise UnsupportedModelError(f"--pool-in-graph: {reason}")
-    loaded = load_encoder(st_config, base_model)
     out = Path(model_dir)
+    if st_config.static:
+        asked = [
+            name
+            for name, value in (
+                ("base_model", base_model),
+                ("optimize", optimize),
+                ("quantize", quantize),
+                ("fp16", fp16),
+                ("pool_in_graph", pool_in_graph),
+            )
+            if value
+        ]
+        if asked:
+            raise UnsupportedModelError(
+                f"{', '.join(asked)}: a StaticEmbedding model has no transformer to merge, fuse or quantize; its "
+                "fp32 export is a single table lookup"
+            )
+        _prepare_out_dir(out, overwrite, [source])
+        written = _export_static(st_config, source, out)
+    else:
+        written = _export_transformer(
+            st_config, source, out, base_model, exporter, external_data, overwrite, verify, atol
+        )
+    manifest = written.manifest
+    manifest.write(out)
+    accuracy: dict[str, Any] = {}
+    if verify:
+        try:
+            graph = {} if written.graph_diff is None else {"token_embeddings_max_abs_diff": written.graph_diff}
+            accuracy = {**graph, **verify_pipeline(source, out, "fp32", min_cosine, atol)}
+        except Exception:
+            (out / MANIFEST_NAME).unlink(missing_ok=True)
+            raise
+    variants = {"fp32": Variant(file=ONNX_FILE, dtype="fp32", accuracy=accuracy)}
+    manifest = dataclasses.replace(manifest, variants=variants)
+    manifest.write(out)
+    if optimize or quantize or fp16 or pool_in_graph:
+        from onnxembed.exporter.calibration import read_calibration_file, sentences
+        from onnxembed.exporter.variants import build_variants
+
+        texts = read_calibration_file(calibration_file) if calibration_file else sentences(1000)
+        variants.update(
+            build_variants(
+                out,
+                num_heads=written.num_heads,
+                hidden_size=written.hidden_size,
+                right_padded=manifest.padding_side == "right",
+                texts=texts,
+                optimize=optimize,
+                target=target,
+                quantize_int8=quantize == "int8",
+                int8_min_cosine=int8_min_cosine,
+                fp16=fp16,
+                pool_in_graph=pool_in_graph,
+                manifest=manifest,
+            )
+        )
+        manifest = dataclasses.replace(manifest, variants=variants)
+    manifest.write(out)
+    logger.info("exported %s -> %s: %s", source, out, accuracy)
+    return manifest
+
+
+def _export_static(st_config: SentenceTransformerConfig, source: Path, out: Path) -> _Written:
+    from onnxembed.exporter.onnx_export import OUTPUT_NAME
+    from onnxembed.exporter.static import export_static
+
+    static = export_static(st_config.transformer_dir, out, out / ONNX_FILE, OUTPUT_NAME)
+    dense = _write_sentence_transformers_files(st_config, out, static.max_seq_length, static.dim)
+    manifest = Manifest(
+        dim=dense[-1].out_features if dense else static.dim,
+        pooling_modes=("mean",),
+        include_prompt=True,
+        normalize=st_config.normalize,
+        max_seq_length=static.max_seq_length,
+        do_lower_case=False,
+        pad_token_id=0,  # any id: padding is masked out of the mean
+        padding_side="right",
+        truncation_side=static.truncation_side,
+        input_names=("input_ids",),
+        output_name=OUTPUT_NAME,
+        prompts=st_config.prompts,
+        default_prompt_name=st_config.default_prompt_name,
+        similarity_fn_name=st_config.similarity_fn_name or "cosine",
+        truncate_dim=st_config.truncate_dim,
+        architecture="StaticEmbedding",
+        source={"path": str(source), "exporter": "onnx.helper"},
+        versions=_versions(),
+        variants={"fp32": Variant(file=ONNX_FILE, dtype="fp32")},
+        dense=dense,
+        add_special_tokens=False,
+    )
+    return _Written(manifest, None)
+
+
+def _export_transformer(
+    st_config: SentenceTransformerConfig,
+    source: Path,
+    out: Path,
+    base_model: str | Path | None,
+    exporter: Exporter,
+    external_data: bool | None,
+    overwrite: bool,
+    verify: bool,
+    atol: float,
+) -> _Written:
+    """Load the Transformer module, trace it to ONNX and check the graph against torch."""
+    from onnxembed.exporter.errors import ExportVerificationError
+    from onnxembed.exporter.load import load_encoder
+    from onnxembed.exporter.onnx_export import OUTPUT_NAME, export_onnx
+    from onnxembed.exporter.verify import verify_graph
+
+    loaded = load_encoder(st_config, base_model)
     adapter_base = [Path(loaded.adapter["base_model"])] if loaded.adapter else []
     _prepare_out_dir(out, overwrite, [source, *adapter_base])
 
@@ -193,7 +326,8 @@ def export(
     input_names = tuple(name for name in MODEL_INPUTS if name in tokenizer.model_input_names and name in accepted)
     tokenizer.save_pretrained(str(out))
     model.config.save_pretrained(str(out))
-    _write_sentence_transformers_files(st_config, out, loaded.max_seq_length)
+    pooled_dim = model.config.hidden_size * len(st_config.pooling_modes)
+    dense = _write_sentence_transformers_files(st_config, out, loaded.max_seq_length, pooled_dim)
     trace = export_onnx(
         model, input_names, tokenizer.pad_token_id, out / ONNX_FILE, exporter, external_data, verified=verify
     )
@@ -218,7 +352,7 @@ def export(
                 ) from second
 
     manifest = Manifest(
-        dim=model.config.hidden_size * len(st_config.pooling_modes),
+        dim=dense[-1].out_features if dense else pooled_dim,
         pooling_modes=st_config.pooling_modes,
         include_prompt=st_config.include_prompt,
         normalize=st_config.normalize,
@@ -237,43 +371,6 @@ def export(
         source={"path": str(source), "adapter": loaded.adapter, **trace},
         versions=_versions(),
         variants={"fp32": Variant(file=ONNX_FILE, dtype="fp32")},
+        dense=dense,
     )
-    manifest.write(out)
-    accuracy: dict[str, Any] = {}
-    if verify:
-        try:
-            accuracy = {
-                "token_embeddings_max_abs_diff": graph_diff,
-                **verify_pipeline(source, out, "fp32", min_cosine, atol),
-            }
-        except Exception:
-            (out / MANIFEST_NAME).unlink(missing_ok=True)
-            raise
-    variants = {"fp32": Variant(file=ONNX_FILE, dtype="fp32", accuracy=accuracy)}
-    manifest = dataclasses.replace(manifest, variants=variants)
-    manifest.write(out)
-    if optimize or quantize or fp16 or pool_in_graph:
-        from onnxembed.exporter.calibration import read_calibration_file, sentences
-        from onnxembed.exporter.variants import build_variants
-
-        texts = read_calibration_file(calibration_file) if calibration_file else sentences(1000)
-        variants.update(
-            build_variants(
-                out,
-                num_heads=model.config.num_attention_heads,
-                hidden_size=model.config.hidden_size,
-                right_padded=manifest.padding_side == "right",
-                texts=texts,
-                optimize=optimize,
-                target=target,
-                quantize_int8=quantize == "int8",
-                int8_min_cosine=int8_min_cosine,
-                fp16=fp16,
-                pool_in_graph=pool_in_graph,
-                manifest=manifest,
-            )
-        )
-        manifest = dataclasses.replace(manifest, variants=variants)
-    manifest.write(out)
-    logger.info("exported %s -> %s: %s", source, out, accuracy)
-    return manifest
+    return _Written(manifest, graph_diff, model.config.num_attention_heads, model.config.hidden_size)

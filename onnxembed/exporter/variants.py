@@ -18,6 +18,7 @@ from onnxembed.exporter.accuracy import compare, rate
 from onnxembed.exporter.graph_pooling import add_pooling
 from onnxembed.exporter.quantize import Target
 from onnxembed.manifest import Manifest, Variant
+from onnxembed.runtime.weights import read_dense_layer
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +98,7 @@ def build_variants(
                 manifest.normalize,
                 manifest.dim,
                 quantize.needs_external_data(out / source),
+                dense=[read_dense_layer(out, layer) for layer in manifest.dense],
             )
             accuracy = _try_measure(measured, file)
             if "min_cosine" in accuracy:  # measured on CPU: the pooled graph must give its source's vectors

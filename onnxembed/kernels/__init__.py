@@ -1,15 +1,21 @@
-"""Pure-numpy kernels: pooling, normalization, similarity, search and embedding quantization. Imports numpy only."""
+"""Pure-numpy kernels: pooling, Dense layers, normalization, similarity, search and embedding quantization.
 
+Imports numpy only.
+"""
+
+from onnxembed.kernels.dense import DENSE_ACTIVATIONS, dense
 from onnxembed.kernels.pooling import POOLING_MODES, exclude_prompt, normalize, pool
 from onnxembed.kernels.quantization import PRECISIONS, quantize_embeddings
 from onnxembed.kernels.search import paraphrase_mining_embeddings, semantic_search, semantic_search_binary
 from onnxembed.kernels.similarity import SIMILARITY_FNS, cos_sim, dot_score, similarity, similarity_pairwise
 
 __all__ = [
+    "DENSE_ACTIVATIONS",
     "POOLING_MODES",
     "PRECISIONS",
     "SIMILARITY_FNS",
     "cos_sim",
+    "dense",
     "dot_score",
     "exclude_prompt",
     "normalize",

@@ -22,6 +22,7 @@ from onnxruntime import OrtValue
 from onnxembed._checks import positive_int
 from onnxembed.errors import ArgumentTypeError, InvalidArgumentError
 from onnxembed.kernels import exclude_prompt, normalize, pool, similarity, similarity_pairwise
+from onnxembed.kernels.dense import dense
 from onnxembed.kernels.quantization import PRECISIONS, Precision, quantize_embeddings
 from onnxembed.manifest import MODEL_INPUTS, POOLED_OUTPUT, Manifest, ModelLoadError
 from onnxembed.runtime.batching import Batch, default_max_batch_tokens, default_run_cost, plan
@@ -29,6 +30,7 @@ from onnxembed.runtime.pipeline import OverlappedRunner, run_serial
 from onnxembed.runtime.session import create_session, resolve_provider
 from onnxembed.runtime.tokenize import TextTokenizer
 from onnxembed.runtime.variants import choose_variant
+from onnxembed.runtime.weights import read_dense_layer
 
 logger = logging.getLogger(__name__)
 
@@ -118,6 +120,7 @@ class Encoder:
         if self._output_name not in outputs:
             raise ModelLoadError(f"{variant_file} has no output {self._output_name!r} (outputs: {outputs})")
         self._tokenizer = TextTokenizer(self.model_dir, self.manifest)
+        self._dense = [read_dense_layer(self.model_dir, layer) for layer in self.manifest.dense]
         # Shapes that repeat let a GPU reuse its kernels' choices; results do not depend on padding length.
         self._pad_multiple = 1 if on_cpu else 8
         # Where batches end (batching.py): int8 runs cost less to start than float ones.
@@ -133,7 +136,8 @@ class Encoder:
 
     @property
     def max_seq_length(self) -> int:
-        """Texts are truncated to this many tokens (special tokens included)."""
+        """Texts are truncated to this many tokens (special tokens included); 2**31 - 1 for a StaticEmbedding
+        model whose tokenizer truncates nothing (sentence-transformers says ``math.inf``)."""
         return self.manifest.max_seq_length
 
     @property
@@ -386,6 +390,8 @@ class Encoder:
         if prompt_length is not None:
             mask = exclude_prompt(mask, prompt_length)
         result = pool(result, mask, self.manifest.pooling_modes)
+        for weight, bias, activation in self._dense:
+            result = dense(result, weight, bias, activation)
         return normalize(result) if self.manifest.normalize else result
 
     def _resolve_prompt(self, prompt_name: str | None, prompt: str | None) -> str | None:

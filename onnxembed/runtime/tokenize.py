@@ -48,10 +48,11 @@ class TextTokenizer:
         # padding skips reading them (a Python list per text). Offsets are never used: skip computing them.
         self._zero_type_ids = not any(tokenizer.encode("probe text", add_special_tokens=True).type_ids)
         self._encode_batch = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)
+        self._add_special_tokens = manifest.add_special_tokens  # False for StaticEmbedding
 
     def encode(self, texts: Sequence[str]) -> list[Encoding]:
         """Tokenize without padding; each Encoding keeps its own length."""
-        return self._encode_batch(list(texts), add_special_tokens=True)
+        return self._encode_batch(list(texts), add_special_tokens=self._add_special_tokens)
 
     def pad(self, encodings: Sequence[Encoding], multiple_of: int = 1) -> dict[str, np.ndarray]:
         """Pad encodings to the longest one, rounded up to ``multiple_of`` (repeating shapes suit a GPU):
@@ -84,7 +85,7 @@ class TextTokenizer:
         for every batch."""
         length = self._prompt_lengths.get(prompt)
         if length is None:
-            ids = self._tokenizer.encode(prompt, add_special_tokens=True).ids
+            ids = self._tokenizer.encode(prompt, add_special_tokens=self._add_special_tokens).ids
             length = len(ids) - 1 if ids and ids[-1] in self._special_ids else len(ids)
             if len(self._prompt_lengths) < 64:  # a model has a few prompts; callers may send any
                 self._prompt_lengths[prompt] = length

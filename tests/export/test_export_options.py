@@ -97,9 +97,9 @@ def test_peft_native_adapter_layout(roberta_lora: Replica, tmp_path: Path) -> No
 def test_unsupported_module_is_named(chinese_bert: Replica, tmp_path: Path) -> None:
     src = _copy(chinese_bert, tmp_path)
     modules = json.loads((src / "modules.json").read_text())
-    modules.append({"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.models.Dense"})
+    modules.append({"idx": 2, "name": "2", "path": "2_LSTM", "type": "sentence_transformers.models.LSTM"})
     (src / "modules.json").write_text(json.dumps(modules))
-    with pytest.raises(UnsupportedModelError, match="sentence_transformers.models.Dense"):
+    with pytest.raises(UnsupportedModelError, match="sentence_transformers.models.LSTM"):
         export(src, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
