@@ -30,7 +30,7 @@ from onnxembed.runtime.pipeline import OverlappedRunner, run_serial
 from onnxembed.runtime.session import create_session, resolve_provider
 from onnxembed.runtime.tokenize import TextTokenizer
 from onnxembed.runtime.variants import choose_variant
-from onnxembed.runtime.weights import read_dense_layer
+from onnxembed.runtime.weights import read_dense_layer, read_safetensors
 
 logger = logging.getLogger(__name__)
 
@@ -102,22 +102,33 @@ class Encoder:
             raise InvalidArgumentError("sessions > 1 runs sessions side by side and needs overlap=True")
         self._io_binding = bool(io_binding)
         self._device = "cuda" if self.provider == "CUDAExecutionProvider" else "cpu"
+        # A StaticEmbedding's fp32 graph is one Gather from the table that model.safetensors also holds: numpy's
+        # take runs it without a session's overhead or a second copy of the table (docs/performance.md).
+        self._static_table: np.ndarray | None = None
+        if self.manifest.architecture == "StaticEmbedding" and variant_file == self.manifest.variants["fp32"].file:
+            self._static_table = read_safetensors(self.model_dir / "model.safetensors").get("embedding.weight")
+            if self._static_table is None:
+                raise ModelLoadError(f"{self.model_dir / 'model.safetensors'} has no embedding.weight")
         self._sessions = [
-            create_session(self.model_dir / variant_file, self.provider, threads) for _ in range(sessions)
+            create_session(self.model_dir / variant_file, self.provider, threads)
+            for _ in range(sessions if self._static_table is None else 0)
         ]
-        self._session = self._sessions[0]
+        self._session = self._sessions[0] if self._sessions else None
         self._runner = (
-            OverlappedRunner(sessions, OVERLAP_PRODUCERS, OVERLAP_DEPTH * sessions) if self._overlap else None
+            OverlappedRunner(sessions, OVERLAP_PRODUCERS, OVERLAP_DEPTH * sessions)
+            if self._overlap and self._sessions
+            else None
         )
-        self._input_names = [graph_input.name for graph_input in self._session.get_inputs()]
+        graph_inputs = self._session.get_inputs() if self._session else []
+        self._input_names = [graph_input.name for graph_input in graph_inputs] or list(self.manifest.input_names)
         unknown = [name for name in self._input_names if name not in MODEL_INPUTS]
         if unknown:
             raise ModelLoadError(f"{variant_file} takes inputs {unknown} that onnxembed cannot feed")
-        outputs = [output.name for output in self._session.get_outputs()]
+        outputs = [output.name for output in self._session.get_outputs()] if self._session else []
         # A pooled graph (export --pool-in-graph) pools and normalizes itself: only (batch, dim) comes back.
         self._pooled = POOLED_OUTPUT in outputs
         self._output_name = POOLED_OUTPUT if self._pooled else self.manifest.output_name
-        if self._output_name not in outputs:
+        if self._session and self._output_name not in outputs:
             raise ModelLoadError(f"{variant_file} has no output {self._output_name!r} (outputs: {outputs})")
         self._tokenizer = TextTokenizer(self.model_dir, self.manifest)
         self._dense = [read_dense_layer(self.model_dir, layer) for layer in self.manifest.dense]
@@ -125,6 +136,8 @@ class Encoder:
         self._pad_multiple = 1 if on_cpu else 8
         # Where batches end (batching.py): int8 runs cost less to start than float ones.
         self._run_cost = default_run_cost(self.provider, quantized=self.variant.startswith("int8"))
+        if self._static_table is not None:
+            self._run_cost = 0  # no session run to amortize: batches sorted by length and filled pad least
 
     @property
     def dim(self) -> int:
@@ -389,10 +402,13 @@ class Encoder:
             return result
         if prompt_length is not None:
             mask = exclude_prompt(mask, prompt_length)
-        result = pool(result, mask, self.manifest.pooling_modes)
+        return self._head(pool(result, mask, self.manifest.pooling_modes))
+
+    def _head(self, pooled: np.ndarray) -> np.ndarray:
+        """The modules after pooling: each Dense layer, then Normalize if the model has it."""
         for weight, bias, activation in self._dense:
-            result = dense(result, weight, bias, activation)
-        return normalize(result) if self.manifest.normalize else result
+            pooled = dense(pooled, weight, bias, activation)
+        return normalize(pooled) if self.manifest.normalize else pooled
 
     def _resolve_prompt(self, prompt_name: str | None, prompt: str | None) -> str | None:
         if prompt is not None:
@@ -458,6 +474,8 @@ class Encoder:
     def _run(self, session: Any, arrays: dict[str, Any]) -> np.ndarray:
         """One batch through one session: (batch, seq, hidden) token embeddings, or (batch, dim) if pooled.
         ``arrays`` are numpy arrays or OrtValues already on the device."""
+        if self._static_table is not None:
+            return self._static_table[arrays["input_ids"]]
         if not self._io_binding:
             feed = {name: arrays[name] for name in self._input_names}
             (result,) = session.run([self._output_name], feed)
