@@ -160,6 +160,7 @@ class Encoder:
 
     @property
     def similarity_fn_name(self) -> str:
+        """The model's similarity function: "cosine", "dot", "euclidean" or "manhattan"."""
         return self.manifest.similarity_fn_name
 
     def __repr__(self) -> str:
@@ -341,11 +342,33 @@ class Encoder:
             offset += len(chunk)
 
     def similarity(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        """(n, m) similarity matrix with the model's similarity function (cosine, dot, euclidean, manhattan)."""
+        """Every pair's similarity with the model's similarity function, as ``SentenceTransformer.similarity``.
+
+        Args:
+            a: (n, dim) embeddings.
+            b: (m, dim) embeddings.
+
+        Returns:
+            (n, m) float32 scores (negative distances for euclidean and manhattan, as sentence-transformers).
+
+        Example:
+            >>> embeddings = encoder.encode(["a cat", "a dog", "a car"])
+            >>> encoder.similarity(embeddings, embeddings).shape
+            (3, 3)
+        """
         return similarity(a, b, self.manifest.similarity_fn_name)
 
     def similarity_pairwise(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        """(n,) similarity of a[i] and b[i] with the model's similarity function."""
+        """The similarity of a[i] and b[i] with the model's similarity function, as
+        ``SentenceTransformer.similarity_pairwise``.
+
+        Args:
+            a: (n, dim) embeddings.
+            b: (n, dim) embeddings.
+
+        Returns:
+            (n,) float32 scores.
+        """
         return similarity_pairwise(a, b, self.manifest.similarity_fn_name)
 
     def _batches(self, texts: list[str], prompt: str = "", max_batch_tokens: int | None = None) -> Iterator[Batch]:
