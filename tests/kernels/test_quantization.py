@@ -7,9 +7,13 @@ import warnings
 
 import numpy as np
 import pytest
-from sentence_transformers import quantize_embeddings as st_quantize_embeddings
 
 from onnxembed.kernels.quantization import PRECISIONS, quantize_embeddings
+
+# The sentence-transformers oracle needs the export extra; without it this module skips.
+_st = pytest.importorskip("sentence_transformers")
+st_quantize_embeddings = _st.quantize_embeddings
+
 
 DTYPES = {"float32": np.float32, "int8": np.int8, "uint8": np.uint8, "binary": np.int8, "ubinary": np.uint8}
 # dims 1, 7, 13 and 385 are not multiples of 8; 130 rows is above sentence-transformers' 100-row warning.
