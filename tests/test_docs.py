@@ -58,3 +58,26 @@ def test_api_page_blocks_name_public_objects() -> None:
         module_name, _, attribute = identifier.rpartition(".")
         module = importlib.import_module(module_name)
         assert hasattr(module, attribute), identifier
+
+
+def _slug(heading: str) -> str:
+    """Python-Markdown's toc slug (what mkdocs gives a heading's id)."""
+    text = re.sub(r"[^\w\s-]", "", heading).strip().lower()
+    return re.sub(r"[-\s]+", "-", text)
+
+
+def test_docs_links_in_the_code_point_at_headings_that_exist() -> None:
+    """Comments keep the why and link the figures (``docs/performance.md#int8-variants``): the page and the
+    heading must exist, or the link rots silently when a heading is renamed."""
+    root = API_PAGE.parents[1]
+    sources = [*root.glob("onnxembed/**/*.py"), *root.glob("bench/*.py"), *root.glob("examples/*.py")]
+    seen = 0
+    for source in sources:
+        for page, anchor in re.findall(r"docs/([\w-]+\.md)(?:#([\w-]+))?", source.read_text(encoding="utf-8")):
+            path = root / "docs" / page
+            assert path.is_file(), f"{source.relative_to(root)} links {page}, which docs/ does not have"
+            if anchor:
+                headings = re.findall(r"^#+ +(.+?) *$", path.read_text(encoding="utf-8"), re.MULTILINE)
+                assert anchor in {_slug(h) for h in headings}, f"{source.relative_to(root)}: no heading {page}#{anchor}"
+            seen += 1
+    assert seen, "no docs/ links found in the code; was the pattern changed?"
