@@ -7,7 +7,7 @@ VENV6 := .venv-st6
 PY6 := $(VENV6)/bin/python
 DEMO_MODEL := demo-model
 
-.PHONY: help install demo test test-fast test-st6 lint typecheck clean
+.PHONY: help install demo test test-fast test-st6 lint typecheck docs clean
 
 help:  ## list the commands
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
@@ -44,11 +44,18 @@ test-st6: $(VENV6)/.installed  ## export and runtime tests on sentence-transform
 	$(PY6) -m pytest -q tests/export tests/runtime
 
 lint: install  ## ruff check and format check
-	$(VENV)/bin/ruff check onnxembed tests bench demo.py
-	$(VENV)/bin/ruff format --check onnxembed tests bench demo.py
+	$(VENV)/bin/ruff check onnxembed tests bench examples demo.py
+	$(VENV)/bin/ruff format --check onnxembed tests bench examples demo.py
 
 typecheck: install  ## mypy on the package
 	$(VENV)/bin/mypy
 
-clean:  ## remove the venvs and the demo export
-	rm -rf $(VENV) $(VENV6) $(DEMO_MODEL)
+$(VENV)/.docs-installed: $(VENV)/.installed
+	$(PY) -m pip install --quiet -e '.[docs]'
+	touch $@
+
+docs: $(VENV)/.docs-installed  ## build the documentation site into site/ (mkdocs --strict, offline)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir site
+
+clean:  ## remove the venvs, the demo export and the built docs
+	rm -rf $(VENV) $(VENV6) $(DEMO_MODEL) site

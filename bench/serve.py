@@ -142,8 +142,9 @@ def main() -> None:
     ]
     command += args.server_args.split()
     cores = os.cpu_count() or 1
-    # The offline side at its best: the default Encoder, and one single-threaded session per core (README's
-    # advice for batch jobs); each round's ratio is taken against the faster of the two.
+    # The offline side at its best: the default Encoder, and one single-threaded session per core (the advice
+    # for batch jobs, docs/performance.md#cpu-cores-threads-sessions-or-processes); each round's ratio is taken
+    # against the faster of the two.
     offline_encoders = {"default Encoder": Encoder(args.model, variant=args.variant)}
     if cores > 1:
         offline_encoders[f"{cores} sessions x 1 thread"] = Encoder(

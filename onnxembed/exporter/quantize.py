@@ -4,12 +4,10 @@ In scope: writing each variant beside onnx/model.onnx under sentence-transformer
 int8 recipes, fastest first. Measuring them is accuracy.py's job, choosing one variants.py's; exporting
 the fp32 graph is onnx_export.py's. Imports onnx/onnxruntime, never torch.
 
-What was measured here (all-MiniLM-L6-v2, 2 Zen 4 cores with AVX-512 VNNI): quantizing every MatMul with
-per-channel weights and dynamic activations (sentence-transformers' avx512_vnni recipe) lost the most
-accuracy in the FFN MatMuls, whose inputs (LayerNorm and GELU outputs) have a few channels with huge
-values; splitting those channels off in fp32 recovers it at int8 speed (split_outliers). Quantizing the
-fused graph was slower here (1.65x vs 2.0x fp32), so int8 starts from the plain graph; fusing
-EmbedLayerNormalization broke onnxruntime's quantizer (shape inference), so that fusion stays off for CPU.
+The FFN MatMuls' inputs (LayerNorm and GELU outputs) have a few channels with huge values that cost int8
+most of its accuracy, so they can run in fp32 (split_outliers); int8 starts from the plain graph, not the
+fused one, and EmbedLayerNormalization stays unfused for CPU (it breaks onnxruntime's quantizer). What was
+measured: docs/performance.md#int8-variants.
 """
 
 from __future__ import annotations
@@ -43,15 +41,8 @@ class Int8Recipe:
     per_channel: bool = True
 
 
-# Fastest first, so the first that meets the accuracy budget is the fastest that does. Measured on
-# all-MiniLM-L6-v2 (600 held-out stdlib sentences; mean / p1 cosine vs fp32, top-10 overlap, speed vs fp32):
-#   all-matmul                   0.9930 / 0.9854 / 0.908, 2.0-2.3x
-#   split-ffn-outliers (4 ch.)   0.9977 / 0.9958 / 0.951, 2.0x
-#   keep-ffn-output              0.9962 / 0.9929 / 0.931, 1.5x
-#   keep-ffn                     0.9987 / 0.9976 / 0.966, 1.2x
-# Splitting the outliers of every MatMul's input: 0.9984 / 0.9971 / 0.957 but 1.4-1.85x. Tried and dropped:
-# SmoothQuant (best, alpha 0.7 on every MatMul: 0.9954 / 0.9903, worse at 0.5 and 0.9), static activation
-# ranges (MinMax 0.935, percentile 0.951), quantizing the fused graph (1.65x, slower than the plain one).
+# Fastest first, so the first that meets the accuracy budget is the fastest that does (measured speed and
+# accuracy of each, and what was tried and dropped: docs/performance.md#int8-variants).
 INT8_RECIPES = (
     Int8Recipe("all-matmul"),
     Int8Recipe("split-ffn-outliers", split_outliers=("ffn_output", "ffn_input")),

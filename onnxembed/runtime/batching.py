@@ -3,11 +3,9 @@
 In scope: the order texts run in and where batches end. Not in scope: running them (encoder.py).
 
 Padding is wasted compute, so texts run longest first, sorted by their real token counts, and a batch
-holds at most ``batch_size`` texts and ``max_batch_tokens`` padded tokens. Measured on all-MiniLM-L6-v2, 2
-cores (Zen 4), stdlib-docstring sentences (~26 tokens): sorting by tokens instead of characters cut padded
-tokens from 43k to 28k per 1,000 texts and raised throughput from 187 to 321 texts/s; budgets of 512-1,024
-tokens were best for sentences, 1,024-2,048 for ~190-token paragraphs (smaller batches stay in cache),
-hence the CPU default of 1,024. Where batches end within those limits is a cost trade (see CPU_RUN_COST).
+holds at most ``batch_size`` texts and ``max_batch_tokens`` padded tokens; where batches end within those
+limits is a cost trade (see CPU_RUN_COST). The measurements behind the defaults:
+docs/performance.md#cpu-batches-sorted-by-tokens-cut-by-cost.
 
 Models that pad on the left and count positions from the padding (BERT with padding_side="left") give
 results that depend on which texts share a batch; for them the batches are sentence-transformers' own
@@ -25,10 +23,8 @@ import numpy as np
 from onnxembed.runtime.tokenize import TextTokenizer
 
 DEFAULT_MAX_BATCH_TOKENS = {"CPUExecutionProvider": 1024}
-# On a GPU bigger batches keep the device busy. Measured on an H100 with the overlapped engine (texts/s at
-# 16k / 32k / 64k / 128k tokens; bench/results/h100-*.md): MiniLM sentences 53.6k / 58.8k / 65.1k / 61.7k,
-# paragraphs 21.0k / 20.8k / 20.4k / 18.2k; XLM-R-768 sentences 33.5k / 32.6k / 32.1k / 30.3k, paragraphs
-# 10.2k / 9.6k / 8.0k / 7.3k. 32k is within 10% of the best in each.
+# On a GPU bigger batches keep the device busy; 32k tokens was within 10% of the best budget for each model
+# and text measured on an H100 (docs/performance.md#gpu-engine-settings).
 DEFAULT_MAX_BATCH_TOKENS_OTHER = 32768
 # Texts are tokenized a window at a time: an Encoding costs ~190 bytes a token, too much to hold for a corpus.
 TOKENIZE_WINDOW = 4096
@@ -36,20 +32,11 @@ TOKENIZE_WINDOW = 4096
 Batch = tuple[np.ndarray, dict[str, np.ndarray]]  # (indices into texts, padded arrays)
 
 
-# Where batches end. Every run costs a fixed time beyond its padded tokens: the weights stream from memory
-# once per run (42 MB for MiniLM in fp32, more than the L3 cache) and each node is dispatched. On CPU the cuts
-# minimise  sum over batches of (run cost + rows x longest)  in padded-token units, exactly (cut_batches).
-# One session run on one thread (MiniLM, 2 Zen 5 cores): fp32 1.63 ms for 1 x 4 tokens, then ~0.095 ms a
-# token, so a run costs ~17 tokens; int8 0.37 ms, then ~0.05 ms a token: ~4 tokens. Measured with
-# bench/batch_cuts.py (1,818 random stdlib sentences; texts/s of two threads encoding calls of 4 / 14 / 36
-# texts, and of one call of all; medians of 3 interleaved rounds):
-#   fp32  run cost 8: 482 / 544 / 600 / 771, 16: 497 / 563 / 601 / 788, 32: 502 / 555 / 593 / 761; the
-#         earlier rule (end a batch before a text under 0.85 of its longest), in a prototype of the script
-#         run an hour before: 448 / 513 / 581 / 743, against 492 / 547 / 594 / 763 for run cost 18 there;
-#         paragraphs in calls of 4 / 14: 0 (batches filled) 97 / 115, 8: 138 / 148, 16: 141 / 151
-#   int8  0 (filled) 732 / 514 / 711 / 1281, 4: 946 / 1144 / 1158 / 1293, 8: 1144 / 1209 / 1218 / 1304 and
-#         1099 / 1103 / 1170 / 1318, 16: 921 / 1039 / 1050 / 1370 and 942 / 1009 / 1118 / 1268
-# On a GPU batches fill up to the limits (run cost 0): not measured there, where bigger batches matter more.
+# Where batches end. Every run costs a fixed time beyond its padded tokens (the weights stream from memory once
+# per run, each node is dispatched), so on CPU the cuts minimise  sum over batches of (run cost + rows x
+# longest)  in padded-token units, exactly (cut_batches). The costs below are the best measured with
+# bench/batch_cuts.py (docs/performance.md#where-a-batch-ends-the-run-cost). On a GPU batches fill up to the
+# limits (run cost 0), where bigger batches matter more.
 CPU_RUN_COST = {"float": 16, "int8": 8}
 
 

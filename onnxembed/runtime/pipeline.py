@@ -8,7 +8,7 @@ Overlapped (OverlappedRunner): ``producers`` threads take the jobs in turn and p
 queue of ``depth`` batches; one thread per worker (one per session) takes them off. tokenizers' encode_batch and
 onnxruntime's run both release the GIL, so tokenizing the next window, padding it with numpy and
 running the model proceed at once; the queue bounds memory. On a GPU this is what keeps the device fed;
-on a 2-core CPU the two sides compete for the same cores (see the README for what was measured).
+on a 2-core CPU the two sides compete for the same cores (docs/performance.md#cpu-cores-threads-sessions-or-processes).
 """
 
 from __future__ import annotations
@@ -36,9 +36,8 @@ class OverlappedRunner:
     """Runs jobs' items through workers with jobs and workers on threads that live as long as the runner.
 
     Long-lived threads matter on CUDA: onnxruntime's CUDA provider keeps per-thread state (cuBLAS handles,
-    the kernels it has set up for each shape), which threads started afresh for every call lose. Measured
-    on an H100 (all-MiniLM-L6-v2, fp16): new threads per encode call ran 20k texts/s where one thread that
-    lived on ran 48k. ``run`` calls are serialized: one device, one engine.
+    the kernels it has set up for each shape), which threads started afresh for every call lose (measured:
+    docs/performance.md#gpu-engine-settings). ``run`` calls are serialized: one device, one engine.
     """
 
     def __init__(self, workers: int, producers: int, depth: int) -> None:

@@ -26,12 +26,9 @@ def worker_threads(provider: str, workers: int | None, threads: int | None) -> t
     """(inference workers, intra-op threads per run) for a resolved provider name.
 
     On CPU, by default one worker per core, each run on one thread: the workers share the model batches of
-    what was taken (batcher.py), so no core waits on another's threads. Measured with bench/serve.py (MiniLM
-    fp32, 2 Zen 4 cores shared with the 16 clients, when each worker still encoded its own take): 2 workers
-    x 1 thread 80%, 78%, 74%, 81%, 77% of the best offline encode; 1 worker on 2 threads 73%, 70%, 77%, 60%,
-    72%, 75%. The cost: a lone one-sentence request runs on one core (~6 ms instead of ~4 ms for MiniLM).
-    Elsewhere (GPUs) two workers, so that one tokenizes the next take while the other runs batches on the
-    device (not measured on a GPU yet).
+    what was taken (batcher.py), so no core waits on another's threads; the cost is that a lone request runs
+    on one core (docs/performance.md#what-the-serving-figures-decided). Elsewhere (GPUs) two workers, so
+    that one tokenizes the next take while the other runs batches on the device.
     """
     on_cpu = provider == "CPUExecutionProvider"
     if workers is None:

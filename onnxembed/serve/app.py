@@ -102,11 +102,9 @@ class EmbeddingService:
         """(len(texts), dim) float32 rows as ``Encoder.encode(texts, prompt=prompt)`` gives them, and the tokens
         the model read (after truncation). ``truncate`` False: an input longer than the model reads is 413.
 
-        The token counts come from the batches themselves. Counting every text again before queueing it
-        (what this did before) took ~0.05 of the 2 cores under bench/serve.py's load; without it the server
-        ran at 80/81/80/82/78/80% of the best offline encode against 77/79/78/76/76/78% with it (MiniLM fp32,
-        2 Zen 5 cores, rounds alternated), int8 86-88% against 81-83%. The cost: an over-long input with
-        ``truncate`` False is refused after its batch has run instead of before."""
+        The token counts come from the batches themselves: counting every text again before queueing it cost
+        a few points of throughput (docs/performance.md#what-the-serving-figures-decided). The cost: an
+        over-long input with ``truncate`` False is refused after its batch has run instead of before."""
         if self.batcher is None:
             raise ApiError(503, "the server is starting", "server_busy")
         try:

@@ -10,13 +10,10 @@ How the workers share the work: they pull model batches from one queue of planne
 finds that queue empty takes every waiting request (up to ``max_run_texts``), plans them and puts the
 batches on the queue, so the other workers join in on them at once. There is no artificial wait to fill a
 batch: while the workers run, new requests pile up and the next plan takes them all, so batches grow with
-load and a lone request runs at once. Against the design before this one (each worker encoding its own
-take with Encoder.encode), measured with bench/serve.py (MiniLM, 2 Zen 5 cores, 16 clients; server / best
-offline encode, rounds back to back): fp32 81/78/79/79/80% (p99 188 ms) against 73/74/74/77/74% (p99 233
-ms) and, in a prototype run alternately with the old design, 84/72/71% and 83/79/78% against 68/68/65% and
-69/70/72%; int8 (alternate runs) 69/66/69, 67/68/71, 82/80/79% against 63/77/76, 64/68/65, 79/71/65%, p99
-108-134 ms against 146-174. Takes are bigger (every waiting request, taken while the other core still
-runs the previous take's last batch) and a request leaves as soon as its own texts are done.
+load and a lone request runs at once. Takes are bigger than when each worker encoded its own take (every
+waiting request, taken while the other core still runs the previous take's last batch) and a request leaves
+as soon as its own texts are done: faster under bench/serve.py's load
+(docs/performance.md#what-the-serving-figures-decided).
 """
 
 from __future__ import annotations

@@ -73,7 +73,7 @@ def test_sentence_transformers_loads_the_int8_file(with_variants: Path) -> None:
 
 
 def test_int8_one_text_per_run_depends_on_the_text_alone(with_variants: Path) -> None:
-    """The README's way to int8 vectors that do not move with their neighbours: batch_size=1."""
+    """The documented way to int8 vectors that do not move with their neighbours: batch_size=1."""
     encoder = Encoder(with_variants, variant="int8")
     texts = [*MIXED_TEXTS, *CORPUS[:20]]
     alone = np.concatenate([encoder.encode([text]) for text in texts])
