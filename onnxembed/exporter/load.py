@@ -20,13 +20,18 @@ from onnxembed.exporter.lora import ADAPTER_CONFIG, merge_lora, read_adapter_con
 
 logger = logging.getLogger(__name__)
 
-# model_type -> the encoder class sentence-transformers' Transformer module loads for it.
+# model_type -> the encoder class sentence-transformers' Transformer module loads for it (for T5 and mT5 the
+# encoder alone, as its _ENCODER_ONLY_MODELS table does; AutoModel would build the decoder too).
 SUPPORTED_ARCHITECTURES = {
     "bert": "BertModel",
     "roberta": "RobertaModel",
     "xlm-roberta": "XLMRobertaModel",
     "distilbert": "DistilBertModel",
     "mpnet": "MPNetModel",
+    "modernbert": "ModernBertModel",
+    "t5": "T5EncoderModel",
+    "mt5": "MT5EncoderModel",
+    "gemma3_text": "Gemma3TextModel",
 }
 
 
@@ -90,7 +95,8 @@ def _check_architecture(model_dir: Path) -> str:
 
 def load_encoder(st_config: SentenceTransformerConfig, base_model: str | Path | None = None) -> LoadedEncoder:
     """Load the Transformer module of ``st_config`` as sentence-transformers would, on CPU in fp32."""
-    from transformers import AutoModel, AutoTokenizer
+    import transformers
+    from transformers import AutoTokenizer
 
     transformer_dir = st_config.transformer_dir
     adapter = None
@@ -104,8 +110,10 @@ def load_encoder(st_config: SentenceTransformerConfig, base_model: str | Path | 
             "lora_alpha": adapter_config.get("lora_alpha"),
         }
     architecture = _check_architecture(weights_dir)
-    # Eager attention traces to plain MatMul/Softmax, which onnxruntime's optimizer can fuse later.
-    model = AutoModel.from_pretrained(str(weights_dir), attn_implementation="eager")
+    # Eager attention traces to plain MatMul/Softmax, which onnxruntime's optimizer can fuse later. The class
+    # is named, not AutoModel's choice: T5 checkpoints load as their encoder alone, as sentence-transformers does.
+    model_class = getattr(transformers, architecture)
+    model = model_class.from_pretrained(str(weights_dir), attn_implementation="eager")
     if type(model).__name__ != architecture:
         raise UnsupportedModelError(f"{weights_dir} loads as {type(model).__name__}; expected {architecture}")
     if adapter is not None:
@@ -122,8 +130,10 @@ def load_encoder(st_config: SentenceTransformerConfig, base_model: str | Path | 
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir), **tokenizer_kwargs)
     if not tokenizer.is_fast:
         raise UnsupportedModelError(f"the tokenizer in {tokenizer_dir} has no fast (tokenizers) version")
-    if "model_max_length" not in tokenizer_kwargs:
-        tokenizer.model_max_length = min(tokenizer.model_max_length, model.config.max_position_embeddings)
+    # T5's relative positions have no table to cap at (sentence-transformers checks for the attribute too).
+    positions = getattr(model.config, "max_position_embeddings", -1)
+    if "model_max_length" not in tokenizer_kwargs and positions != -1:
+        tokenizer.model_max_length = min(tokenizer.model_max_length, positions)
     max_seq_length = tokenizer.model_max_length
     if st_config.do_lower_case:
         _add_lowercase(tokenizer)

@@ -7,6 +7,7 @@ Not in scope: checking that the graph is right (verify.py).
 
 from __future__ import annotations
 
+import inspect
 import logging
 import tempfile
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any, Literal
 
 import torch
 
+from onnxembed.exporter.errors import UnsupportedModelError
 from onnxembed.exporter.onnx_io import save
 
 logger = logging.getLogger(__name__)
@@ -31,13 +33,17 @@ class _TokenEmbeddings(torch.nn.Module):
     def __init__(self, model: torch.nn.Module) -> None:
         super().__init__()
         self.model = model
+        # Decoder-derived encoders (Gemma3) would otherwise build a key/value cache inside the graph.
+        self.no_cache = "use_cache" in inspect.signature(model.forward).parameters
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None
     ) -> torch.Tensor:
-        inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        inputs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask}
         if token_type_ids is not None:
             inputs["token_type_ids"] = token_type_ids
+        if self.no_cache:
+            inputs["use_cache"] = False
         return self.model(**inputs, return_dict=True).last_hidden_state  # type: ignore[no-any-return]
 
 
@@ -56,14 +62,32 @@ def export_sample(input_names: tuple[str, ...], vocab_size: int, pad_token_id: i
     return tuple(arrays[name] for name in input_names)
 
 
-def choose_exporter(exporter: Exporter, verified: bool = True) -> Literal["torchscript", "dynamo"]:
+# Families TorchScript cannot carry here, and why: "auto" takes dynamo for them up front (no failed trace
+# and fallback), and an explicit exporter="torchscript" is refused with the reason.
+TORCHSCRIPT_UNSUPPORTED = {
+    "gemma3_text": "TorchScript cannot trace Gemma3's mask functions (RuntimeError: unordered_map::at, torch 2.13)",
+}
+
+
+def choose_exporter(
+    exporter: Exporter, verified: bool = True, model_type: str | None = None
+) -> Literal["torchscript", "dynamo"]:
     """auto: TorchScript first. Its graphs are the ones onnxruntime's transformer optimizer fuses into
     Attention nodes (the dynamo graph of all-MiniLM-L6-v2 got no Attention fusion); the export job falls
     back to dynamo when the traced graph fails verification (an early transformers 5.x trace of the
     attention mask was wrong on padded batches; 5.24 with torch 2.13 traces every seed replica right).
-    Unverified exports (--no-verify) cannot fall back, so on transformers 5.x they take dynamo."""
+    Unverified exports (--no-verify) cannot fall back, so on transformers 5.x they take dynamo, and so do
+    the families in TORCHSCRIPT_UNSUPPORTED always."""
+    reason = TORCHSCRIPT_UNSUPPORTED.get(model_type or "")
+    if exporter == "torchscript" and reason:
+        raise UnsupportedModelError(
+            f"exporter='torchscript' cannot export model_type {model_type!r}: {reason}; "
+            "use exporter='dynamo' (or 'auto')"
+        )
     if exporter != "auto":
         return exporter
+    if reason:
+        return "dynamo"
     if verified:
         return "torchscript"
     import transformers
@@ -83,7 +107,7 @@ def export_onnx(
     """Write ``out_file`` (and ``out_file.name + '_data'`` when external); return what was done."""
     import onnx
 
-    method = choose_exporter(exporter, verified)
+    method = choose_exporter(exporter, verified, getattr(model.config, "model_type", None))
     wrapper = _TokenEmbeddings(model).eval()
     sample = export_sample(input_names, int(model.config.vocab_size), pad_token_id)
     axes = {name: {0: "batch", 1: "sequence"} for name in input_names}

@@ -337,7 +337,7 @@ def _export_transformer(
         try:
             graph_diff = verify_graph(*verify_args, max(atol, 1e-4))
         except ExportVerificationError as error:
-            if exporter != "auto":
+            if exporter != "auto" or trace["exporter"] != "torchscript":  # only a TorchScript graph can fall back
                 raise
             logger.warning("the TorchScript graph failed verification (%s); exporting with dynamo", error)
             try:

@@ -34,13 +34,26 @@ VERIFY_TEXTS = (
 )
 
 
+def attention_reach(config: Any) -> int:
+    """Tokens past which a family's attention changes kind: ModernBERT's local window, Gemma3's sliding
+    window, T5's farthest relative-position bucket (0: none)."""
+    reaches = (
+        getattr(config, name, None) for name in ("local_attention", "sliding_window", "relative_attention_max_distance")
+    )
+    return max((reach for reach in reaches if isinstance(reach, int)), default=0)
+
+
 def _graph_batches(
-    input_names: tuple[str, ...], vocab_size: int, pad_token_id: int, max_len: int
+    input_names: tuple[str, ...], vocab_size: int, pad_token_id: int, max_len: int, reach: int = 0
 ) -> list[dict[str, np.ndarray]]:
-    """Batches of 3 and 1 rows with lengths unlike the export sample (2 x 8)."""
+    """Batches of 3 and 1 rows with lengths unlike the export sample (2 x 8), and, where attention has a
+    reach (a local window), a padded batch whose long row runs past it."""
     rng = np.random.default_rng(1)
+    shapes = [(min(13, max_len), 6, 1), (min(max_len, 64),)]
+    if reach + 8 > 64 and max_len > 64:
+        shapes.append((min(max_len, reach + 8), 5))
     batches = []
-    for lengths in ((min(13, max_len), 6, 1), (min(max_len, 64),)):
+    for lengths in shapes:
         longest = max(lengths)
         input_ids = np.full((len(lengths), longest), pad_token_id, dtype=np.int64)
         attention_mask = np.zeros_like(input_ids)
@@ -66,7 +79,8 @@ def verify_graph(
 
     session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
     worst = 0.0
-    for batch in _graph_batches(input_names, model.config.vocab_size, pad_token_id, max_len):
+    reach = attention_reach(model.config)
+    for batch in _graph_batches(input_names, model.config.vocab_size, pad_token_id, max_len, reach):
         expected = model(**{name: torch.from_numpy(array) for name, array in batch.items()}).last_hidden_state.numpy()
         (actual,) = session.run(None, batch)
         real = batch["attention_mask"].astype(bool)
