@@ -136,7 +136,7 @@ def _t5_tokenizer() -> Any:
     return T5TokenizerFast(tokenizer_object=raw, extra_ids=0, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
 
 
-def build_t5(out: Path, mt5: bool = False) -> Replica:
+def build_t5(out: Path, mt5: bool = False, dense: bool = False) -> Replica:
     """T5EncoderModel as sentence-t5 (relu FFN) or MT5EncoderModel as mT5-based models (gated GELU): relative
     position bias, Unigram tokenizer with </s>, pad 0; mean + Normalize (the real ones' Dense is left out)."""
     import torch
@@ -160,7 +160,9 @@ def build_t5(out: Path, mt5: bool = False) -> Replica:
         decoder_start_token_id=0,
     )
     name = "mt5-encoder" if mt5 else "t5-encoder"
-    path = _save(out, _louder(model_cls(config)), tokenizer, max_seq_length=128)
+    # sentence-t5 / GTR: one bias-free projection after mean pooling
+    layers = [(config.d_model, config.d_model)] if dense else None
+    path = _save(out, _louder(model_cls(config)), tokenizer, max_seq_length=128, dense=layers)
     return Replica(name, path)
 
 

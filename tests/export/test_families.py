@@ -136,3 +136,27 @@ def test_unsupported_sibling_architecture_is_named(t5_encoder: Replica, tmp_path
     with pytest.raises(UnsupportedModelError, match="UMT5EncoderModel.*'umt5'.*not supported"):
         export(src, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("build", ["embedding_gemma", "sentence_t5"])
+def test_whole_pipelines_with_dense_heads(build: str, tmp_path: Path) -> None:
+    """EmbeddingGemma (mean -> Dense 4x -> Dense back -> Normalize) and sentence-t5 (mean -> Dense ->
+    Normalize) as their cards have them, in the plain, fused and pooled-in-graph variants."""
+    from sentence_transformers import SentenceTransformer
+
+    if build == "embedding_gemma":
+        replica = families.build_embedding_gemma(tmp_path / "src", dense=True)
+    else:
+        replica = families.build_t5(tmp_path / "src", dense=True)
+    reference = SentenceTransformer(str(replica.path), device="cpu")
+    export(
+        replica.path, tmp_path / "out", optimize=True, pool_in_graph=True, calibration_file=DATA / "multilingual.txt"
+    )
+    texts = _unseen_texts()
+    for variant in ("fp32", "optimized", "fp32-pooled"):
+        encoder = Encoder(tmp_path / "out", provider="cpu", variant=variant)
+        assert encoder.dim == reference.get_sentence_embedding_dimension()
+        for prompt_name in (None, *replica.prompts):
+            _assert_same(
+                reference.encode(texts, prompt_name=prompt_name), encoder.encode(texts, prompt_name=prompt_name)
+            )
