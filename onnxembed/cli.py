@@ -81,7 +81,9 @@ def _build_parser() -> argparse.ArgumentParser:
     encode.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
 
     info = commands.add_parser("info", help="show what an exported directory holds")
-    info.add_argument("model_dir", help="directory written by `onnxembed export`")
+    info.add_argument(
+        "model_dir", nargs="?", help="directory written by `onnxembed export` (none: what export supports)"
+    )
     info.add_argument("--json", action="store_true", help="print the manifest as JSON")
 
     serve = commands.add_parser("serve", help="HTTP server: OpenAI /v1/embeddings, TEI /embed and /similarity")
@@ -237,6 +239,9 @@ def _run_encode(args: argparse.Namespace) -> None:
 
 
 def _run_info(args: argparse.Namespace) -> None:
+    if args.model_dir is None:
+        _print_supported()
+        return
     manifest = Manifest.read(args.model_dir)
     if args.json:
         print(manifest.to_json(), end="")
@@ -264,6 +269,18 @@ def _run_info(args: argparse.Namespace) -> None:
             accuracy = _accuracy_summary(variant.accuracy)
         print(f"variant {name}:  {variant.file}  [{accuracy or 'not verified'}]")
     print(f"versions:        {', '.join(f'{k} {v}' for k, v in manifest.versions.items())}")
+
+
+def _print_supported() -> None:
+    from onnxembed.exporter.config import DENSE_ACTIVATIONS, SUPPORTED_ARCHITECTURES, SUPPORTED_MODULES
+    from onnxembed.kernels import POOLING_MODES
+
+    print("onnxembed export carries (docs/export.md):")
+    print(f"  encoders:    {', '.join(SUPPORTED_ARCHITECTURES.values())}")
+    print(f"  modules:     {', '.join(SUPPORTED_MODULES)}")
+    print(f"  pooling:     {', '.join(POOLING_MODES)} (and concatenations)")
+    print(f"  Dense:       activations {', '.join(DENSE_ACTIVATIONS)}")
+    print("  other architectures and modules are refused by name")
 
 
 def _modules_line(manifest: Manifest) -> str:

@@ -26,7 +26,21 @@ _LEGACY_POOLING_KEYS = {
     "pooling_mode_weightedmean_tokens": "weightedmean",
     "pooling_mode_lasttoken": "lasttoken",
 }
-_SUPPORTED_MODULES = ("Transformer", "StaticEmbedding", "Pooling", "Dense", "Normalize")
+# model_type -> the encoder class sentence-transformers' Transformer module loads for it (for T5 and mT5 the
+# encoder alone, as its _ENCODER_ONLY_MODELS table does; AutoModel would build the decoder too).
+SUPPORTED_ARCHITECTURES = {
+    "bert": "BertModel",
+    "roberta": "RobertaModel",
+    "xlm-roberta": "XLMRobertaModel",
+    "distilbert": "DistilBertModel",
+    "mpnet": "MPNetModel",
+    "modernbert": "ModernBertModel",
+    "t5": "T5EncoderModel",
+    "mt5": "MT5EncoderModel",
+    "gemma3_text": "Gemma3TextModel",
+}
+
+SUPPORTED_MODULES = ("Transformer", "StaticEmbedding", "Pooling", "Dense", "Normalize")
 _PIPELINES = "Transformer -> Pooling [-> Dense ...] [-> Normalize] or StaticEmbedding [-> Dense ...] [-> Normalize]"
 # torch.nn activations a Dense module may name (by their import path), as onnxembed.kernels.dense calls them.
 DENSE_ACTIVATIONS = {
@@ -103,7 +117,7 @@ def module_kind(type_name: str) -> str:
 def _check_module_order(modules: list[dict[str, Any]]) -> list[str]:
     kinds = [module_kind(str(module.get("type", ""))) for module in modules]
     for module, kind in zip(modules, kinds, strict=True):
-        if kind not in _SUPPORTED_MODULES:
+        if kind not in SUPPORTED_MODULES:
             raise UnsupportedModelError(
                 f"module {module.get('type')!r} ({module.get('path') or 'root'}) is not supported: onnxembed "
                 f"exports {_PIPELINES}"

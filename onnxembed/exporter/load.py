@@ -14,25 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from onnxembed.errors import InvalidArgumentError
-from onnxembed.exporter.config import SentenceTransformerConfig
+from onnxembed.exporter.config import SUPPORTED_ARCHITECTURES, SentenceTransformerConfig
 from onnxembed.exporter.errors import UnsupportedModelError
 from onnxembed.exporter.lora import ADAPTER_CONFIG, merge_lora, read_adapter_config
 
 logger = logging.getLogger(__name__)
-
-# model_type -> the encoder class sentence-transformers' Transformer module loads for it (for T5 and mT5 the
-# encoder alone, as its _ENCODER_ONLY_MODELS table does; AutoModel would build the decoder too).
-SUPPORTED_ARCHITECTURES = {
-    "bert": "BertModel",
-    "roberta": "RobertaModel",
-    "xlm-roberta": "XLMRobertaModel",
-    "distilbert": "DistilBertModel",
-    "mpnet": "MPNetModel",
-    "modernbert": "ModernBertModel",
-    "t5": "T5EncoderModel",
-    "mt5": "MT5EncoderModel",
-    "gemma3_text": "Gemma3TextModel",
-}
 
 
 @dataclass(frozen=True)

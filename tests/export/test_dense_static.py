@@ -222,3 +222,12 @@ def test_info_lists_the_modules(labse_like: Path, static_model: Path, tmp_path: 
     assert "Transformer (BertModel) -> Pooling (cls) -> Dense (32 -> 24, tanh) -> Normalize" in capsys.readouterr().out
     assert main(["info", str(tmp_path / "static")]) == 0
     assert "StaticEmbedding (mean of token vectors) -> Normalize" in capsys.readouterr().out
+
+
+def test_info_without_a_model_lists_what_export_carries(capsys) -> None:
+    from onnxembed.cli import main
+
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    for name in ("ModernBertModel", "T5EncoderModel", "Gemma3TextModel", "StaticEmbedding", "Dense", "GELU"):
+        assert name in out
