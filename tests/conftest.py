@@ -1,171 +1,38 @@
 """Fixtures: tiny random-weight replicas of the seed models (built once per run), their exports, and texts.
 
 Each replica is shaped as its model card says (encoder class, tokenizer kind, max_seq_length, pooling,
-Normalize, prompts, adapter) but small. Tokenizers are trained here with `tokenizers` on the test corpus.
-Nothing touches the network or the working directory.
+Normalize, prompts, adapter) but small; the builders and shared texts are in tests/replicas.py.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-DATA = Path(__file__).parent / "data"
-CORPUS = [line for line in (DATA / "multilingual.txt").read_text(encoding="utf-8").splitlines() if line]
-LONG_TEXT = " ".join(CORPUS) * 3  # far over every max_seq_length here
-
-# Texts every model is checked on: empty, one character, each script, emoji, far too long.
-MIXED_TEXTS = [
-    "",
-    "a",
-    "Hello World! THE CASE matters for cased models.",
-    "我想买一个羽毛球拍，有什么推荐吗？",
-    "상법 제651조의 내용은 무엇인가?",
-    "සීගිරිය යනු ලොව පුරා ප්‍රසිද්ධ ඓතිහාසික ස්ථානයකි",
-    "Emoji are text too 😀🎉👍🏽",
+from tests.replicas import (  # noqa: F401  (re-exported: older tests import these from here)
+    BERT_SPECIAL_NAMES,
+    BERT_SPECIALS,
+    CORPUS,
+    DATA,
     LONG_TEXT,
-    *CORPUS[:12],
-    " ",
-    "x" * 50,
-]
-
-# The tiny replicas built below, by fixture name (the real all-MiniLM-L6-v2 is the `minilm` fixture).
-REPLICA_FIXTURES = [
-    "chinese_bert",
-    "korean_sentencepiece_bert",
-    "xlm_roberta",
-    "roberta_lora",
-    "distilbert_lowercase",
-    "mpnet_prompts",
-    "cls_pooling_bert",
-    "multi_pooling_bert",
-]
-
-QUERY_PROMPTS = {
-    "query": "Represent this sentence for searching relevant passages: ",
-    "passage": "Represent this sentence for retrieving relevant passages: ",
-}
-
-
-@dataclass(frozen=True)
-class Replica:
-    """A SentenceTransformer directory built for the tests, and how it was built."""
-
-    name: str
-    path: Path
-    prompts: dict[str, str] = field(default_factory=dict)
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-def _wordpiece(texts: list[str], lowercase: bool, specials: list[str]) -> Any:
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-
-    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=lowercase, handle_chinese_chars=True)
-    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tokenizer.decoder = decoders.WordPiece()
-    tokenizer.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=600, special_tokens=specials))
-    cls, sep = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
-    )
-    return tokenizer
-
-
-def _unigram(texts: list[str], specials: list[str], unk: str, bos: str, eos: str) -> Any:
-    """A SentencePiece-style Unigram tokenizer (Metaspace pre-tokenizer), as XLM-R uses."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-
-    tokenizer = Tokenizer(models.Unigram())
-    tokenizer.normalizer = normalizers.NFKC()
-    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
-    tokenizer.decoder = decoders.Metaspace()
-    trainer = trainers.UnigramTrainer(vocab_size=400, special_tokens=specials, unk_token=unk)
-    tokenizer.train_from_iterator(texts, trainer)
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single=f"{bos} $A {eos}",
-        pair=f"{bos} $A {eos} {eos} $B {eos}",
-        special_tokens=[(bos, tokenizer.token_to_id(bos)), (eos, tokenizer.token_to_id(eos))],
-    )
-    return tokenizer
-
-
-BERT_SPECIALS = ["[CLS]", "[PAD]", "[SEP]", "[UNK]", "[MASK]"]  # [PAD] = 1, as RoBERTa's padding_idx
-BERT_SPECIAL_NAMES = {
-    "unk_token": "[UNK]",
-    "pad_token": "[PAD]",
-    "cls_token": "[CLS]",
-    "sep_token": "[SEP]",
-    "mask_token": "[MASK]",
-}
-
-
-def _bert_fast(tokenizer: Any, token_type_ids: bool = True) -> Any:
-    from transformers import BertTokenizerFast
-
-    names = ["input_ids", "token_type_ids", "attention_mask"] if token_type_ids else ["input_ids", "attention_mask"]
-    return BertTokenizerFast(tokenizer_object=tokenizer, model_input_names=names, **BERT_SPECIAL_NAMES)
-
-
-def _save_sentence_transformer(
-    out: Path,
-    hf_model: Any,
-    tokenizer: Any,
-    *,
-    max_seq_length: int,
-    pooling_mode: str | tuple[str, ...] = "mean",
-    normalize: bool = False,
-    include_prompt: bool = True,
-    do_lower_case: bool = False,
-    prompts: dict[str, str] | None = None,
-    default_prompt_name: str | None = None,
-    similarity_fn_name: str | None = None,
-) -> Path:
-    from sentence_transformers import SentenceTransformer, models
-
-    hf_dir = out.parent / f"{out.name}-hf"
-    hf_model.save_pretrained(hf_dir)
-    tokenizer.save_pretrained(hf_dir)
-    transformer = models.Transformer(str(hf_dir), max_seq_length=max_seq_length, do_lower_case=do_lower_case)
-    modules: list[Any] = [
-        transformer,
-        models.Pooling(hf_model.config.hidden_size, pooling_mode=pooling_mode, include_prompt=include_prompt),
-    ]
-    if normalize:
-        modules.append(models.Normalize())
-    model = SentenceTransformer(
-        modules=modules,
-        device="cpu",
-        prompts=prompts,
-        default_prompt_name=default_prompt_name,
-        similarity_fn_name=similarity_fn_name,
-    )
-    model.save(str(out))
-    return out
+    MIXED_TEXTS,
+    QUERY_PROMPTS,
+    REPLICA_FIXTURES,
+    Replica,
+    bert_fast,
+    exported,
+    save_sentence_transformer,
+    tiny_bert_config,
+    unigram,
+    wordpiece,
+)
 
 
 @pytest.fixture(scope="session")
 def replicas_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("replicas")
-
-
-def _tiny_bert_config(vocab_size: int, **overrides: Any) -> Any:
-    from transformers import BertConfig
-
-    return BertConfig(
-        vocab_size=vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=8,
-        intermediate_size=64,
-        max_position_embeddings=512,
-        pad_token_id=1,
-        **overrides,
-    )
 
 
 @pytest.fixture(scope="session")
@@ -175,9 +42,9 @@ def chinese_bert(replicas_dir: Path) -> Replica:
     from transformers import BertModel
 
     torch.manual_seed(0)
-    tokenizer = _bert_fast(_wordpiece(CORPUS, lowercase=True, specials=BERT_SPECIALS))
-    model = BertModel(_tiny_bert_config(tokenizer.vocab_size), add_pooling_layer=False)
-    path = _save_sentence_transformer(replicas_dir / "chinese-bert", model, tokenizer, max_seq_length=256)
+    tokenizer = bert_fast(wordpiece(CORPUS, lowercase=True, specials=BERT_SPECIALS))
+    model = BertModel(tiny_bert_config(tokenizer.vocab_size), add_pooling_layer=False)
+    path = save_sentence_transformer(replicas_dir / "chinese-bert", model, tokenizer, max_seq_length=256)
     # Like all-MiniLM-L6-v2's tokenizer.json: a fixed padding and truncation at 16 that the model's own
     # max_seq_length (256) overrides in sentence-transformers, and must in onnxembed.
     from tokenizers import Tokenizer
@@ -196,10 +63,10 @@ def korean_sentencepiece_bert(replicas_dir: Path) -> Replica:
     from transformers import BertModel, PreTrainedTokenizerFast
 
     torch.manual_seed(1)
-    raw = _unigram(CORPUS, specials=BERT_SPECIALS, unk="[UNK]", bos="[CLS]", eos="[SEP]")
+    raw = unigram(CORPUS, specials=BERT_SPECIALS, unk="[UNK]", bos="[CLS]", eos="[SEP]")
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=raw, **BERT_SPECIAL_NAMES)
-    model = BertModel(_tiny_bert_config(raw.get_vocab_size()), add_pooling_layer=False)
-    path = _save_sentence_transformer(replicas_dir / "korean-sp-bert", model, tokenizer, max_seq_length=128)
+    model = BertModel(tiny_bert_config(raw.get_vocab_size()), add_pooling_layer=False)
+    path = save_sentence_transformer(replicas_dir / "korean-sp-bert", model, tokenizer, max_seq_length=128)
     return Replica("korean-sp-bert", path)
 
 
@@ -210,7 +77,7 @@ def xlm_roberta(replicas_dir: Path) -> Replica:
     from transformers import XLMRobertaConfig, XLMRobertaModel, XLMRobertaTokenizerFast
 
     torch.manual_seed(2)
-    raw = _unigram(CORPUS, specials=["<s>", "<pad>", "</s>", "<unk>", "<mask>"], unk="<unk>", bos="<s>", eos="</s>")
+    raw = unigram(CORPUS, specials=["<s>", "<pad>", "</s>", "<unk>", "<mask>"], unk="<unk>", bos="<s>", eos="</s>")
     tokenizer = XLMRobertaTokenizerFast(tokenizer_object=raw)
     config = XLMRobertaConfig(
         vocab_size=raw.get_vocab_size(),
@@ -225,7 +92,7 @@ def xlm_roberta(replicas_dir: Path) -> Replica:
         type_vocab_size=1,
     )
     model = XLMRobertaModel(config, add_pooling_layer=False)
-    path = _save_sentence_transformer(replicas_dir / "xlm-roberta", model, tokenizer, max_seq_length=128)
+    path = save_sentence_transformer(replicas_dir / "xlm-roberta", model, tokenizer, max_seq_length=128)
     return Replica("xlm-roberta", path)
 
 
@@ -239,7 +106,7 @@ def roberta_lora(replicas_dir: Path) -> Replica:
     from transformers import RobertaConfig, RobertaModel
 
     torch.manual_seed(3)
-    tokenizer = _bert_fast(_wordpiece(CORPUS, lowercase=False, specials=BERT_SPECIALS))
+    tokenizer = bert_fast(wordpiece(CORPUS, lowercase=False, specials=BERT_SPECIALS))
     config = RobertaConfig(
         vocab_size=tokenizer.vocab_size,
         hidden_size=32,
@@ -250,7 +117,7 @@ def roberta_lora(replicas_dir: Path) -> Replica:
         pad_token_id=1,
         type_vocab_size=1,
     )
-    base = _save_sentence_transformer(
+    base = save_sentence_transformer(
         replicas_dir / "roberta-base",
         RobertaModel(config, add_pooling_layer=False),
         tokenizer,
@@ -275,7 +142,7 @@ def distilbert_lowercase(replicas_dir: Path) -> Replica:
     from transformers import DistilBertConfig, DistilBertModel
 
     torch.manual_seed(4)
-    tokenizer = _bert_fast(_wordpiece(CORPUS, lowercase=False, specials=BERT_SPECIALS), token_type_ids=False)
+    tokenizer = bert_fast(wordpiece(CORPUS, lowercase=False, specials=BERT_SPECIALS), token_type_ids=False)
     config = DistilBertConfig(
         vocab_size=tokenizer.vocab_size,
         dim=32,
@@ -284,7 +151,7 @@ def distilbert_lowercase(replicas_dir: Path) -> Replica:
         hidden_dim=64,
         pad_token_id=1,
     )
-    path = _save_sentence_transformer(
+    path = save_sentence_transformer(
         replicas_dir / "distilbert",
         DistilBertModel(config),
         tokenizer,
@@ -302,7 +169,7 @@ def mpnet_prompts(replicas_dir: Path) -> Replica:
     from transformers import MPNetConfig, MPNetModel
 
     torch.manual_seed(5)
-    tokenizer = _bert_fast(_wordpiece(CORPUS, lowercase=True, specials=BERT_SPECIALS), token_type_ids=False)
+    tokenizer = bert_fast(wordpiece(CORPUS, lowercase=True, specials=BERT_SPECIALS), token_type_ids=False)
     config = MPNetConfig(
         vocab_size=tokenizer.vocab_size,
         hidden_size=32,
@@ -312,7 +179,7 @@ def mpnet_prompts(replicas_dir: Path) -> Replica:
         max_position_embeddings=514,
         pad_token_id=1,
     )
-    path = _save_sentence_transformer(
+    path = save_sentence_transformer(
         replicas_dir / "mpnet",
         MPNetModel(config, add_pooling_layer=False),
         tokenizer,
@@ -331,9 +198,9 @@ def cls_pooling_bert(replicas_dir: Path) -> Replica:
     from transformers import BertModel
 
     torch.manual_seed(6)
-    tokenizer = _bert_fast(_wordpiece(CORPUS, lowercase=True, specials=BERT_SPECIALS))
-    model = BertModel(_tiny_bert_config(tokenizer.vocab_size), add_pooling_layer=False)
-    path = _save_sentence_transformer(
+    tokenizer = bert_fast(wordpiece(CORPUS, lowercase=True, specials=BERT_SPECIALS))
+    model = BertModel(tiny_bert_config(tokenizer.vocab_size), add_pooling_layer=False)
+    path = save_sentence_transformer(
         replicas_dir / "cls-bert",
         model,
         tokenizer,
@@ -352,10 +219,10 @@ def multi_pooling_bert(replicas_dir: Path) -> Replica:
     from transformers import BertModel
 
     torch.manual_seed(7)
-    tokenizer = _bert_fast(_wordpiece(CORPUS, lowercase=True, specials=BERT_SPECIALS))
-    model = BertModel(_tiny_bert_config(tokenizer.vocab_size), add_pooling_layer=False)
+    tokenizer = bert_fast(wordpiece(CORPUS, lowercase=True, specials=BERT_SPECIALS))
+    model = BertModel(tiny_bert_config(tokenizer.vocab_size), add_pooling_layer=False)
     prompts = {"query": "query: ", "long": "instruct: find the passage that answers this question, then "}
-    path = _save_sentence_transformer(
+    path = save_sentence_transformer(
         replicas_dir / "multi-pool-bert",
         model,
         tokenizer,
@@ -386,20 +253,6 @@ def minilm() -> Replica:
 @pytest.fixture(scope="session")
 def exports_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("exports")
-
-
-_EXPORTS: dict[str, Path] = {}
-
-
-def exported(replica: Replica, exports_dir: Path) -> Path:
-    """Export a replica once per run; later calls reuse the directory."""
-    from onnxembed import export
-
-    if replica.name not in _EXPORTS:
-        out = exports_dir / replica.name
-        export(replica.path, out)
-        _EXPORTS[replica.name] = out
-    return _EXPORTS[replica.name]
 
 
 @pytest.fixture(scope="session")

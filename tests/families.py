@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import CORPUS, Replica
+from tests.replicas import CORPUS, Replica
 
 FAMILY_FIXTURES = ["modernbert", "t5_encoder", "mt5_encoder", "embedding_gemma"]
 

@@ -10,7 +10,7 @@ import pytest
 
 import onnxembed
 from onnxembed import Encoder
-from tests.conftest import CORPUS, MIXED_TEXTS, Replica, exported
+from tests.replicas import CORPUS, MIXED_TEXTS, Replica, exported
 
 
 def test_export_is_a_function() -> None:

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from onnxembed.cli import main
-from tests.conftest import LONG_TEXT, MIXED_TEXTS, Replica
+from tests.replicas import LONG_TEXT, MIXED_TEXTS, Replica
 
 # An empty line in the middle, Chinese, Korean, a line far over max_seq_length, spaces only.
 STDIN_TEXTS = ["first line", "", "我想买一个羽毛球拍，有什么推荐吗？", LONG_TEXT, "상법 제651조의 내용은?", " "]

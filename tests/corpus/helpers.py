@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from tests.conftest import CORPUS, MIXED_TEXTS
+from tests.replicas import CORPUS, MIXED_TEXTS
 
 # Unique texts, several chunks' worth: empty, spaces, scripts, far over max_seq_length.
 TEXTS = [text for text in MIXED_TEXTS if "\n" not in text and "\r" not in text] + [

@@ -12,13 +12,13 @@ import pytest
 
 from onnxembed import Encoder, UnsupportedModelError, export
 from onnxembed.exporter.verify import compare_embeddings
-from tests.conftest import (
+from tests.replicas import (
     BERT_SPECIALS,
     CORPUS,
     MIXED_TEXTS,
-    _bert_fast,
-    _tiny_bert_config,
-    _wordpiece,
+    bert_fast,
+    tiny_bert_config,
+    wordpiece,
 )
 
 PROMPTS = {"query": "query: ", "document": "passage: "}
@@ -62,9 +62,9 @@ def labse_like(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     torch.manual_seed(11)
     tmp = tmp_path_factory.mktemp("labse")
-    tokenizer = _bert_fast(_wordpiece(CORPUS, lowercase=False, specials=BERT_SPECIALS))
+    tokenizer = bert_fast(wordpiece(CORPUS, lowercase=False, specials=BERT_SPECIALS))
     transformer = _transformer(
-        tmp, BertModel(_tiny_bert_config(tokenizer.vocab_size), add_pooling_layer=False), tokenizer, 64
+        tmp, BertModel(tiny_bert_config(tokenizer.vocab_size), add_pooling_layer=False), tokenizer, 64
     )
     modules = [transformer, models.Pooling(32, pooling_mode="cls"), _dense(32, 24, torch.nn.Tanh()), models.Normalize()]
     return _save(tmp / "st", modules, prompts=PROMPTS)
@@ -79,7 +79,7 @@ def distiluse_like(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     torch.manual_seed(12)
     tmp = tmp_path_factory.mktemp("distiluse")
-    tokenizer = _bert_fast(_wordpiece(CORPUS, lowercase=True, specials=BERT_SPECIALS), token_type_ids=False)
+    tokenizer = bert_fast(wordpiece(CORPUS, lowercase=True, specials=BERT_SPECIALS), token_type_ids=False)
     config = DistilBertConfig(
         vocab_size=tokenizer.vocab_size, dim=32, n_layers=2, n_heads=4, hidden_dim=64, pad_token_id=1
     )
@@ -97,9 +97,9 @@ def two_dense_gelu(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     torch.manual_seed(13)
     tmp = tmp_path_factory.mktemp("two-dense")
-    tokenizer = _bert_fast(_wordpiece(CORPUS, lowercase=True, specials=BERT_SPECIALS))
+    tokenizer = bert_fast(wordpiece(CORPUS, lowercase=True, specials=BERT_SPECIALS))
     transformer = _transformer(
-        tmp, BertModel(_tiny_bert_config(tokenizer.vocab_size), add_pooling_layer=False), tokenizer, 64
+        tmp, BertModel(tiny_bert_config(tokenizer.vocab_size), add_pooling_layer=False), tokenizer, 64
     )
     modules = [
         transformer,
@@ -118,7 +118,7 @@ def static_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from sentence_transformers import models
 
     torch.manual_seed(14)
-    tokenizer = _wordpiece(CORPUS, lowercase=True, specials=BERT_SPECIALS)  # with a [CLS] ... [SEP] template
+    tokenizer = wordpiece(CORPUS, lowercase=True, specials=BERT_SPECIALS)  # with a [CLS] ... [SEP] template
     static = models.StaticEmbedding(tokenizer, embedding_dim=24)
     return _save(tmp_path_factory.mktemp("static") / "st", [static, models.Normalize()], prompts=PROMPTS)
 

@@ -12,7 +12,7 @@ import pytest
 
 from onnxembed import Encoder
 from onnxembed.exporter import ExportVerificationError, UnsupportedModelError, export
-from tests.conftest import MIXED_TEXTS, Replica
+from tests.replicas import MIXED_TEXTS, Replica
 
 
 def _copy(replica: Replica, tmp_path: Path) -> Path:

@@ -20,8 +20,8 @@ from onnxembed.exporter.accuracy import compare
 from onnxembed.exporter.onnx_export import choose_exporter
 from onnxembed.manifest import Manifest
 from tests import families
-from tests.conftest import DATA, MIXED_TEXTS, Replica
 from tests.families import FAMILY_FIXTURES
+from tests.replicas import DATA, MIXED_TEXTS, Replica
 
 # the replica fixtures, made visible to this module
 modernbert, t5_encoder, mt5_encoder = families.modernbert, families.t5_encoder, families.mt5_encoder

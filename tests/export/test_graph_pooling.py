@@ -11,7 +11,7 @@ from onnxembed.exporter.accuracy import compare
 from onnxembed.exporter.errors import UnsupportedModelError
 from onnxembed.exporter.graph_pooling import can_pool_in_graph
 from onnxembed.manifest import POOLED_OUTPUT
-from tests.conftest import CORPUS, DATA, MIXED_TEXTS, REPLICA_FIXTURES, Replica
+from tests.replicas import CORPUS, DATA, MIXED_TEXTS, REPLICA_FIXTURES, Replica
 
 # weightedmean, lasttoken and include_prompt=False stay in numpy (see graph_pooling.py).
 POOLED_IN_NUMPY_ONLY = {"multi_pooling_bert"}

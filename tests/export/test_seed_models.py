@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from onnxembed import Encoder
-from tests.conftest import MIXED_TEXTS, REPLICA_FIXTURES, Replica, exported
+from tests.replicas import MIXED_TEXTS, REPLICA_FIXTURES, Replica, exported
 
 REPLICAS = [*REPLICA_FIXTURES, pytest.param("minilm", marks=pytest.mark.slow)]
 

@@ -13,7 +13,7 @@ import pytest
 
 from onnxembed import Encoder
 from onnxembed.exporter import UnsupportedModelError, export
-from tests.conftest import LONG_TEXT, MIXED_TEXTS, Replica
+from tests.replicas import LONG_TEXT, MIXED_TEXTS, Replica
 
 
 def _edit_json(path: Path, change: Callable[[dict], None]) -> None:

@@ -10,7 +10,7 @@ import pytest
 
 from onnxembed import Encoder, export
 from onnxembed.exporter.accuracy import compare
-from tests.conftest import CORPUS, DATA, MIXED_TEXTS, Replica
+from tests.replicas import CORPUS, DATA, MIXED_TEXTS, Replica
 
 CALIBRATION = DATA / "multilingual.txt"
 

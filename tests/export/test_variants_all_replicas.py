@@ -9,7 +9,7 @@ import pytest
 
 from onnxembed import Encoder, export
 from onnxembed.exporter.accuracy import compare
-from tests.conftest import CORPUS, DATA, MIXED_TEXTS, REPLICA_FIXTURES, Replica
+from tests.replicas import CORPUS, DATA, MIXED_TEXTS, REPLICA_FIXTURES, Replica
 
 
 @pytest.mark.parametrize("name", REPLICA_FIXTURES)

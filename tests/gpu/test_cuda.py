@@ -12,7 +12,7 @@ import pytest
 
 from onnxembed import Encoder, export
 from onnxembed.exporter.accuracy import compare
-from tests.conftest import CORPUS, LONG_TEXT, MIXED_TEXTS, REPLICA_FIXTURES, Replica
+from tests.replicas import CORPUS, LONG_TEXT, MIXED_TEXTS, REPLICA_FIXTURES, Replica
 
 pytestmark = [
     pytest.mark.gpu,

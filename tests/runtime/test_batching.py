@@ -12,7 +12,7 @@ import pytest
 
 from onnxembed import Encoder
 from onnxembed.runtime import batching
-from tests.conftest import CORPUS, LONG_TEXT, MIXED_TEXTS, exported
+from tests.replicas import CORPUS, LONG_TEXT, MIXED_TEXTS, exported
 
 TEXTS = [*MIXED_TEXTS, *CORPUS, LONG_TEXT[:700], "", "b"] * 2
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from onnxembed import Encoder
-from tests.conftest import CORPUS, MIXED_TEXTS, Replica, exported
+from tests.replicas import CORPUS, MIXED_TEXTS, Replica, exported
 
 TEXTS = MIXED_TEXTS + CORPUS[12:40]
 

@@ -14,7 +14,7 @@ import onnxruntime as ort
 import pytest
 
 from onnxembed import Encoder, ModelLoadError
-from tests.conftest import CORPUS, LONG_TEXT, MIXED_TEXTS, Replica, exported
+from tests.replicas import CORPUS, LONG_TEXT, MIXED_TEXTS, Replica, exported
 
 
 @pytest.fixture(scope="module")

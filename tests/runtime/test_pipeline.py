@@ -13,7 +13,7 @@ import pytest
 from onnxembed import Encoder
 from onnxembed.runtime.pipeline import OverlappedRunner, run_serial
 from onnxembed.runtime.tokenize import TextTokenizer
-from tests.conftest import CORPUS, LONG_TEXT, MIXED_TEXTS
+from tests.replicas import CORPUS, LONG_TEXT, MIXED_TEXTS
 
 
 def _texts() -> list[str]:

@@ -11,7 +11,7 @@ import pytest
 
 from onnxembed import Encoder
 from onnxembed.npy_stream import NpyWriter
-from tests.conftest import CORPUS, MIXED_TEXTS
+from tests.replicas import CORPUS, MIXED_TEXTS
 
 TEXTS = [*MIXED_TEXTS, *CORPUS]
 

@@ -15,7 +15,7 @@ import pytest
 from onnxembed import Encoder
 from onnxembed.serve.batcher import Batcher, QueueFull, ShuttingDown
 from onnxembed.serve.metrics import Metrics
-from tests.conftest import CORPUS, Replica
+from tests.replicas import CORPUS, Replica
 
 
 class BlockingEncoder:

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from onnxembed import Encoder
-from tests.conftest import CORPUS, LONG_TEXT, MIXED_TEXTS, Replica
+from tests.replicas import CORPUS, LONG_TEXT, MIXED_TEXTS, Replica
 from tests.serve.conftest import API_KEY, LIMITS, Server
 
 pytest.importorskip("uvicorn", reason="the server needs the serve extra: pip install 'onnxembed[serve]'")
