@@ -4,9 +4,8 @@ the request metrics.
 In scope: the statuses decided from the headers alone (401, 415, 429), counting requests and client
 disconnects. Not in scope: the body (parsing.py), connections and their timeouts (protocol.py).
 
-A response sent before the body is read keeps the connection open: uvicorn reads and discards the rest of
-the body, so a client still sending gets to read the answer instead of a reset (protocol.py bounds how
-much is discarded, and for how long).
+Before a response sent ahead of the body, the body is read and dropped within bounds (parsing.py's
+discard_body), so that a client still sending reads the answer instead of a connection reset.
 """
 
 from __future__ import annotations
@@ -17,6 +16,8 @@ from typing import Any
 
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from onnxembed.serve.parsing import DISCARD_BODIES, discard_body
 
 OPEN_PATHS = ("/health",)  # answered without the API key, for load balancers
 BODY_PATHS = ("/", "/v1/embeddings", "/embed", "/similarity")
@@ -83,6 +84,7 @@ class Gate:
                     message = f"{self.in_flight} requests are in flight (limit {config.max_concurrent_requests})"
                     response = error_response(429, message, "too_many_requests", {"Retry-After": "1"})
             if response is not None:
+                await discard_body(receive, DISCARD_BODIES * config.max_body_bytes)
                 await response(scope, receive, send_status)
             elif scope["method"] == "POST" and path in BODY_PATHS:
                 self.in_flight += 1  # one event loop: no lock needed

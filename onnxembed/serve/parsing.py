@@ -12,11 +12,13 @@ strings too). A client that hangs up mid-body raises ClientGone.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import orjson
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
+from starlette.types import Receive
 
 from onnxembed.serve.config import ApiError, ClientGone, ServeConfig
 
@@ -25,12 +27,32 @@ TOO_LARGE = "payload_too_large"
 # Bodies over this size are parsed on a worker thread: orjson reads ~1 GB/s, so an 8 MiB body would hold the
 # event loop (every other connection) for milliseconds.
 PARSE_OFF_LOOP_BYTES = 64 << 10
+# Before an early answer (413, 401, ...) the rest of the body is read and dropped, so that a client still
+# sending (urllib sends all before reading, and asks to close after) reads the answer instead of a reset.
+# Up to this many body limits, and only while bytes keep coming: a client that promised more than it sends
+# and waits gets its answer after this idle time.
+DISCARD_BODIES = 4
+DISCARD_IDLE_S = 0.5
+
+
+async def discard_body(receive: Receive, max_bytes: int) -> None:
+    """Read and drop what is left of a request body: up to ``max_bytes``, while it keeps arriving."""
+    seen = 0
+    while seen <= max_bytes:
+        try:
+            message = await asyncio.wait_for(receive(), DISCARD_IDLE_S)
+        except TimeoutError:
+            return
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            return
+        seen += len(message.get("body", b""))
 
 
 async def read_json(request: Request, max_body_bytes: int) -> dict[str, Any]:
     """The body as a JSON object, read no further than ``max_body_bytes``."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_body_bytes:
+        await discard_body(request.receive, DISCARD_BODIES * max_body_bytes)
         raise ApiError(413, f"request body is {declared} bytes; the limit is {max_body_bytes}", TOO_LARGE)
     chunks = []
     size = 0
@@ -38,6 +60,7 @@ async def read_json(request: Request, max_body_bytes: int) -> dict[str, Any]:
         async for chunk in request.stream():
             size += len(chunk)
             if size > max_body_bytes:
+                await discard_body(request.receive, DISCARD_BODIES * max_body_bytes - size)
                 raise ApiError(413, f"request body is over the limit of {max_body_bytes} bytes", TOO_LARGE)
             chunks.append(chunk)
     except ClientDisconnect as error:
