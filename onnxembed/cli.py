@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 import traceback
 from collections.abc import Iterator, Sequence
@@ -90,7 +89,10 @@ def _build_parser() -> argparse.ArgumentParser:
     serve.add_argument("model_dir", help="directory written by `onnxembed export`")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     serve.add_argument("--port", type=int, default=8080)
-    serve.add_argument("--api-key", help="require Authorization: Bearer KEY (default: $ONNXEMBED_API_KEY, else none)")
+    serve.add_argument(
+        "--api-key", help="require Authorization: Bearer KEY (default: $ONNXEMBED_API_KEY, else none; never empty)"
+    )
+    serve.add_argument("--api-key-file", metavar="PATH", help="read the key from a file (out of the process list)")
     serve.add_argument("--model-name", help="name the API reports (default: the directory's name)")
     serve.add_argument("--provider", default="auto", help="auto, cpu, cuda or an onnxruntime provider name")
     serve.add_argument(
@@ -111,6 +113,19 @@ def _build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-inputs", type=int, help="texts per request (default 2048, or --max-queue if smaller)")
     serve.add_argument("--max-input-chars", type=int, default=100_000, help="characters per text (default 100000)")
     serve.add_argument("--max-body-bytes", type=int, default=8 << 20, help="request body size (default 8 MiB)")
+    serve.add_argument(
+        "--max-queue-chars", type=int, help="characters waiting before 503 (default 32 Mi, at least one request's)"
+    )
+    serve.add_argument(
+        "--max-concurrent-requests", type=int, default=512, help="POSTs in flight before 429 (default 512)"
+    )
+    serve.add_argument("--max-connections", type=int, default=1024, help="open connections (default 1024)")
+    serve.add_argument(
+        "--request-timeout", type=float, default=10.0, help="seconds to send a request's headers and body (default 10)"
+    )
+    serve.add_argument(
+        "--shutdown-timeout", type=int, default=30, help="seconds to finish requests on SIGTERM (default 30)"
+    )
 
     corpus = commands.add_parser("embed-corpus", help="embed Parquet/JSONL/text into Parquet, locally or on Ray")
     corpus.add_argument("input", help="a .parquet, .jsonl or .txt file (one text per line), or a folder of them")
@@ -299,6 +314,7 @@ def _modules_line(manifest: Manifest) -> str:
 
 def _run_serve(args: argparse.Namespace) -> None:
     from onnxembed.serve import serve
+    from onnxembed.serve.config import api_key_from
 
     serve(
         args.model_dir,
@@ -309,13 +325,18 @@ def _run_serve(args: argparse.Namespace) -> None:
         workers=args.workers,
         variant=args.variant,
         model_name=args.model_name,
-        api_key=args.api_key or os.environ.get("ONNXEMBED_API_KEY") or None,
+        api_key=api_key_from(args.api_key, args.api_key_file),
         max_batch_tokens=args.max_batch_tokens,
         batch_wait_ms=args.batch_wait_ms,
         max_queue=args.max_queue,
         max_inputs=args.max_inputs,
         max_input_chars=args.max_input_chars,
         max_body_bytes=args.max_body_bytes,
+        max_queue_chars=args.max_queue_chars,
+        max_concurrent_requests=args.max_concurrent_requests,
+        max_connections=args.max_connections,
+        request_timeout_s=args.request_timeout,
+        graceful_timeout_s=args.shutdown_timeout,
         log_level="info" if args.verbose else "warning",
     )
 

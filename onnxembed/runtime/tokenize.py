@@ -17,6 +17,9 @@ from tokenizers import Encoding, Tokenizer
 from onnxembed.manifest import Manifest, ModelLoadError
 
 TOKENIZER_FILE = "tokenizer.json"
+# A text longer than this many characters per token of max_seq_length is tokenized from a prefix (a suffix
+# for left truncation) first; the budget doubles while the piece yields too few tokens (e.g. runs of spaces).
+CHARS_PER_TOKEN = 8
 
 
 class TextTokenizer:
@@ -49,10 +52,54 @@ class TextTokenizer:
         self._zero_type_ids = not any(tokenizer.encode("probe text", add_special_tokens=True).type_ids)
         self._encode_batch = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)
         self._add_special_tokens = manifest.add_special_tokens  # False for StaticEmbedding
+        self._left_truncation = manifest.truncation_side == "left"
+        # The same tokenizer without truncation, to count the tokens of a piece of a text (see _cut).
+        counter = Tokenizer.from_str(tokenizer.to_str())
+        counter.no_truncation()
+        self._count_batch = getattr(counter, "encode_batch_fast", counter.encode_batch)
 
     def encode(self, texts: Sequence[str]) -> list[Encoding]:
-        """Tokenize without padding; each Encoding keeps its own length."""
-        return self._encode_batch(list(texts), add_special_tokens=self._add_special_tokens)
+        """Tokenize without padding; each Encoding keeps its own length. A text far over max_seq_length is
+        first cut to a piece that gives the same tokens (see :meth:`_cut`): tokenizing all of it would cost
+        time and ~190 bytes a token for tokens that truncation drops."""
+        return self._encode_batch(self._cut(list(texts)), add_special_tokens=self._add_special_tokens)
+
+    def over_limit(self, texts: Sequence[str]) -> list[bool]:
+        """Whether each text (prompt included) has more tokens than max_seq_length, special tokens included,
+        before truncation. Counts no more of a text than that answer needs."""
+        encodings = self._count_batch(self._cut(list(texts)), add_special_tokens=self._add_special_tokens)
+        return [len(encoding.ids) > self._max_length for encoding in encodings]
+
+    def _cut(self, texts: list[str]) -> list[str]:
+        """``texts``, each long one cut before a space (U+0020) where the piece before it (after it, for left
+        truncation) already yields more than max_seq_length tokens without special tokens.
+
+        Why the tokens cannot change: every pre-tokenizer in use (whitespace, BERT, byte-level BPE,
+        Metaspace) ends a word at a space, so the piece's tokens are exactly the whole text's tokens up to
+        that space; truncation keeps at most max_seq_length of them. A left piece starts with its space, as
+        the word after it has one in the whole text (byte-level BPE folds it into the word's token). A text
+        with no space past the budget is kept whole; so is every text of a model without a length limit
+        (StaticEmbedding: 2**31 - 1)."""
+        limit = self._max_length
+        budget = limit * CHARS_PER_TOKEN
+        if not any(len(text) > budget for text in texts):
+            return texts
+        texts = list(texts)
+        budgets = {index: budget for index, text in enumerate(texts) if len(text) > budget}
+        while budgets:
+            pieces: dict[int, str] = {}
+            for index, size in budgets.items():
+                piece = _piece(texts[index], size, self._left_truncation)
+                if piece is not None:
+                    pieces[index] = piece
+            encodings = self._count_batch(list(pieces.values()), add_special_tokens=False)
+            budgets = {}
+            for (index, piece), encoding in zip(pieces.items(), encodings, strict=True):
+                if len(encoding.ids) > limit:
+                    texts[index] = piece
+                else:  # too few tokens (spaces, say): try a piece twice as long
+                    budgets[index] = 2 * len(piece)
+        return texts
 
     def pad(self, encodings: Sequence[Encoding], multiple_of: int = 1) -> dict[str, np.ndarray]:
         """Pad encodings to the longest one, rounded up to ``multiple_of`` (repeating shapes suit a GPU):
@@ -90,3 +137,15 @@ class TextTokenizer:
             if len(self._prompt_lengths) < 64:  # a model has a few prompts; callers may send any
                 self._prompt_lengths[prompt] = length
         return length
+
+
+def _piece(text: str, size: int, from_end: bool) -> str | None:
+    """The shortest piece of at least ``size`` characters that ends before a space (``from_end``: the
+    shortest tail that starts with one); None when there is none shorter than ``text``."""
+    if size >= len(text):
+        return None
+    if from_end:
+        start = text.rfind(" ", 1, len(text) - size + 1)
+        return None if start <= 0 else text[start:]
+    end = text.find(" ", size)
+    return None if end < 0 else text[:end]

@@ -10,6 +10,8 @@ closes the batcher, which runs every text it accepted before its workers stop; `
 
 from __future__ import annotations
 
+import ipaddress
+import logging
 import os
 import signal
 import threading
@@ -20,6 +22,8 @@ from typing import Literal
 from onnxembed.serve.config import ServeConfig
 
 __all__ = ["ServeConfig", "serve", "worker_threads"]
+
+logger = logging.getLogger(__name__)
 
 
 def worker_threads(provider: str, workers: int | None, threads: int | None) -> tuple[int, int | None]:
@@ -39,6 +43,15 @@ def worker_threads(provider: str, workers: int | None, threads: int | None) -> t
     if on_cpu and threads is None and workers > 1:
         threads = 1  # the workers share the cores, one each
     return workers, threads
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
 
 
 def _usable_cores() -> int:
@@ -65,6 +78,10 @@ def serve(
     max_inputs: int | None = None,
     max_input_chars: int = 100_000,
     max_body_bytes: int = 8 * 1024 * 1024,
+    max_queue_chars: int | None = None,
+    max_concurrent_requests: int = 512,
+    max_connections: int = 1024,
+    request_timeout_s: float = 10.0,
     graceful_timeout_s: int | None = 30,
     log_level: Literal["warning", "info", "debug"] = "warning",
 ) -> None:
@@ -73,7 +90,9 @@ def serve(
     Limits are those of :class:`ServeConfig`; ``max_inputs`` defaults to 2048 (OpenAI's), or ``max_queue``
     when that is smaller. ``workers`` inference threads run the model batches of the waiting requests on one
     shared session; on CPU the default is one worker per core with one intra-op thread each (``threads``
-    unset), elsewhere two (see :func:`worker_threads`).
+    unset), elsewhere two (see :func:`worker_threads`). ``max_queue_chars`` defaults to 32 Mi characters, or
+    what one request may hold if more. ``graceful_timeout_s`` bounds both the wait for requests in flight
+    and, after it, the wait for the queued texts.
     """
     try:
         import uvicorn
@@ -84,8 +103,12 @@ def serve(
         raise ImportError(f"onnxembed serve needs starlette, uvicorn and orjson: {hint} ({error})") from error
     from onnxembed.runtime import Encoder
     from onnxembed.runtime.session import resolve_provider
+    from onnxembed.serve.protocol import guarded_protocol
 
     workers, threads = worker_threads(resolve_provider(provider), workers, threads)
+    max_inputs = max_inputs if max_inputs is not None else min(2048, max_queue)
+    if max_queue_chars is None:
+        max_queue_chars = max(32 << 20, min(max_body_bytes, max_inputs * max_input_chars))
     config = ServeConfig(
         model_name=model_name or Path(model_dir).resolve().name,
         api_key=api_key,
@@ -93,16 +116,25 @@ def serve(
         batch_wait_ms=batch_wait_ms,
         workers=workers,
         max_queue=max_queue,
-        max_inputs=max_inputs if max_inputs is not None else min(2048, max_queue),
+        max_inputs=max_inputs,
         max_input_chars=max_input_chars,
         max_body_bytes=max_body_bytes,
+        max_queue_chars=max_queue_chars,
+        max_concurrent_requests=max_concurrent_requests,
+        max_connections=max_connections,
+        request_timeout_s=request_timeout_s,
+        drain_timeout_s=graceful_timeout_s,
     )
+    if api_key is None and not _loopback(host):
+        logger.warning("serving on %s without an API key: anyone who can reach it may use it", host)
     encoder = Encoder(model_dir, provider=provider, threads=threads, variant=variant)
     server = uvicorn.Server(
         uvicorn.Config(
             build_app(encoder, config),
             host=host,
             port=port,
+            # h11 with deadlines and a connection cap (protocol.py); 4 bodies' worth of discarding at most
+            http=guarded_protocol(request_timeout_s, max_connections, 4 * max_body_bytes),
             log_level=log_level,
             access_log=log_level != "warning",
             lifespan="on",

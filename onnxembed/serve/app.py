@@ -1,21 +1,43 @@
 """The HTTP API on Starlette: OpenAI's /v1/embeddings, text-embeddings-inference's /embed and /similarity,
-/v1/models, /health, /metrics.
+/v1/models, /health, /metrics; ``POST /`` answers as /embed (text-embeddings-inference's clients).
 
-In scope: routes, the API key, turning errors into ``{"error": {"message", "type"}}``, the token limit check
+In scope: routes, turning errors into ``{"error": {"message", "type"}}``, the token limit check
 (only texts cut at max_seq_length are recounted), per-request post-processing of the workers' rows
 (dimensions, normalize, base64).
-Not in scope: batching (batcher.py), body checks (parsing.py), the exposition format (metrics.py).
+Not in scope: batching (batcher.py), body checks (parsing.py), the API key and other header checks
+(gate.py), connections (protocol.py), the exposition format (metrics.py).
+
+Statuses (each tested over real HTTP in tests/serve):
+
+=====  ==========================================================================================
+200    the answer
+400    the body is not JSON orjson accepts: invalid UTF-8, lone surrogate, 10**5000, deep nesting
+401    missing or wrong API key (``Authorization: Bearer KEY``; /health needs none)
+404    no such route
+405    wrong method for the route; ``Allow`` names the right one
+413    body, input count, input length (characters) over a limit, or with TEI's ``truncate: false``
+       an input over max_seq_length tokens; readable by a client still sending (the rest of the body
+       is read and discarded, within limits)
+415    a Content-Type other than ``application/json`` (charset utf-8 or none); none at all is JSON
+422    well-formed JSON with a field of the wrong type or value
+429    more than ``max_concurrent_requests`` POSTs in flight (TEI's answer); Retry-After
+503    the queue holds too many texts or characters now (Retry-After), the server is starting or
+       stopping, or (from the connection layer) too many connections
+500    only a real internal fault (the model's output not finite, a bug)
+=====  ==========================================================================================
+
+A client that hangs up gets nothing; its request leaves the queue if no worker took it, and /metrics
+counts it under onnxembed_client_disconnects_total, not as a status. A connection that has not sent its
+headers and body within ``request_timeout_s`` is closed (protocol.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import hmac
-import time
 from collections.abc import AsyncIterator
+from concurrent.futures import Future
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
@@ -23,20 +45,19 @@ import orjson
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
-from tokenizers import Tokenizer
+from starlette.types import Receive
 
+from onnxembed.errors import InvalidArgumentError
 from onnxembed.kernels import normalize
 from onnxembed.runtime import Encoder
-from onnxembed.serve.batcher import Batcher, QueueFull, ShuttingDown
-from onnxembed.serve.config import ApiError, ServeConfig
+from onnxembed.serve.batcher import Batcher, Embedded, QueueFull, ShuttingDown
+from onnxembed.serve.config import ApiError, ClientGone, ServeConfig
+from onnxembed.serve.gate import DISCONNECTED, Gate, error_response
 from onnxembed.serve.metrics import Metrics
 from onnxembed.serve.parsing import INVALID, TOO_LARGE, choice_field, optional_field, read_json, texts_field
-
-OPEN_PATHS = ("/health",)  # answered without the API key, for load balancers
 
 
 class VectorsResponse(JSONResponse):
@@ -48,21 +69,6 @@ class VectorsResponse(JSONResponse):
         return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
-class TokenCounter:
-    """Tokens per text before truncation (special tokens and prompt included), for text-embeddings-inference's
-    ``truncate: false`` check. Only texts that reached max_seq_length in the model need it: a text cut short
-    is exactly one whose truncated count is the limit."""
-
-    def __init__(self, model_dir: Path) -> None:
-        self._tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
-        self._tokenizer.no_padding()
-        self._tokenizer.no_truncation()
-
-    def count(self, texts: list[str], prompt: str) -> list[int]:
-        encodings = self._tokenizer.encode_batch([prompt + text for text in texts], add_special_tokens=True)
-        return [len(encoding.ids) for encoding in encodings]
-
-
 class EmbeddingService:
     """What the routes share: the Encoder, its batcher, limits, metrics."""
 
@@ -70,7 +76,6 @@ class EmbeddingService:
         self.encoder = encoder
         self.config = config
         self.metrics = Metrics()
-        self.counter = TokenCounter(encoder.model_dir)
         self.batcher: Batcher | None = None
 
     def start(self) -> None:
@@ -82,11 +87,12 @@ class EmbeddingService:
             self.metrics,
             batch_wait_s=self.config.batch_wait_ms / 1000,
             workers=self.config.workers,
+            max_queue_chars=self.config.max_queue_chars,
         )
 
-    def stop(self) -> None:
+    def stop(self, timeout: float | None = None) -> None:
         if self.batcher is not None:
-            self.batcher.close()
+            self.batcher.close(timeout)
 
     def prompt(self, payload: dict[str, Any]) -> str:
         name = optional_field(payload, "prompt_name", str, self.encoder.manifest.default_prompt_name)
@@ -98,7 +104,7 @@ class EmbeddingService:
             raise ApiError(422, f"prompt_name {name!r} is not one of the model's prompts: {known}", INVALID)
         return prompts[name]
 
-    async def embed(self, texts: list[str], prompt: str, truncate: bool) -> tuple[np.ndarray, int]:
+    async def embed(self, request: Request, texts: list[str], prompt: str, truncate: bool) -> tuple[np.ndarray, int]:
         """(len(texts), dim) float32 rows as ``Encoder.encode(texts, prompt=prompt)`` gives them, and the tokens
         the model read (after truncation). ``truncate`` False: an input longer than the model reads is 413.
 
@@ -114,18 +120,46 @@ class EmbeddingService:
             raise ApiError(503, str(error), "server_busy", headers) from error
         except ShuttingDown as error:
             raise ApiError(503, str(error), "server_busy", {"Retry-After": str(self.config.retry_after_s)}) from error
-        embedded = await asyncio.wrap_future(future)
+        try:
+            embedded = await self._answer_or_hang_up(future, request.receive)
+        except InvalidArgumentError as error:  # e.g. a prompt this variant cannot leave out of its pooling
+            raise ApiError(422, str(error), INVALID) from error
         rows, tokens = embedded.rows, embedded.tokens
         limit = self.encoder.max_seq_length
         if not truncate and (cut := np.flatnonzero(tokens >= limit)).size:
-            counts = await run_in_threadpool(self.counter.count, [texts[index] for index in cut], prompt)
-            for index, count in zip(cut.tolist(), counts, strict=True):
-                if count > limit:
-                    message = f"input {index} has {count} tokens; the model reads {limit} (send truncate: true)"
+            # only texts that reached the limit may be over it; counting stops past the limit (tokenize.py)
+            over = await run_in_threadpool(self.encoder._tokenizer.over_limit, [prompt + texts[i] for i in cut])
+            for index, longer in zip(cut.tolist(), over, strict=True):
+                if longer:
+                    message = (
+                        f"input {index} has more than {limit} tokens, the most the model reads (send truncate: true)"
+                    )
                     raise ApiError(413, message, TOO_LARGE)
         if not np.isfinite(rows).all():  # orjson would write NaN and inf as null; say what happened instead
             raise ApiError(500, "the model produced non-finite values (NaN or inf) for this input", "server_error")
         return rows, int(tokens.sum())
+
+    async def _answer_or_hang_up(self, future: Future[Embedded], receive: Receive) -> Embedded:
+        """The batcher's answer, unless the client hangs up first: then its texts leave the queue (if no
+        worker took them yet) and ClientGone is raised. The body was read, so the next message uvicorn
+        gives is the disconnect."""
+
+        async def hung_up() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+
+        answer = asyncio.wrap_future(future)
+        watch = asyncio.ensure_future(hung_up())
+        try:
+            await asyncio.wait((answer, watch), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watch.cancel()
+        if not answer.done():
+            if self.batcher is not None:
+                self.batcher.withdraw(future)
+            answer.cancel()
+            raise ClientGone("the client hung up while its request waited")
+        return answer.result()
 
     def check_dimensions(self, dimensions: int | None) -> None:
         if dimensions is not None and not 1 <= dimensions <= self.encoder.dim:
@@ -140,7 +174,7 @@ async def openai_embeddings(request: Request) -> Response:
     encoding_format = choice_field(payload, "encoding_format", ("float", "base64"))
     dimensions = optional_field(payload, "dimensions", int)
     service.check_dimensions(dimensions)
-    rows, tokens = await service.embed(texts, service.prompt(payload), truncate=True)
+    rows, tokens = await service.embed(request, texts, service.prompt(payload), truncate=True)
     if dimensions is not None:  # as OpenAI's text-embedding-3: shorten, then re-normalize
         rows = normalize(rows[:, :dimensions])
     data = [
@@ -165,7 +199,7 @@ async def tei_embed(request: Request) -> Response:
     truncate = optional_field(payload, "truncate", bool, False)
     dimensions = optional_field(payload, "dimensions", int)
     service.check_dimensions(dimensions)
-    rows, _ = await service.embed(texts, service.prompt(payload), truncate=truncate)
+    rows, _ = await service.embed(request, texts, service.prompt(payload), truncate=truncate)
     if dimensions is not None:
         rows = rows[:, :dimensions]
     if normalize_rows:
@@ -185,9 +219,10 @@ async def tei_similarity(request: Request) -> Response:
     if not isinstance(inputs.get("sentences"), list):
         raise ApiError(422, "'sentences' is required and must be a list of strings", INVALID)
     source = texts_field(inputs, "source_sentence", service.config)
-    sentences = texts_field(inputs, "sentences", service.config)
+    # the source counts among max_inputs, so that every request within the limits fits the queue
+    sentences = texts_field(inputs, "sentences", service.config, service.config.max_inputs - 1)
     truncate = optional_field(payload, "truncate", bool, False)
-    rows, _ = await service.embed(source + sentences, service.prompt(payload), truncate=truncate)
+    rows, _ = await service.embed(request, source + sentences, service.prompt(payload), truncate=truncate)
     scores = service.encoder.similarity(rows[:1], rows[1:])[0]
     return VectorsResponse(np.ascontiguousarray(scores, dtype=np.float32))
 
@@ -202,6 +237,8 @@ async def health(request: Request) -> Response:
     service: EmbeddingService = request.app.state.service
     if service.batcher is None or service.batcher.closed:
         return JSONResponse({"status": "unavailable"}, status_code=503)
+    if not service.batcher.alive:  # a worker died: its share of the queue would wait forever
+        return JSONResponse({"status": "unavailable", "reason": "an inference worker thread died"}, status_code=503)
     return JSONResponse({"status": "ok"})
 
 
@@ -211,66 +248,27 @@ async def metrics(request: Request) -> Response:
     return PlainTextResponse(service.metrics.render(depth), media_type="text/plain; version=0.0.4")
 
 
-def error_response(status: int, message: str, error_type: str, headers: dict[str, str] | None = None) -> Response:
-    return JSONResponse({"error": {"message": message, "type": error_type}}, status_code=status, headers=headers)
-
-
 async def _api_error(request: Request, error: Exception) -> Response:
     error = cast(ApiError, error)  # Starlette dispatches by type
     return error_response(error.status, error.message, error.error_type, error.headers)
 
 
 async def _http_error(request: Request, error: Exception) -> Response:
-    error = cast(HTTPException, error)
-    return error_response(error.status_code, str(error.detail), "not_found" if error.status_code == 404 else INVALID)
+    error = cast(HTTPException, error)  # 404, and 405 with its Allow header
+    error_type = "not_found" if error.status_code == 404 else INVALID
+    return error_response(error.status_code, str(error.detail), error_type, dict(error.headers or {}))
+
+
+async def _gone(request: Request, error: Exception) -> Response:
+    return Response(status_code=DISCONNECTED)  # never delivered; the gate counts it as a disconnect
 
 
 async def _server_error(request: Request, error: Exception) -> Response:
     return error_response(500, f"internal error: {type(error).__name__}: {error}", "server_error")
 
 
-class Gate:
-    """ASGI middleware around every request: the API key (401), and the request counter and latency."""
-
-    def __init__(self, app: ASGIApp, service: EmbeddingService) -> None:
-        self.app = app
-        self.service = service
-        self.paths = {route.path for route in ROUTES}
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 500
-
-        async def send_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            key = self.service.config.api_key
-            if key is not None and scope["path"] not in OPEN_PATHS and not self._authorized(scope, key):
-                response = error_response(401, "missing or wrong API key (Authorization: Bearer KEY)", "unauthorized")
-                response.headers["WWW-Authenticate"] = "Bearer"
-                await response(scope, receive, send_status)
-            else:
-                await self.app(scope, receive, send_status)
-        finally:
-            endpoint = scope["path"] if scope["path"] in self.paths else "other"
-            self.service.metrics.observe_request(endpoint, status, time.perf_counter() - started)
-
-    @staticmethod
-    def _authorized(scope: Scope, key: str) -> bool:
-        headers = dict(scope["headers"])
-        given = headers.get(b"authorization", b"").decode("latin-1")
-        scheme, _, token = given.partition(" ")
-        return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), key.encode())
-
-
 ROUTES = [
+    Route("/", tei_embed, methods=["POST"]),
     Route("/v1/embeddings", openai_embeddings, methods=["POST"]),
     Route("/embed", tei_embed, methods=["POST"]),
     Route("/similarity", tei_similarity, methods=["POST"]),
@@ -290,13 +288,19 @@ def build_app(encoder: Encoder, config: ServeConfig) -> Starlette:
         try:
             yield
         finally:
-            await run_in_threadpool(service.stop)
+            await run_in_threadpool(service.stop, config.drain_timeout_s)
 
     app = Starlette(
         routes=ROUTES,
         lifespan=lifespan,
-        exception_handlers={ApiError: _api_error, HTTPException: _http_error, Exception: _server_error},
+        exception_handlers={
+            ApiError: _api_error,
+            HTTPException: _http_error,
+            ClientGone: _gone,
+            ClientDisconnect: _gone,
+            Exception: _server_error,
+        },
     )
     app.state.service = service
-    app.add_middleware(Gate, service=service)
+    app.add_middleware(Gate, service=service, paths={route.path for route in ROUTES})
     return app

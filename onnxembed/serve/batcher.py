@@ -28,6 +28,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from onnxembed.errors import OnnxEmbedError
 from onnxembed.runtime import Encoder
 from onnxembed.serve.metrics import Metrics
 
@@ -42,11 +43,11 @@ class Embedded(NamedTuple):
     tokens: np.ndarray  # (texts,) int64
 
 
-class QueueFull(Exception):
+class QueueFull(OnnxEmbedError):
     """The queue holds too many texts to take this request now."""
 
 
-class ShuttingDown(Exception):
+class ShuttingDown(OnnxEmbedError):
     """The batcher was closed: it finishes what it accepted and takes nothing new."""
 
 
@@ -55,6 +56,7 @@ class _Job:
     texts: list[str]
     prompt: str
     future: Future[Embedded]
+    chars: int = 0
 
 
 @dataclass
@@ -133,8 +135,10 @@ class Batcher:
         metrics: Metrics | None = None,
         batch_wait_s: float = 0.0,
         workers: int = 1,
+        max_queue_chars: int | None = None,
     ) -> None:
         self._encoder = encoder
+        self.max_queue_chars = max_queue_chars  # None: no bound on characters
         self._batch_wait_s = batch_wait_s
         self.max_queue = max_queue
         self._max_run_texts = max_run_texts
@@ -144,6 +148,7 @@ class Batcher:
         self._jobs: deque[_Job] = deque()  # requests not taken yet
         self._runs: deque[Run] = deque()  # planned batches not started yet
         self._queued = 0
+        self._queued_chars = 0
         self._planning = 0  # workers cutting a take into batches (they will add runs)
         self._closed = False
         self._threads = [
@@ -162,6 +167,11 @@ class Batcher:
     def closed(self) -> bool:
         return self._closed
 
+    @property
+    def alive(self) -> bool:
+        """Whether every worker thread still runs (a dead one would leave its share of the queue waiting)."""
+        return all(thread.is_alive() for thread in self._threads)
+
     def submit(self, texts: list[str], prompt: str) -> Future[Embedded]:
         """Queue texts (all run with ``prompt``, "" for none); raises QueueFull or ShuttingDown."""
         future: Future[Embedded] = Future()
@@ -170,19 +180,51 @@ class Batcher:
                 raise ShuttingDown("the server is shutting down")
             if self._queued + len(texts) > self.max_queue:
                 raise QueueFull(f"{self._queued} texts are queued (limit {self.max_queue}); retry later")
-            self._jobs.append(_Job(texts, prompt, future))
+            chars = sum(map(len, texts))
+            if self.max_queue_chars is not None and self._queued_chars + chars > self.max_queue_chars:
+                limit = self.max_queue_chars
+                raise QueueFull(f"{self._queued_chars} characters are queued (limit {limit}); retry later")
+            self._jobs.append(_Job(texts, prompt, future, chars))
             self._queued += len(texts)
+            self._queued_chars += chars
             self._cond.notify()
         return future
 
+    def withdraw(self, future: Future[Embedded]) -> bool:
+        """Take back a request whose client hung up: out of the queue if no worker took it yet (True), else
+        its future is cancelled, which stops it only if its batches were not planned."""
+        with self._cond:
+            for job in self._jobs:
+                if job.future is future:
+                    self._jobs.remove(job)
+                    self._queued -= len(job.texts)
+                    self._queued_chars -= job.chars
+                    future.cancel()
+                    return True
+        future.cancel()
+        return False
+
     def close(self, timeout: float | None = None) -> None:
-        """Take nothing new, finish every accepted job, stop the workers."""
+        """Take nothing new, finish every accepted job, stop the workers. Past ``timeout`` seconds, the jobs
+        not yet answered get ShuttingDown (a stuck model must not hold the process forever)."""
         with self._cond:
             self._closed = True
             self._cond.notify_all()
         deadline = None if timeout is None else time.monotonic() + timeout
         for thread in self._threads:
             thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        if self.alive:
+            with self._cond:
+                jobs, runs = list(self._jobs), list(self._runs)
+                self._jobs.clear()
+                self._runs.clear()
+                self._queued = self._queued_chars = 0
+            error = ShuttingDown("the server stopped before this request was embedded")
+            for job in jobs:
+                if job.future.set_running_or_notify_cancel():
+                    job.future.set_exception(error)
+            for take in {id(run[0]): run[0] for run in runs}.values():
+                take.fail(error)
 
     def _work(self) -> None:
         while (run := self._next_run()) is not None:
@@ -244,6 +286,7 @@ class Batcher:
             count += len(job.texts)
             taken.append(job)
         self._queued -= count
+        self._queued_chars -= sum(job.chars for job in taken)
         return taken
 
     def _plan(self, jobs: list[_Job]) -> list[Run]:

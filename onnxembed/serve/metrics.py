@@ -1,7 +1,8 @@
 """Prometheus text exposition, written by hand: counters and histograms under one lock.
 
-In scope: requests by endpoint and status, queue depth, worker batch size and tokens, inference and
-end-to-end latency. Not in scope: collecting them (app.py, batcher.py).
+In scope: requests by endpoint and status, client disconnects (apart: no answer was sent, and they are not
+errors), queue depth, worker batch size and tokens, inference and end-to-end latency.
+Not in scope: collecting them (app.py, batcher.py).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ class Metrics:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._requests: Counter[tuple[str, int]] = Counter()
+        self._disconnects: Counter[str] = Counter()
         self._texts = 0
         self._request_seconds = Histogram(
             "onnxembed_request_duration_seconds", "End-to-end request latency.", LATENCY_BUCKETS
@@ -58,6 +60,10 @@ class Metrics:
             self._requests[(endpoint, status)] += 1
             self._request_seconds.observe(seconds)
 
+    def observe_disconnect(self, endpoint: str) -> None:
+        with self._lock:
+            self._disconnects[endpoint] += 1
+
     def observe_batch(self, texts: int, tokens: int, seconds: float) -> None:
         with self._lock:
             self._texts += texts
@@ -71,6 +77,10 @@ class Metrics:
             lines.append("# TYPE onnxembed_requests_total counter")
             for (endpoint, status), count in sorted(self._requests.items()):
                 lines.append(f'onnxembed_requests_total{{endpoint="{endpoint}",status="{status}"}} {count}')
+            lines.append("# HELP onnxembed_client_disconnects_total Requests whose client hung up before the answer.")
+            lines.append("# TYPE onnxembed_client_disconnects_total counter")
+            for endpoint, count in sorted(self._disconnects.items()):
+                lines.append(f'onnxembed_client_disconnects_total{{endpoint="{endpoint}"}} {count}')
             lines += ["# HELP onnxembed_texts_total Texts embedded.", "# TYPE onnxembed_texts_total counter"]
             lines.append(f"onnxembed_texts_total {self._texts}")
             lines.append("# HELP onnxembed_queue_depth Texts waiting for the worker.")

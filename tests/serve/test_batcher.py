@@ -249,3 +249,38 @@ def test_free_workers_join_in_on_the_batches_of_one_take() -> None:
         assert fake.takes == [["p", "qq"]] and fake.most_running == 2
     finally:
         batcher.close(timeout=30)
+
+
+def test_queue_is_bounded_in_characters_too() -> None:
+    fake = BlockingEncoder()
+    batcher = Batcher(fake, max_queue=100, max_run_texts=100, max_queue_chars=10)  # type: ignore[arg-type]
+    try:
+        first = batcher.submit(["a"], "")  # the worker takes it and blocks
+        assert _wait_until(lambda: batcher.queue_depth == 0)
+        waiting = batcher.submit(["bbbbbbbb"], "")  # 8 characters wait
+        with pytest.raises(QueueFull, match="characters"):
+            batcher.submit(["ccc"], "")
+        assert batcher.withdraw(waiting)  # its client hung up: it leaves the queue, freeing its characters
+        assert waiting.cancelled() and batcher.queue_depth == 0
+        later = batcher.submit(["cccccccc"], "")
+    finally:
+        fake.release.set()
+        batcher.close(timeout=30)
+    assert first.result(timeout=1).rows[:, 0].tolist() == [1]
+    assert later.result(timeout=1).rows[:, 0].tolist() == [8]
+    assert ["bbbbbbbb"] not in fake.takes  # the withdrawn request never ran
+
+
+def test_close_gives_up_on_a_stuck_model_after_its_timeout() -> None:
+    fake = BlockingEncoder()
+    batcher = Batcher(fake, max_queue=100, max_run_texts=1)  # type: ignore[arg-type]
+    running = batcher.submit(["a"], "")
+    assert _wait_until(lambda: batcher.queue_depth == 0)
+    queued = batcher.submit(["b"], "")
+    batcher.close(timeout=0.1)  # the model never returns in time: the queued request is answered anyway
+    with pytest.raises(ShuttingDown):
+        queued.result(timeout=1)
+    assert batcher.alive  # the stuck worker is still in its batch
+    fake.release.set()
+    assert running.result(timeout=30).rows[:, 0].tolist() == [1]
+    assert _wait_until(lambda: not batcher.alive)

@@ -1,0 +1,118 @@
+"""Connections: uvicorn's h11 protocol with the limits an unattended server needs against slow or hostile
+clients.
+
+In scope: a deadline for each request's headers and body (slowloris, a trickled body, a Content-Length
+that promises more than is sent), a cap on open connections, a bound on the body bytes read and discarded
+after an early answer (413, 429...). Not in scope: anything about requests' content (gate.py, parsing.py).
+
+uvicorn has none of these on its own: its keep-alive timer runs only between requests and every byte
+received cancels it, so a client sending one byte every few seconds holds a connection forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, ClassVar
+
+import h11
+import orjson
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+
+def _canned(status: str, message: str, extra: str = "") -> bytes:
+    body = orjson.dumps({"error": {"message": message, "type": "server_busy"}})
+    head = f"HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
+    return (head + extra + "connection: close\r\n\r\n").encode("latin-1") + body
+
+
+TOO_MANY_CONNECTIONS = _canned("503 Service Unavailable", "too many open connections", "retry-after: 1\r\n")
+TIMED_OUT = _canned("408 Request Timeout", "the request's headers and body did not arrive in time")
+LINGER_S = 1.0  # a refused connection stays open this long, so that its request is read, not reset
+
+
+class GuardedH11Protocol(H11Protocol):
+    """One connection. The deadline runs from the connection's start (or a new request's first byte) until
+    the request's body is complete; when it passes, the client gets a 408 if no answer was started, and
+    the connection is closed (a route still reading the body sees a disconnect)."""
+
+    request_timeout_s: ClassVar[float] = 10.0
+    max_connections: ClassVar[int] = 1024
+    max_discard_bytes: ClassVar[int] = 32 << 20
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._deadline: asyncio.TimerHandle | None = None
+        self._discarded = 0
+        self._refused = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        refuse = len(self.connections) >= self.max_connections  # counted before this one joins
+        super().connection_made(transport)  # type: ignore[arg-type]
+        if refuse:
+            self._refused = True
+            self.transport.write(TOO_MANY_CONNECTIONS)
+            self.loop.call_later(LINGER_S, self.transport.close)
+            return
+        self._arm()
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return
+        cycle = self.cycle
+        if cycle is not None and cycle.response_complete and self.conn.their_state is h11.SEND_BODY:
+            # answered early (413, 429...): uvicorn reads the rest of the body and drops it; only so much
+            self._discarded += len(data)
+            if self._discarded > self.max_discard_bytes:
+                self._close()
+                return
+        super().data_received(data)
+        if self.transport.is_closing():
+            self._disarm()
+            return
+        state = self.conn.their_state
+        if state is h11.SEND_BODY or (state is h11.IDLE and self.conn.trailing_data[0]):
+            self._arm()  # a request under way: headers or body still to come
+        else:
+            self._disarm()  # the request is complete (or none began): the answer may take its time
+            if state is h11.IDLE:
+                self._discarded = 0
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        if self._deadline is None:
+            self._deadline = self.loop.call_later(self.request_timeout_s, self._timed_out)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _timed_out(self) -> None:
+        self._deadline = None
+        if self.transport.is_closing():
+            return
+        cycle = self.cycle
+        answering = cycle is not None and cycle.response_started and not cycle.response_complete
+        discarding = cycle is not None and cycle.response_complete and self.conn.their_state is h11.SEND_BODY
+        if not answering and not discarding:  # the client has had no answer to this request yet
+            self.transport.write(TIMED_OUT)
+        self._close()
+
+    def _close(self) -> None:
+        if self.cycle is not None and not self.cycle.response_complete:
+            self.cycle.disconnected = True  # the route's receive() says so; its sends are dropped
+            self.cycle.message_event.set()
+        self.transport.close()
+
+
+def guarded_protocol(request_timeout_s: float, max_connections: int, max_discard_bytes: int) -> type[H11Protocol]:
+    """The protocol class for ``uvicorn.Config(http=...)`` with these limits."""
+    limits = {
+        "request_timeout_s": request_timeout_s,
+        "max_connections": max_connections,
+        "max_discard_bytes": max_discard_bytes,
+    }
+    return type("GuardedH11Protocol", (GuardedH11Protocol,), limits)

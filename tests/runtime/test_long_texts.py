@@ -1,0 +1,145 @@
+"""Texts far over max_seq_length are cut before tokenizing (runtime/tokenize.py), and nothing changes: the
+same token ids as tokenizing the whole text, for each pre-tokenizer kind and both truncation sides, and the
+same embeddings as sentence-transformers."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from onnxembed import Encoder
+from onnxembed.manifest import Manifest
+from onnxembed.runtime.tokenize import CHARS_PER_TOKEN, TOKENIZER_FILE, TextTokenizer
+from tests.conftest import CORPUS, LONG_TEXT, QUERY_PROMPTS, Replica, exported
+
+WORDS = " ".join(CORPUS).split()
+SEPARATORS = [" ", " ", " ", "  ", "\n", "\t", " \n ", " " * 700, "\u3000", " \u0301"]
+
+
+def _long_texts(seed: int, count: int) -> list[str]:
+    """Texts of 2-12k characters: corpus words joined by single spaces, newlines, tabs, long runs of spaces
+    (no tokens), combining marks after a space; some start or end with spaces."""
+    rng = random.Random(seed)
+    texts = []
+    for _ in range(count):
+        parts = []
+        while sum(map(len, parts)) < rng.randint(2_000, 12_000):
+            parts += [rng.choice(WORDS), rng.choice(SEPARATORS)]
+        texts.append(rng.choice(["", " ", " " * 3000]) + "".join(parts) + rng.choice(["", " ", "x" * 900]))
+    return texts
+
+
+EDGE_TEXTS = [
+    LONG_TEXT,
+    LONG_TEXT * 4,
+    " " * 20_000 + LONG_TEXT,  # nothing but spaces where the first piece is
+    LONG_TEXT + " " * 20_000,
+    LONG_TEXT.replace(" ", " " * 40),
+    "x" * 30_000,  # no space at all: kept whole
+    "x" * 30_000 + " " + LONG_TEXT,  # the first space is far past the budget
+    "短" * 20_000,
+    "a" + " " * 30_000,
+    "short",
+]
+
+
+def _byte_level_bpe(path: Path) -> None:
+    """A RoBERTa-style byte-level BPE tokenizer (a space belongs to the word after it)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.train_from_iterator(CORPUS, trainers.BpeTrainer(vocab_size=500, special_tokens=["<s>", "</s>"]))
+    tokenizer.post_processor = processors.RobertaProcessing(("</s>", 1), ("<s>", 0), trim_offsets=True)
+    tokenizer.save(str(path / TOKENIZER_FILE))
+
+
+def _tokenizers(export: Path, tmp_path: Path, kind: str) -> tuple[Path, Manifest]:
+    folder = tmp_path / kind
+    folder.mkdir()
+    if kind == "bpe":
+        _byte_level_bpe(folder)
+    else:
+        shutil.copy(export / TOKENIZER_FILE, folder / TOKENIZER_FILE)
+    return folder, Manifest.read(export)
+
+
+@pytest.mark.parametrize("kind", ["wordpiece", "unigram", "bpe"])
+@pytest.mark.parametrize("side", ["right", "left"])
+@pytest.mark.parametrize("max_seq_length", [8, 128])
+def test_cut_texts_give_the_same_token_ids(
+    kind: str,
+    side: str,
+    max_seq_length: int,
+    chinese_bert: Replica,
+    xlm_roberta: Replica,
+    exports_dir: Path,
+    tmp_path: Path,
+) -> None:
+    export = exported(xlm_roberta if kind == "unigram" else chinese_bert, exports_dir)
+    folder, manifest = _tokenizers(export, tmp_path, kind)
+    manifest = dataclasses.replace(manifest, max_seq_length=max_seq_length, truncation_side=side)
+    tokenizer = TextTokenizer(folder, manifest)
+    prompt = QUERY_PROMPTS["query"]
+    texts = EDGE_TEXTS + _long_texts(max_seq_length, 30)
+    texts += [prompt + text for text in texts[::3]] + [prompt * 50 + "tail"]
+    whole = tokenizer._encode_batch(texts, add_special_tokens=True)  # the path without cutting
+    cut = tokenizer.encode(texts)
+    for index, (expected, actual) in enumerate(zip(whole, cut, strict=True)):
+        assert actual.ids == expected.ids, index
+        assert actual.type_ids == expected.type_ids, index
+    assert len(tokenizer._cut(texts[:1])[0]) < len(texts[0])  # it did cut
+    counter = TextTokenizer(folder, dataclasses.replace(manifest, max_seq_length=2**31 - 1))
+    exact = [len(encoding.ids) for encoding in counter.encode(texts)]
+    assert tokenizer.over_limit(texts) == [count > max_seq_length for count in exact]
+
+
+def test_model_without_a_limit_keeps_the_whole_text(chinese_bert: Replica, exports_dir: Path) -> None:
+    export = exported(chinese_bert, exports_dir)
+    manifest = dataclasses.replace(Manifest.read(export), max_seq_length=2**31 - 1)
+    texts = [LONG_TEXT * 8]
+    assert TextTokenizer(export, manifest)._cut(texts) is texts
+    assert len(texts[0]) > 2**10 * CHARS_PER_TOKEN
+
+
+def _left_truncating_copies(replica: Replica, export: Path, tmp_path: Path) -> tuple[Path, Path]:
+    source, out = tmp_path / "src", tmp_path / "out"
+    shutil.copytree(replica.path, source)
+    shutil.copytree(export, out)
+    config_file = source / "tokenizer_config.json"
+    config = json.loads(config_file.read_text())
+    config_file.write_text(json.dumps({**config, "truncation_side": "left"}))
+    manifest = json.loads((out / "onnxembed.json").read_text())
+    (out / "onnxembed.json").write_text(json.dumps({**manifest, "truncation_side": "left"}))
+    return source, out
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_embeddings_match_sentence_transformers(
+    side: str, chinese_bert: Replica, exports_dir: Path, tmp_path: Path
+) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    source, export = chinese_bert.path, exported(chinese_bert, exports_dir)
+    if side == "left":
+        source, export = _left_truncating_copies(chinese_bert, export, tmp_path)
+    texts = EDGE_TEXTS + _long_texts(7, 12)
+    expected = SentenceTransformer(str(source), device="cpu").encode(texts, batch_size=8)
+    np.testing.assert_allclose(Encoder(export).encode(texts, batch_size=8), expected, atol=1e-4, rtol=0)
+
+
+def test_prompts_match_sentence_transformers(roberta_lora: Replica, exports_dir: Path) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    texts = EDGE_TEXTS[:6] + _long_texts(11, 6)
+    model = SentenceTransformer(str(roberta_lora.path), device="cpu")
+    encoder = Encoder(exported(roberta_lora, exports_dir))
+    for name in roberta_lora.prompts:
+        expected = model.encode(texts, prompt_name=name, batch_size=8)
+        np.testing.assert_allclose(encoder.encode(texts, prompt_name=name, batch_size=8), expected, atol=1e-4, rtol=0)

@@ -1,0 +1,126 @@
+"""Settings checked at start-up (limits that contradict each other, API keys), the parser under a bounded
+fuzz, and /health with a dead worker; no server process."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from onnxembed.errors import InvalidArgumentError, OnnxEmbedError
+from onnxembed.serve.config import ApiError, ServeConfig, api_key_from
+
+pytest.importorskip("orjson", reason="the server needs the serve extra: pip install 'onnxembed[serve]'")
+
+
+@pytest.mark.parametrize(
+    ("limits", "message"),
+    [
+        ({"max_queue": 8, "max_inputs": 16}, "never fits"),
+        ({"max_queue": 8, "max_inputs": 1}, "at least 2"),
+        ({"max_queue_chars": 1000}, "max_queue_chars"),  # one 8 MiB body holds more
+        ({"request_timeout_s": 0}, "request_timeout_s"),
+        ({"max_connections": 0}, "max_connections"),
+        ({"api_key": ""}, "empty"),
+        ({"api_key": "two words"}, "without spaces"),
+    ],
+)
+def test_contradictory_limits_are_refused(limits: dict[str, Any], message: str) -> None:
+    with pytest.raises(InvalidArgumentError, match=message):
+        ServeConfig(model_name="m", **limits)
+
+
+def test_queue_holds_any_request_within_the_limits() -> None:
+    config = ServeConfig(model_name="m", max_body_bytes=1000, max_queue_chars=1000)
+    assert config.max_request_chars == 1000
+
+
+def test_api_key_sources(tmp_path: Path) -> None:
+    key_file = tmp_path / "key"
+    key_file.write_text("from-file\n")
+    assert api_key_from("flag", None, {"ONNXEMBED_API_KEY": "env"}) == "flag"
+    assert api_key_from(None, str(key_file), {"ONNXEMBED_API_KEY": "env"}) == "from-file"
+    assert api_key_from(None, None, {"ONNXEMBED_API_KEY": "env"}) == "env"
+    assert api_key_from(None, None, {}) is None
+    for flag, file, environ in (
+        ("", None, {}),  # --api-key "$UNSET"
+        (None, None, {"ONNXEMBED_API_KEY": ""}),
+        ("a", str(key_file), {}),
+        (None, str(tmp_path / "missing"), {}),
+    ):
+        with pytest.raises(InvalidArgumentError):
+            api_key_from(flag, file, environ)
+    key_file.write_text("\n")
+    with pytest.raises(InvalidArgumentError, match="empty"):
+        api_key_from(None, str(key_file), {})
+
+
+@pytest.mark.parametrize(
+    "options",
+    [["--api-key", ""], ["--max-queue", "8", "--max-inputs", "16"], ["--max-queue-chars", "100"]],
+)
+def test_cli_refuses_before_loading_anything(options: list[str], tmp_path: Path) -> None:
+    completed = subprocess.run(
+        [sys.executable, "-m", "onnxembed", "serve", str(tmp_path), "--port", "1", *options],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert completed.returncode == 1
+    assert completed.stderr.startswith("onnxembed serve: error:") and completed.stderr.count("\n") == 1
+
+
+def test_parser_raises_only_client_errors() -> None:
+    """A bounded fuzz of the body parser and the field checks: anything is a 4xx ApiError or a value."""
+    hypothesis = pytest.importorskip("hypothesis")
+    from hypothesis import strategies as st
+
+    from onnxembed.serve.parsing import choice_field, optional_field, parse_json, texts_field
+
+    config = ServeConfig(model_name="m", max_inputs=4, max_input_chars=50, max_queue=8)
+    json_values = st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=60),
+        lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=8), inner, max_size=5),
+        max_leaves=20,
+    )
+    bodies = st.binary(max_size=200) | json_values.map(lambda value: repr(value).encode())
+    fields = st.dictionaries(st.sampled_from(["input", "dimensions", "encoding_format"]), json_values)
+
+    @hypothesis.settings(max_examples=300, deadline=None, derandomize=True)
+    @hypothesis.given(body=bodies, payload=fields)
+    def check(body: bytes, payload: dict[str, Any]) -> None:
+        for call in (
+            lambda: parse_json(body),
+            lambda: texts_field(payload, "input", config),
+            lambda: optional_field(payload, "dimensions", int),
+            lambda: choice_field(payload, "encoding_format", ("float", "base64")),
+        ):
+            try:
+                call()
+            except ApiError as error:
+                assert 400 <= error.status < 500 and isinstance(error, OnnxEmbedError)
+
+    check()
+
+
+def test_health_is_503_once_a_worker_thread_died(tiny_export: Path) -> None:
+    pytest.importorskip("httpx")
+    from starlette.testclient import TestClient
+
+    from onnxembed import Encoder
+    from onnxembed.serve.app import build_app
+
+    app = build_app(Encoder(tiny_export), ServeConfig(model_name="m"))
+    with TestClient(app) as client:
+        assert client.get("/health").status_code == 200
+        dead = threading.Thread(target=lambda: None)
+        dead.start()
+        dead.join()
+        app.state.service.batcher._threads.append(dead)
+        response = client.get("/health")
+        assert response.status_code == 503 and "died" in response.json()["reason"]
+        app.state.service.batcher._threads.remove(dead)
