@@ -7,9 +7,11 @@ Not in scope: choosing batches or running the model (see encoder.py).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from itertools import chain
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tokenizers import Encoding, Tokenizer
@@ -20,6 +22,10 @@ TOKENIZER_FILE = "tokenizer.json"
 # A text longer than this many characters per token of max_seq_length is tokenized from a prefix (a suffix
 # for left truncation) first; the budget doubles while the piece yields too few tokens (e.g. runs of spaces).
 CHARS_PER_TOKEN = 8
+# Tokens a cut piece keeps beyond max_seq_length, so the cut is never next to a token that truncation keeps.
+CUT_MARGIN_TOKENS = 16
+# Pre-tokenizers that end every word at a space (ByteLevel only with its regex; Metaspace only when it splits).
+_SPACE_SPLITTERS = {"Whitespace", "WhitespaceSplit", "BertPreTokenizer", "ByteLevel", "Metaspace"}
 
 
 class TextTokenizer:
@@ -53,6 +59,8 @@ class TextTokenizer:
         self._encode_batch = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)
         self._add_special_tokens = manifest.add_special_tokens  # False for StaticEmbedding
         self._left_truncation = manifest.truncation_side == "left"
+        # Cutting long texts is safe only where the pre-tokenizer ends every word at a space (see _cut).
+        self._may_cut = _splits_at_spaces(json.loads(tokenizer.to_str()).get("pre_tokenizer"))
         # The same tokenizer without truncation, to count the tokens of a piece of a text (see _cut).
         counter = Tokenizer.from_str(tokenizer.to_str())
         counter.no_truncation()
@@ -74,15 +82,16 @@ class TextTokenizer:
         """``texts``, each long one cut before a space (U+0020) where the piece before it (after it, for left
         truncation) already yields more than max_seq_length tokens without special tokens.
 
-        Why the tokens cannot change: every pre-tokenizer in use (whitespace, BERT, byte-level BPE,
-        Metaspace) ends a word at a space, so the piece's tokens are exactly the whole text's tokens up to
-        that space; truncation keeps at most max_seq_length of them. A left piece starts with its space, as
-        the word after it has one in the whole text (byte-level BPE folds it into the word's token). A text
-        with no space past the budget is kept whole; so is every text of a model without a length limit
-        (StaticEmbedding: 2**31 - 1)."""
-        limit = self._max_length
+        Why the tokens cannot change: the pre-tokenizers this cuts for (whitespace, BERT, byte-level BPE with
+        its regex, Metaspace that splits) end a word at a space, so the piece's tokens are exactly the whole
+        text's tokens up to that space; truncation keeps at most max_seq_length of them. A left piece starts
+        with its space, as the word after it has one in the whole text (byte-level BPE folds it into the word's
+        token). A text with no space past the budget is kept whole; so is every text of a model without a length
+        limit (StaticEmbedding: 2**31 - 1) and of a tokenizer that may merge across spaces (no pre-tokenizer, as
+        Gemma's, or a custom split). The piece keeps CUT_MARGIN_TOKENS more tokens than truncation keeps."""
+        limit = self._max_length + CUT_MARGIN_TOKENS
         budget = limit * CHARS_PER_TOKEN
-        if not any(len(text) > budget for text in texts):
+        if not self._may_cut or not any(len(text) > budget for text in texts):
             return texts
         texts = list(texts)
         budgets = {index: budget for index, text in enumerate(texts) if len(text) > budget}
@@ -137,6 +146,20 @@ class TextTokenizer:
             if len(self._prompt_lengths) < 64:  # a model has a few prompts; callers may send any
                 self._prompt_lengths[prompt] = length
         return length
+
+
+def _splits_at_spaces(pre_tokenizer: dict[str, Any] | None) -> bool:
+    """Whether a tokenizer.json pre_tokenizer ends every word at a space (a Sequence: whether one member does)."""
+    if not pre_tokenizer:
+        return False
+    kind = pre_tokenizer.get("type")
+    if kind == "Sequence":
+        return any(_splits_at_spaces(member) for member in pre_tokenizer.get("pretokenizers", []))
+    if kind == "ByteLevel":
+        return bool(pre_tokenizer.get("use_regex", True))
+    if kind == "Metaspace":
+        return bool(pre_tokenizer.get("split", True))
+    return kind in _SPACE_SPLITTERS
 
 
 def _piece(text: str, size: int, from_end: bool) -> str | None:

@@ -143,3 +143,16 @@ def test_prompts_match_sentence_transformers(roberta_lora: Replica, exports_dir:
     for name in roberta_lora.prompts:
         expected = model.encode(texts, prompt_name=name, batch_size=8)
         np.testing.assert_allclose(encoder.encode(texts, prompt_name=name, batch_size=8), expected, atol=1e-4, rtol=0)
+
+
+def test_only_tokenizers_that_split_at_spaces_are_cut() -> None:
+    from onnxembed.runtime.tokenize import _splits_at_spaces
+
+    assert _splits_at_spaces({"type": "BertPreTokenizer"})
+    assert _splits_at_spaces({"type": "ByteLevel", "add_prefix_space": False, "use_regex": True})
+    assert _splits_at_spaces({"type": "Sequence", "pretokenizers": [{"type": "Digits"}, {"type": "Metaspace"}]})
+    # Gemma's and Llama's SentencePiece-BPE files have no pre-tokenizer: BPE may merge across spaces.
+    assert not _splits_at_spaces(None)
+    assert not _splits_at_spaces({"type": "ByteLevel", "use_regex": False})
+    assert not _splits_at_spaces({"type": "Metaspace", "replacement": "▁", "split": False})
+    assert not _splits_at_spaces({"type": "Split", "pattern": {"Regex": "x"}, "behavior": "Isolated"})
