@@ -1,4 +1,4 @@
-"""Pooling and Normalize appended to an exported graph, so that only (batch, dim) leaves the device.
+"""Pooling, Dense layers and Normalize appended to an exported graph, so that only (batch, dim) leaves the device.
 
 In scope: rewriting a graph whose output is (batch, seq, hidden) token embeddings into one whose output is
 the sentence embedding, with the same math as sentence-transformers' Pooling and Normalize (and

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
-from onnxembed.errors import InvalidArgumentError
+from onnxembed.errors import InvalidArgumentError, ModelLoadError
 
 ADAPTER_CONFIG = "adapter_config.json"
 _ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
@@ -43,7 +43,7 @@ def _load_adapter_weights(adapter_dir: Path) -> dict[str, torch.Tensor]:
             if name.endswith(".safetensors"):
                 return load_file(str(path))
             return torch.load(str(path), map_location="cpu", weights_only=True)  # type: ignore[no-any-return]
-    raise FileNotFoundError(f"no adapter weights in {adapter_dir}: expected one of {', '.join(_ADAPTER_WEIGHTS)}")
+    raise ModelLoadError(f"no adapter weights in {adapter_dir}: expected one of {', '.join(_ADAPTER_WEIGHTS)}")
 
 
 def _module_name(key: str, module_names: set[str]) -> str:

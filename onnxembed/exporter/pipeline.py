@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 ONNX_FILE = "onnx/model.onnx"
+# A StaticEmbedding's "graph": its table, which the runtime reads with numpy (exporter/static.py).
+STATIC_FILE = "model.safetensors"
 
 
 def _require_export_extra() -> None:
@@ -236,7 +238,7 @@ def export(
         except Exception:
             (out / MANIFEST_NAME).unlink(missing_ok=True)
             raise
-    variants = {"fp32": Variant(file=ONNX_FILE, dtype="fp32", accuracy=accuracy)}
+    variants = {"fp32": dataclasses.replace(manifest.variants["fp32"], accuracy=accuracy)}
     manifest = dataclasses.replace(manifest, variants=variants)
     manifest.write(out)
     if optimize or quantize or fp16 or pool_in_graph:
@@ -270,7 +272,7 @@ def _export_static(st_config: SentenceTransformerConfig, source: Path, out: Path
     from onnxembed.exporter.onnx_export import OUTPUT_NAME
     from onnxembed.exporter.static import export_static
 
-    static = export_static(st_config.transformer_dir, out, out / ONNX_FILE, OUTPUT_NAME)
+    static = export_static(st_config.transformer_dir, out)
     dense = _write_sentence_transformers_files(st_config, out, static.max_seq_length, static.dim)
     manifest = Manifest(
         dim=dense[-1].out_features if dense else static.dim,
@@ -289,9 +291,9 @@ def _export_static(st_config: SentenceTransformerConfig, source: Path, out: Path
         similarity_fn_name=st_config.similarity_fn_name or "cosine",
         truncate_dim=st_config.truncate_dim,
         architecture="StaticEmbedding",
-        source={"path": str(source), "exporter": "onnx.helper"},
+        source={"path": str(source)},
         versions=_versions(),
-        variants={"fp32": Variant(file=ONNX_FILE, dtype="fp32")},
+        variants={"fp32": Variant(file=STATIC_FILE, dtype="fp32")},
         dense=dense,
         add_special_tokens=False,
     )

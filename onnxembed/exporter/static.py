@@ -2,9 +2,10 @@
 
 sentence-transformers' StaticEmbedding tokenizes without special tokens, keeps tokenizer.json's own
 truncation (none in model2vec's files: its max_seq_length is unbounded), and averages the token vectors of
-each text (an EmbeddingBag). The export is a one-node graph (input_ids -> Gather -> token vectors) that the
-runtime mean-pools with the attention mask like any other model: the same batching, serving and Dense /
-Normalize code, with no numpy path of its own to keep in step.
+each text (an EmbeddingBag). The export is the module as sentence-transformers saves it, at the root of the
+output (tokenizer.json, model.safetensors with a float32 ``embedding.weight``): there is no graph, because the
+runtime takes the rows with numpy, which ran faster than a one-node Gather graph in onnxruntime
+(docs/performance.md#staticembedding-model2vec-style-models).
 """
 
 from __future__ import annotations
@@ -15,16 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import onnx
-from onnx import TensorProto, helper, numpy_helper
 
 from onnxembed.errors import ModelLoadError
 from onnxembed.exporter.dense import WEIGHTS_FILE, module_tensors
-from onnxembed.exporter.onnx_io import save
 
 # What the manifest records as max_seq_length when tokenizer.json truncates nothing.
 UNBOUNDED_LENGTH = 2**31 - 1
-_EXTERNAL_DATA_BYTES = 1_800_000_000
 
 
 @dataclass(frozen=True)
@@ -34,9 +31,8 @@ class StaticExport:
     truncation_side: str
 
 
-def export_static(folder: Path, out: Path, onnx_file: Path, output_name: str) -> StaticExport:
-    """Write ``onnx_file`` (input_ids (batch, seq) int64 -> ``output_name`` (batch, seq, dim) float32), and
-    tokenizer.json and model.safetensors at the root of ``out``, where sentence-transformers looks for them."""
+def export_static(folder: Path, out: Path) -> StaticExport:
+    """Write tokenizer.json and model.safetensors (float32) from the module ``folder`` to the root of ``out``."""
     from safetensors.numpy import save_file
 
     tensors = module_tensors(folder)
@@ -47,22 +43,8 @@ def export_static(folder: Path, out: Path, onnx_file: Path, output_name: str) ->
     if not tokenizer_file.is_file():
         raise ModelLoadError(f"{tokenizer_file} is missing")
     truncation = json.loads(tokenizer_file.read_text(encoding="utf-8")).get("truncation") or {}
-    if out.resolve() != folder.resolve():
-        shutil.copyfile(tokenizer_file, out / "tokenizer.json")
+    shutil.copyfile(tokenizer_file, out / "tokenizer.json")
     save_file({"embedding.weight": table}, str(out / WEIGHTS_FILE))
-
-    node = helper.make_node("Gather", ["embedding", "input_ids"], [output_name], axis=0)
-    graph = helper.make_graph(
-        [node],
-        "static_embedding",
-        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "sequence"])],
-        [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, ["batch", "sequence", table.shape[1]])],
-        initializer=[numpy_helper.from_array(table, "embedding")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    onnx.checker.check_model(model)
-    onnx_file.parent.mkdir(parents=True, exist_ok=True)
-    save(model, onnx_file, table.nbytes > _EXTERNAL_DATA_BYTES)
     return StaticExport(
         dim=int(table.shape[1]),
         max_seq_length=int(truncation.get("max_length") or UNBOUNDED_LENGTH),

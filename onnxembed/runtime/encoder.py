@@ -102,13 +102,13 @@ class Encoder:
             raise InvalidArgumentError("sessions > 1 runs sessions side by side and needs overlap=True")
         self._io_binding = bool(io_binding)
         self._device = "cuda" if self.provider == "CUDAExecutionProvider" else "cpu"
-        # A StaticEmbedding's fp32 graph is one Gather from the table that model.safetensors also holds: numpy's
-        # take runs it without a session's overhead or a second copy of the table (docs/performance.md).
+        # A StaticEmbedding has no graph: numpy takes its rows from the table
+        # (docs/performance.md#staticembedding-model2vec-style-models).
         self._static_table: np.ndarray | None = None
-        if self.manifest.architecture == "StaticEmbedding" and variant_file == self.manifest.variants["fp32"].file:
-            self._static_table = read_safetensors(self.model_dir / "model.safetensors").get("embedding.weight")
+        if self.manifest.architecture == "StaticEmbedding":
+            self._static_table = read_safetensors(self.model_dir / variant_file).get("embedding.weight")
             if self._static_table is None:
-                raise ModelLoadError(f"{self.model_dir / 'model.safetensors'} has no embedding.weight")
+                raise ModelLoadError(f"{self.model_dir / variant_file} has no embedding.weight")
         self._sessions = [
             create_session(self.model_dir / variant_file, self.provider, threads)
             for _ in range(sessions if self._static_table is None else 0)

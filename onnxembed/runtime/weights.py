@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from onnxembed.errors import ModelLoadError
+from onnxembed.kernels.dense import DENSE_ACTIVATIONS
 from onnxembed.manifest import DenseLayer
 
 _DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.int64, "I32": np.int32}
@@ -23,6 +24,8 @@ def read_safetensors(path: Path) -> dict[str, np.ndarray]:
         data = path.read_bytes()
         (header_length,) = np.frombuffer(data[:8], dtype="<u8")
         header = json.loads(data[8 : 8 + int(header_length)])
+        if not isinstance(header, dict):
+            raise ModelLoadError(f"{path}: the safetensors header is not a JSON object")
         body = memoryview(data)[8 + int(header_length) :]
         tensors = {}
         for name, info in header.items():
@@ -52,4 +55,6 @@ def read_dense_layer(model_dir: Path, layer: DenseLayer) -> tuple[np.ndarray, np
     weight, bias = tensors.get("linear.weight"), tensors.get("linear.bias")
     if weight is None or weight.shape != (layer.out_features, layer.in_features) or (bias is None) == layer.bias:
         raise ModelLoadError(f"{path} does not hold the Dense layer its manifest describes ({layer})")
+    if layer.activation not in DENSE_ACTIVATIONS:
+        raise ModelLoadError(f"{path}: activation {layer.activation!r} is not one of {DENSE_ACTIVATIONS}")
     return weight, bias, layer.activation

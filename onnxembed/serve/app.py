@@ -115,13 +115,13 @@ class EmbeddingService:
             raise ApiError(503, "the server is starting", "server_busy")
         try:
             future = self.batcher.submit(texts, prompt)
-        except QueueFull as error:
+        except (QueueFull, ShuttingDown) as error:
             headers = {"Retry-After": str(self.config.retry_after_s)}
             raise ApiError(503, str(error), "server_busy", headers) from error
-        except ShuttingDown as error:
-            raise ApiError(503, str(error), "server_busy", {"Retry-After": str(self.config.retry_after_s)}) from error
         try:
             embedded = await self._answer_or_hang_up(future, request.receive)
+        except ShuttingDown as error:  # queued texts left when the drain's time limit ran out
+            raise ApiError(503, str(error), "server_busy", {"Retry-After": str(self.config.retry_after_s)}) from error
         except InvalidArgumentError as error:  # e.g. a prompt this variant cannot leave out of its pooling
             raise ApiError(422, str(error), INVALID) from error
         rows, tokens = embedded.rows, embedded.tokens

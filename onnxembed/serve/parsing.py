@@ -41,7 +41,7 @@ async def discard_body(receive: Receive, max_bytes: int) -> None:
     while seen <= max_bytes:
         try:
             message = await asyncio.wait_for(receive(), DISCARD_IDLE_S)
-        except TimeoutError:
+        except asyncio.TimeoutError:  # a class of its own before Python 3.11
             return
         if message["type"] != "http.request" or not message.get("more_body", False):
             return
