@@ -18,7 +18,9 @@ MANIFEST_NAME = "onnxembed.json"
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 # The output of graphs that pool (and normalize) inside: (batch, dim) float32.
 POOLED_OUTPUT = "sentence_embedding"
-FORMAT_VERSION = 1
+# 2 added Dense layers and StaticEmbedding's add_special_tokens; version 1 manifests read as they were.
+FORMAT_VERSION = 2
+READABLE_FORMAT_VERSIONS = (1, 2)
 
 
 @dataclass(frozen=True)
@@ -88,9 +90,10 @@ class Manifest:
             )
         try:
             raw = json.loads(path.read_text(encoding="utf-8"))
-            if raw.get("format_version") != FORMAT_VERSION:
+            if raw.get("format_version") not in READABLE_FORMAT_VERSIONS:
                 raise ModelLoadError(
-                    f"{path} has format_version {raw.get('format_version')!r}; this onnxembed reads {FORMAT_VERSION}"
+                    f"{path} has format_version {raw.get('format_version')!r}; this onnxembed reads "
+                    f"{', '.join(map(str, READABLE_FORMAT_VERSIONS))}"
                 )
             raw["variants"] = {name: Variant(**variant) for name, variant in raw.get("variants", {}).items()}
             raw["dense"] = tuple(DenseLayer(**layer) for layer in raw.get("dense", ()))

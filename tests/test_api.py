@@ -70,3 +70,22 @@ def test_encode_query_and_document_match_sentence_transformers(request, fixture:
     # The two differ where the model's prompts do.
     if encoder.prompts.get("query") != encoder.prompts.get("document"):
         assert not np.allclose(encoder.encode_query(CORPUS[:3]), encoder.encode_document(CORPUS[:3]))
+
+
+def test_format_1_manifests_still_load_and_unknown_formats_are_named(tiny_export: Path, tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(tiny_export, old)
+    raw = json.loads((old / "onnxembed.json").read_text())
+    assert raw["format_version"] == 2
+    for key in ("dense", "add_special_tokens"):  # what format 1 did not have
+        del raw[key]
+    (old / "onnxembed.json").write_text(json.dumps({**raw, "format_version": 1}))
+    np.testing.assert_array_equal(
+        Encoder(old, provider="cpu").encode(CORPUS[:4]), Encoder(tiny_export).encode(CORPUS[:4])
+    )
+    (old / "onnxembed.json").write_text(json.dumps({**raw, "format_version": 3}))
+    with pytest.raises(onnxembed.ModelLoadError, match="format_version 3; this onnxembed reads 1, 2"):
+        Encoder(old)
