@@ -287,14 +287,14 @@ def _run_info(args: argparse.Namespace) -> None:
 
 
 def _print_supported() -> None:
-    from onnxembed.exporter.config import DENSE_ACTIVATIONS, SUPPORTED_ARCHITECTURES, SUPPORTED_MODULES
+    from onnxembed.exporter.config import SUPPORTED_ARCHITECTURES, SUPPORTED_MODULES, TORCH_ACTIVATIONS
     from onnxembed.kernels import POOLING_MODES
 
     print("onnxembed export carries (docs/export.md):")
     print(f"  encoders:    {', '.join(SUPPORTED_ARCHITECTURES.values())}")
     print(f"  modules:     {', '.join(SUPPORTED_MODULES)}")
     print(f"  pooling:     {', '.join(POOLING_MODES)} (and concatenations)")
-    print(f"  Dense:       activations {', '.join(DENSE_ACTIVATIONS)}")
+    print(f"  Dense:       activations {', '.join(TORCH_ACTIVATIONS)}")
     print("  other architectures and modules are refused by name")
 
 

@@ -42,8 +42,8 @@ SUPPORTED_ARCHITECTURES = {
 
 SUPPORTED_MODULES = ("Transformer", "StaticEmbedding", "Pooling", "Dense", "Normalize")
 _PIPELINES = "Transformer -> Pooling [-> Dense ...] [-> Normalize] or StaticEmbedding [-> Dense ...] [-> Normalize]"
-# torch.nn activations a Dense module may name (by their import path), as onnxembed.kernels.dense calls them.
-DENSE_ACTIVATIONS = {
+# torch.nn activation class -> the name onnxembed.kernels.dense gives it (Dense modules name them by import path).
+TORCH_ACTIVATIONS = {
     "Identity": "identity",
     "Tanh": "tanh",
     "ReLU": "relu",
@@ -76,7 +76,7 @@ class DenseConfig:
     in_features: int
     out_features: int
     bias: bool
-    activation: str  # a value of DENSE_ACTIVATIONS
+    activation: str  # one of onnxembed.kernels.DENSE_ACTIVATIONS
 
 
 @dataclass(frozen=True)
@@ -146,10 +146,10 @@ def _dense_config(path: Path) -> DenseConfig:
             )
     activation = str(config.get("activation_function", "torch.nn.modules.activation.Tanh"))
     short = activation.rsplit(".", 1)[-1]
-    if not activation.startswith("torch.") or short not in DENSE_ACTIVATIONS:
+    if not activation.startswith("torch.") or short not in TORCH_ACTIVATIONS:
         raise UnsupportedModelError(
             f"{path / 'config.json'}: activation_function {activation!r} is not supported; supported: torch.nn "
-            f"{', '.join(DENSE_ACTIVATIONS)}"
+            f"{', '.join(TORCH_ACTIVATIONS)}"
         )
     try:
         return DenseConfig(
@@ -157,7 +157,7 @@ def _dense_config(path: Path) -> DenseConfig:
             in_features=int(config["in_features"]),
             out_features=int(config["out_features"]),
             bias=bool(config.get("bias", True)),
-            activation=DENSE_ACTIVATIONS[short],
+            activation=TORCH_ACTIVATIONS[short],
         )
     except (KeyError, TypeError, ValueError) as error:
         raise ModelLoadError(f"{path / 'config.json'} lacks in_features/out_features: {error}") from error
