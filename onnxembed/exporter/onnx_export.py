@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 import torch
 
+from onnxembed.exporter.attention import lean_attention
 from onnxembed.exporter.errors import UnsupportedModelError
 from onnxembed.exporter.onnx_io import save
 
@@ -113,7 +114,7 @@ def export_onnx(
     axes = {name: {0: "batch", 1: "sequence"} for name in input_names}
     axes[OUTPUT_NAME] = {0: "batch", 1: "sequence"}
     out_file.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as scratch, torch.no_grad():
+    with tempfile.TemporaryDirectory() as scratch, torch.no_grad(), lean_attention(model) as one_head_at_a_time:
         traced = Path(scratch) / "model.onnx"
         if method == "torchscript":
             torch.onnx.export(
@@ -149,4 +150,10 @@ def export_onnx(
     external = size > _EXTERNAL_DATA_BYTES if external_data is None else external_data
     save(graph, out_file, external)
     logger.info("exported %s with %s (%d MB, external data: %s)", out_file, method, size >> 20, external)
-    return {"exporter": method, "opset": OPSET, "external_data": external, "graph_bytes": size}
+    return {
+        "exporter": method,
+        "opset": OPSET,
+        "external_data": external,
+        "graph_bytes": size,
+        "attention": "one head at a time" if one_head_at_a_time else "eager",
+    }

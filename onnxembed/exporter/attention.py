@@ -1,0 +1,133 @@
+"""Attention that traces to a graph whose memory grows with one head's scores, not all of them.
+
+In scope: swapping a family's eager attention for the length of one ``torch.onnx.export`` call.
+Not in scope: the model outside the export (verification runs the unpatched torch model, so it checks the
+rewrite too), speed fusions (onnxruntime's optimizer).
+
+Why: eager attention materializes (batch, heads, seq, seq) float scores several times per layer, plus
+(batch, 1, seq, seq) masks that live through the whole forward. For one 8,192-token ModernBERT-base text that
+is 3.2 GB per scores tensor, and the graph peaked at 4.6x sentence-transformers' RSS (torch SDPA computes
+attention in blocks). Computing heads one after another keeps one (batch, seq, seq) tensor alive at a time,
+and the masks shrink to (batch, 1, 1, seq) for padding and a (seq, seq) bool for a sliding window.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+
+def heads_one_at_a_time(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    key_bias: torch.Tensor,
+    outside_window: torch.Tensor | None,
+    scale: float,
+    num_heads: int,
+) -> torch.Tensor:
+    """softmax(q k^T * scale + key_bias) v, one head at a time.
+
+    query (batch, heads, seq, head_dim); key and value (batch, kv_heads, seq, head_dim) with heads a
+    multiple of kv_heads (grouped-query attention); key_bias (batch, 1, 1, seq) float, 0 for real keys and
+    the dtype's min for padding; outside_window (seq, seq) bool, True where a key is beyond a query's
+    window, or None. Returns (batch, heads, seq, head_dim).
+
+    Equals eager attention on every real query row: a masked score there is exp(min - max) = 0 either way.
+    """
+    group = num_heads // key.shape[1]
+    lowest = torch.finfo(query.dtype).min
+    bias = key_bias[:, 0]  # (batch, 1, seq): broadcasts over query rows
+    # Scaling the query, not the scores, saves one pass over (batch, seq, seq) per head; exact when the scale
+    # is a power of two (head_dim 64 or 256), within float rounding otherwise.
+    query = query * scale
+    outputs = []
+    for head in range(num_heads):
+        scores = torch.matmul(query[:, head], key[:, head // group].transpose(1, 2))
+        scores = scores + bias
+        if outside_window is not None:
+            scores = scores.masked_fill(outside_window, lowest)
+        probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+        outputs.append(torch.matmul(probs, value[:, head // group]))
+    return torch.stack(outputs, dim=1)
+
+
+def padding_bias(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(batch, seq) 0/1 mask -> (batch, 1, 1, seq) additive bias: 0 for real keys, dtype's min for padding."""
+    padded = attention_mask[:, None, None, :] == 0
+    return padded.to(dtype) * torch.finfo(dtype).min
+
+
+def outside_window(seq_len: torch.Tensor | int, half_window: int) -> torch.Tensor:
+    """(seq, seq) bool: True where |query - key| > half_window. Compared through broadcasting, so no
+    (seq, seq) integer distance is ever built (8 bytes a pair: 512 MiB at 8,192 tokens)."""
+    keys = torch.arange(seq_len)[None, :]
+    queries = keys.transpose(0, 1)
+    return (keys > queries + half_window) | (keys < queries - half_window)
+
+
+def _modernbert_masks(self: Any, attention_mask: torch.Tensor, output_attentions: bool) -> tuple[Any, Any]:
+    return (
+        padding_bias(attention_mask, self.dtype),
+        outside_window(attention_mask.shape[1], self.config.local_attention // 2),
+    )
+
+
+def _modernbert_attention(
+    module: Any,
+    qkv: torch.Tensor,
+    attention_mask: torch.Tensor,
+    sliding_window_mask: torch.Tensor,
+    position_ids: torch.Tensor | None,
+    local_attention: tuple[int, int],
+    bs: int,
+    dim: int,
+    **_kwargs: Any,
+) -> tuple[torch.Tensor]:
+    from transformers.models.modernbert.modeling_modernbert import apply_rotary_pos_emb
+
+    # As transformers' eager ModernBERT attention up to the scores; the masks come from _modernbert_masks.
+    cos, sin = module.rotary_emb(qkv, position_ids=position_ids)
+    query, key, value = qkv.transpose(3, 1).unbind(dim=2)
+    query, key = apply_rotary_pos_emb(query, key, cos, sin)
+    window = sliding_window_mask if local_attention != (-1, -1) else None
+    output = heads_one_at_a_time(query, key, value, attention_mask, window, module.head_dim**-0.5, module.num_heads)
+    return (output.transpose(1, 2).reshape(bs, -1, dim),)
+
+
+@contextlib.contextmanager
+def _modernbert(model: Any) -> Iterator[None]:
+    from transformers.models.modernbert import modeling_modernbert
+
+    functions = modeling_modernbert.MODERNBERT_ATTENTION_FUNCTION
+    eager = functions["eager"]
+    functions["eager"] = _modernbert_attention
+    model._update_attention_mask = _modernbert_masks.__get__(model)
+    try:
+        yield
+    finally:
+        functions["eager"] = eager
+        del model._update_attention_mask
+
+
+_FAMILIES = {"modernbert": _modernbert}
+
+
+def families() -> tuple[str, ...]:
+    """The model_types whose attention is exported one head at a time."""
+    return tuple(_FAMILIES)
+
+
+@contextlib.contextmanager
+def lean_attention(model: Any) -> Iterator[bool]:
+    """Within the block, ``model`` (eager attention) runs the one-head-at-a-time attention when its family
+    has one; yields whether it does."""
+    patch = _FAMILIES.get(getattr(model.config, "model_type", ""))
+    if patch is None or model.config._attn_implementation != "eager":
+        yield False
+        return
+    with patch(model):
+        yield True

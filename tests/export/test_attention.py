@@ -1,0 +1,75 @@
+"""Attention exported one head at a time: the same numbers as torch's own attention on real rows, and no
+intermediate tensor in the graph as large as all heads' scores (what made an 8,192-token ModernBERT text
+take 4.6x sentence-transformers' memory)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+onnx = pytest.importorskip("onnx")
+
+from onnxembed import export  # noqa: E402
+from onnxembed.exporter.attention import heads_one_at_a_time, outside_window, padding_bias  # noqa: E402
+from onnxembed.manifest import Manifest  # noqa: E402
+from tests import families  # noqa: E402
+from tests.replicas import Replica  # noqa: E402
+
+modernbert = families.modernbert
+
+
+@pytest.mark.parametrize(("heads", "kv_heads", "half_window"), [(4, 4, None), (4, 2, None), (6, 2, 3)])
+def test_heads_one_at_a_time_equals_sdpa(heads: int, kv_heads: int, half_window: int | None) -> None:
+    generator = torch.Generator().manual_seed(0)
+    batch, seq, head_dim = 3, 11, 8
+    query = torch.randn(batch, heads, seq, head_dim, generator=generator)
+    key = torch.randn(batch, kv_heads, seq, head_dim, generator=generator)
+    value = torch.randn(batch, kv_heads, seq, head_dim, generator=generator)
+    attention_mask = torch.ones(batch, seq, dtype=torch.int64)
+    attention_mask[1, 7:] = 0
+    attention_mask[2, 2:] = 0
+    window = None if half_window is None else outside_window(seq, half_window)
+
+    actual = heads_one_at_a_time(query, key, value, padding_bias(attention_mask, torch.float32), window, 0.3, heads)
+
+    # the oracle: torch's SDPA on a boolean mask of the same keys, grouped heads repeated
+    allowed = attention_mask.bool()[:, None, None, :].expand(batch, 1, seq, seq)
+    if window is not None:
+        allowed = allowed & ~window
+    repeat = heads // kv_heads
+    expected = torch.nn.functional.scaled_dot_product_attention(
+        query,
+        key.repeat_interleave(repeat, dim=1),
+        value.repeat_interleave(repeat, dim=1),
+        attn_mask=allowed,
+        scale=0.3,
+    )
+    real = attention_mask.bool()
+    assert torch.allclose(actual.transpose(1, 2)[real], expected.transpose(1, 2)[real], atol=1e-5)
+
+
+def test_modernbert_graph_holds_one_heads_scores_at_a_time(modernbert: Replica, tmp_path: Path) -> None:
+    """Every intermediate of the exported graph, run on one 200-token text, is smaller than the scores of all
+    heads together (heads x seq x seq floats); the biggest is one head's."""
+    import onnxruntime as ort
+
+    out = tmp_path / "modernbert"
+    export(modernbert.path, out)
+    manifest = Manifest.read(out)
+    assert manifest.source["attention"] == "one head at a time"
+
+    graph = onnx.load(str(out / "onnx" / "model.onnx"))
+    produced = {name for node in graph.graph.node for name in node.output if name}
+    graph.graph.output.extend(onnx.ValueInfoProto(name=name) for name in sorted(produced))
+    session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
+    seq = 200
+    feeds = {"input_ids": np.full((1, seq), 7, dtype=np.int64), "attention_mask": np.ones((1, seq), dtype=np.int64)}
+    names = [output.name for output in session.get_outputs()]
+    sizes = {name: value.size for name, value in zip(names, session.run(names, feeds), strict=True)}
+
+    heads = 4  # tests/families.py's ModernBERT replica
+    assert max(sizes.values()) == seq * seq, sorted(sizes.items(), key=lambda item: -item[1])[:3]
+    assert all(size < heads * seq * seq for size in sizes.values())
