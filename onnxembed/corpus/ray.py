@@ -15,16 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from onnxembed.corpus.inputs import InputFile, id_column_of, list_inputs, read_chunks
+from onnxembed.corpus.job import check_job, temporary_path
 from onnxembed.corpus.local import CorpusPrecision, CorpusResult, OnError, bad_row_error, check_options
-from onnxembed.corpus.parts import (
-    check_job,
-    collect_errors,
-    embed_rows,
-    embedding_array,
-    part_name,
-    row_errors,
-    temporary_path,
-)
+from onnxembed.corpus.parts import collect_report, embedding_array, part_name
+from onnxembed.corpus.rows import embed_rows, text_error
 
 logger = logging.getLogger(__name__)
 
@@ -67,11 +61,11 @@ class EmbedBatches:
         import pyarrow as pa
 
         texts = batch.column(self.text_column).to_pylist()
-        errors = row_errors(texts)
+        errors = [text_error(text) for text in texts]
         first_bad = next((index for index, error in enumerate(errors) if error is not None), None)
         if first_bad is not None and self.on_error == "fail":
             row_id = batch.column(self.id_column)[first_bad].as_py() if self.id_column else f"#{first_bad} of a batch"
-            raise bad_row_error(row_id, errors[first_bad] or "")
+            raise bad_row_error({"id": row_id, "error": errors[first_bad]})
         embeddings = embed_rows(self.encoder, texts, errors, self.batch_size, self.precision)
         valid = np.array([error is None for error in errors], dtype=bool)
         batch = batch.append_column("embedding", embedding_array(embeddings, valid, self.precision))
@@ -182,7 +176,9 @@ def _file_dataset(file: InputFile, text_column: str, id_column: str | None, rows
         pa.table(
             {"id": pa.array(ids), "text": pa.array([t if isinstance(t, str) else None for t in texts], pa.string())}
         )
-        for ids, texts in read_chunks(file, text_column, id_column, rows_per_block)
+        for ids, texts in (
+            (chunk.ids, chunk.texts) for chunk in read_chunks(file, text_column, id_column, rows_per_block)
+        )
     ]
     return ray.data.from_arrow(
         blocks or [pa.table({"id": pa.array([], pa.int64()), "text": pa.array([], pa.string())})]
@@ -240,7 +236,7 @@ def embed_corpus_ray(
                 if on_error == "fail" and any(partial.iterdir()):
                     bad = pq.read_table(partial, columns=["id", "error"], filters=pc.field("error").is_valid())
                     if bad.num_rows:
-                        raise bad_row_error(bad["id"][0].as_py(), bad["error"][0].as_py())
+                        raise bad_row_error({"id": bad["id"][0].as_py(), "error": bad["error"][0].as_py()})
                 partial.replace(final)
             finally:
                 shutil.rmtree(partial, ignore_errors=True)
@@ -248,5 +244,5 @@ def embed_corpus_ray(
     finally:
         if started:
             ray.shutdown()
-    errors = collect_errors(output)
-    return CorpusResult(embedded, reused, errors)
+    errors, duplicates = collect_report(output, [file.name for file in files])
+    return CorpusResult(embedded, reused, errors, duplicates)
