@@ -206,7 +206,9 @@ def _parse_json(line: bytes) -> tuple[Any, str | None]:
         decoded = line.decode("utf-8", errors="surrogateescape")
     try:
         return json.loads(decoded), error
-    except ValueError as failure:  # JSONDecodeError, and ints past Python's 4,300-digit limit
+    except json.JSONDecodeError as failure:  # its own "line 1 column N" would contradict the file's line
+        return None, error or f"not JSON ({failure.msg} at character {failure.pos})"
+    except ValueError as failure:  # an integer past Python's 4,300-digit limit
         return None, error or f"not JSON ({failure})"
     except RecursionError:
         return None, error or "not JSON (nested too deeply)"
