@@ -57,7 +57,8 @@ def bad_row_error(record: dict[str, Any]) -> CorpusError:
     """A bad row as an error: ``file:line: row id 'x': why``."""
     where = record.get("file", "")
     where += f":{record['line']}" if record.get("line") is not None else ""
-    return CorpusError(f"{where}: row id {record.get('id')!r}: {record['error']} {_SKIP_HINT}")
+    where = f"{where}: " if where else ""
+    return CorpusError(f"{where}row id {record.get('id')!r}: {record['error']} {_SKIP_HINT}")
 
 
 def duplicates_error(duplicates: list[dict[str, Any]]) -> CorpusError:
@@ -148,9 +149,9 @@ def embed_corpus(
                     if part_is_done(path, len(chunk.ids)):
                         reused += len(chunk.ids)
                     else:
-                        _raise_first_bad(on_error, str(file.path), chunk.ids, chunk.lines, errors)
+                        raise_first_bad(on_error, str(file.path), chunk.ids, chunk.lines, errors)
                         embeddings = embed_rows(encoder, chunk.texts, errors, batch_size, precision)
-                        _raise_first_bad(on_error, str(file.path), chunk.ids, chunk.lines, errors)
+                        raise_first_bad(on_error, str(file.path), chunk.ids, chunk.lines, errors)
                         ids = storable_ids(chunk.ids, errors)
                         write_part(path, part_table(ids, embeddings, errors, precision, chunk.lines))
                         embedded += len(chunk.ids)
@@ -159,7 +160,8 @@ def embed_corpus(
     return CorpusResult(embedded, reused, bad, duplicates)
 
 
-def _raise_first_bad(on_error: str, file_name: str, ids: list[Any], lines: list[int], errors: list[str | None]) -> None:
+def raise_first_bad(on_error: str, file_name: str, ids: list[Any], lines: list[int], errors: list[str | None]) -> None:
+    """With on_error="fail", the first bad row of a chunk as an error naming file, line and id."""
     if on_error == "skip":
         return
     for row_id, line, error in zip(ids, lines, errors, strict=True):
