@@ -152,7 +152,7 @@ def embed_corpus(
                         raise_first_bad(on_error, str(file.path), chunk.ids, chunk.lines, errors)
                         embeddings = embed_rows(encoder, chunk.texts, errors, batch_size, precision)
                         raise_first_bad(on_error, str(file.path), chunk.ids, chunk.lines, errors)
-                        ids = storable_ids(chunk.ids, errors)
+                        ids = storable_ids(chunk.ids, errors, ids_seen)
                         write_part(path, part_table(ids, embeddings, errors, precision, chunk.lines))
                         embedded += len(chunk.ids)
                     bar.update(len(chunk.ids))

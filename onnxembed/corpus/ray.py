@@ -86,9 +86,9 @@ class EmbedBatches:
         embeddings = embed_rows(self.encoder, texts, errors, self.batch_size, self.precision)
         self._raise_first_bad(ids, errors)
         valid = np.array([error is None for error in errors], dtype=bool)
-        if self.id_column and not valid.all():
+        if ids_check is not None and not valid.all():
             index = batch.column_names.index(self.id_column)
-            stored = pa.array(storable_ids(ids, errors), type=batch.schema.field(index).type)
+            stored = pa.array(storable_ids(ids, errors, ids_check), type=batch.schema.field(index).type)
             batch = batch.set_column(index, self.id_column, stored)
         batch = batch.append_column("embedding", embedding_array(embeddings, valid, self.precision))
         if self.on_error == "skip":
@@ -212,7 +212,7 @@ def _file_dataset(
         errors = chunk_errors(chunk.ids, chunk.texts, chunk.read_errors, ids_check)
         raise_first_bad(on_error, str(file.path), chunk.ids, chunk.lines, errors)
         texts = [text if error is None else None for text, error in zip(chunk.texts, errors, strict=True)]
-        columns = {"id": storable_ids(chunk.ids, errors), "text": texts, "error": errors}
+        columns = {"id": storable_ids(chunk.ids, errors, ids_check), "text": texts, "error": errors}
         types = {"id": _ID_TYPES.get(ids_check.kind), "text": pa.string(), "error": pa.string()}
         refs.append(ray.put(pa.table({name: pa.array(values, types[name]) for name, values in columns.items()})))
     if not refs:

@@ -45,19 +45,30 @@ class IdCheck:
         self.kind: type | None = None
 
     def error(self, row_id: Any) -> str | None:
-        if row_id is None or row_id == "":
-            return "id is empty"
-        if isinstance(row_id, bool) or not isinstance(row_id, (int, str)):
-            return f"id is {type(row_id).__name__} ({str(row_id)[:40]}); ids are strings or integers"
-        if isinstance(row_id, int) and not -_INT64 <= row_id < _INT64:
-            return "id is an integer past 64 bits"
-        if isinstance(row_id, str) and _surrogate(row_id) is not None:
-            return "id has a lone surrogate (invalid Unicode)"
+        invalid = _invalid_id(row_id)
+        if invalid:
+            return invalid
         if self.kind is None:
             self.kind = type(row_id)
         elif type(row_id) is not self.kind:
             return f"id is {type(row_id).__name__}; this job's ids are {self.kind.__name__}"
         return None
+
+    def storable(self, row_id: Any) -> bool:
+        """Whether an id can go in the output's id column beside the job's others (checked, not recorded)."""
+        return self.kind is not None and type(row_id) is self.kind and _invalid_id(row_id) is None
+
+
+def _invalid_id(row_id: Any) -> str | None:
+    if row_id is None or row_id == "":
+        return "id is empty"
+    if isinstance(row_id, bool) or not isinstance(row_id, (int, str)):
+        return f"id is {type(row_id).__name__} ({str(row_id)[:40]}); ids are strings or integers"
+    if isinstance(row_id, int) and not -_INT64 <= row_id < _INT64:
+        return "id is an integer past 64 bits"
+    if isinstance(row_id, str) and _surrogate(row_id) is not None:
+        return "id has a lone surrogate (invalid Unicode)"
+    return None
 
 
 def chunk_errors(ids: list[Any], texts: list[Any], read_errors: list[str | None], check: IdCheck) -> list[str | None]:
@@ -68,9 +79,12 @@ def chunk_errors(ids: list[Any], texts: list[Any], read_errors: list[str | None]
     ]
 
 
-def storable_ids(ids: list[Any], errors: list[str | None]) -> list[Any]:
-    """The ids as written: null where the id itself is what is wrong with the row (it cannot be stored)."""
-    return [None if error and error.startswith("id ") else row_id for row_id, error in zip(ids, errors, strict=True)]
+def storable_ids(ids: list[Any], errors: list[str | None], check: IdCheck) -> list[Any]:
+    """The ids as written: a bad row keeps its id only where it is valid and of the job's kind (a row with
+    an unreadable line may have any id, or one with invalid UTF-8 in it); else null."""
+    return [
+        row_id if error is None or check.storable(row_id) else None for row_id, error in zip(ids, errors, strict=True)
+    ]
 
 
 def _rejected(encoder: Any, texts: list[str], indices: list[int], batch_size: int | None) -> dict[int, str]:

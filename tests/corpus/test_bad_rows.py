@@ -57,6 +57,7 @@ BAD_LINES = [
     (b'{"id": 1.5, "text": "float id"}\n', None, "id is float (1.5); ids are strings or integers"),
     (b'{"id": 7, "text": "int id among str ids"}\n', None, "id is int; this job's ids are str"),
     (b'{"id": "s8", "text": "caf\xe9"}\n', "s8", "invalid UTF-8 at byte 25"),
+    (b'{"id": "s\xff", "text": "bad byte in the id"}\n', None, "invalid UTF-8 at byte 9"),
     (b'{"id": "s9", "text": \n', None, "not JSON (Expecting value at character 22)"),
     (b'["not", "an", "object"]\n', None, "not a JSON object"),
     (b'{"id": "s11", "text": "a", "n": ' + b"9" * 5000 + b"}\n", None, "not JSON (Exceeds the limit"),
