@@ -148,6 +148,10 @@ def _build_parser() -> argparse.ArgumentParser:
     corpus.add_argument("--chunk-rows", type=int, default=8192, help="rows per part, locally (default 8192)")
     corpus.add_argument("--provider", default="auto", help="locally: auto, cpu, cuda or an onnxruntime provider")
     corpus.add_argument("--threads", type=int, help="locally: intra-op threads (default: one per core)")
+    corpus.add_argument("--variant", default="auto", help="graph to use: auto, fp32, int8, ... (see `info`)")
+    corpus.add_argument(
+        "--restart", action="store_true", help="remove this job's parts in OUTPUT first (other files are kept)"
+    )
     corpus.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
     return parser
 
@@ -348,6 +352,8 @@ def _run_embed_corpus(args: argparse.Namespace) -> None:
         "on_error": args.on_error,
         "batch_size": args.batch_size,
         "precision": args.precision,
+        "variant": args.variant,
+        "restart": args.restart,
     }
     if args.ray is None:
         from onnxembed.corpus import embed_corpus
@@ -377,6 +383,9 @@ def _run_embed_corpus(args: argparse.Namespace) -> None:
             f"{len(result.errors)} bad rows skipped (ids {shown}{more}); see {Path(args.output) / '_errors.jsonl'}",
             file=sys.stderr,
         )
+    if result.duplicates:
+        shown = ", ".join(repr(record["id"]) for record in result.duplicates[:10])
+        print(f"{len(result.duplicates)} ids appear more than once ({shown}); see _errors.jsonl", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,14 +1,17 @@
-"""Reading a corpus: Parquet, JSONL or text files (a file, or a folder of them) as chunks of (ids, texts).
+"""Reading a corpus: Parquet, JSONL or text files (a file, or a folder of them) as chunks of rows.
 
-In scope: finding the input files and their formats, counting their rows (for global row numbers and the
-progress bar), and reading fixed-size chunks in file order, so a chunk's rows are the same on every run.
-Not in scope: checking the texts (a bad row is reported by the caller, with its id) and encoding.
+In scope: finding the input files and their formats, counting their rows and fingerprinting their bytes
+(one pass for text and JSONL), and reading fixed-size chunks in file order, so a chunk's rows are the same
+on every run. A line that cannot be read (invalid UTF-8, not JSON, not an object) becomes a row with a read
+error and its line number, so the caller can skip or refuse it like any other bad row. Not in scope:
+checking ids and texts (rows.py) and encoding.
 Text files hold one text per line (empty lines too, as ``onnxembed encode`` reads them); their id is the
 global row number. Parquet and JSONL files give the id column when they have it, else the row number too.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,6 +31,7 @@ SUFFIXES: dict[str, Format] = {
     ".text": "text",
 }
 DEFAULT_ID_COLUMN = "id"
+_BLOCK = 1 << 20
 
 
 class CorpusError(InvalidArgumentError):
@@ -36,16 +40,31 @@ class CorpusError(InvalidArgumentError):
 
 @dataclass(frozen=True)
 class InputFile:
-    """One input file: its position among the inputs (names its output parts) and its first global row."""
+    """One input file: its position among the inputs (names its output parts), its name relative to INPUT
+    (recorded in _job.json, so a moved INPUT still matches), first global row, rows, size and content hash."""
 
     path: Path
     format: Format
     index: int
     first_row: int
     rows: int
+    name: str = ""
+    size: int = 0
+    digest: str = ""
 
 
-def list_inputs(input_path: str | Path) -> list[InputFile]:
+@dataclass
+class Chunk:
+    """``chunk_rows`` rows of a file: ids and texts as read, each row's line (1-based; the row's number in
+    a Parquet file) and why it could not be read (None where it could)."""
+
+    ids: list[Any]
+    texts: list[Any]
+    lines: list[int]
+    read_errors: list[str | None]
+
+
+def input_paths(input_path: str | Path) -> list[Path]:
     """The input files in name order (a folder is searched recursively; names starting with . or _ skipped)."""
     root = Path(input_path)
     if root.is_dir():
@@ -58,31 +77,53 @@ def list_inputs(input_path: str | Path) -> list[InputFile]:
         )
         if not paths:
             raise CorpusError(f"{root} holds no input files; expected names ending in {', '.join(SUFFIXES)}")
-    elif root.is_file():
+        return paths
+    if root.is_file():
         if root.suffix.lower() not in SUFFIXES:
             raise CorpusError(f"{root}: unknown input format {root.suffix!r}; expected one of {', '.join(SUFFIXES)}")
-        paths = [root]
-    else:
-        raise CorpusError(f"input {root} does not exist")
+        return [root]
+    raise CorpusError(f"input {root} does not exist")
+
+
+def list_inputs(input_path: str | Path) -> list[InputFile]:
+    """The input files, each counted and hashed in full (blake2b of every byte: an edit anywhere is seen)."""
+    root = Path(input_path)
     files = []
     first_row = 0
-    for index, path in enumerate(paths):
+    for index, path in enumerate(input_paths(root)):
         file_format = SUFFIXES[path.suffix.lower()]
-        rows = count_rows(path, file_format)
-        files.append(InputFile(path, file_format, index, first_row, rows))
+        rows, size, digest = scan(path, file_format)
+        name = path.relative_to(root).as_posix() if root.is_dir() else path.name
+        files.append(InputFile(path, file_format, index, first_row, rows, name, size, digest))
         first_row += rows
     return files
 
 
-def count_rows(path: Path, file_format: Format) -> int:
-    if file_format == "parquet":
+def scan(path: Path, file_format: Format) -> tuple[int, int, str]:
+    """(rows, bytes, blake2b hex) of a file. Text and JSONL rows are counted in the pass that hashes them."""
+    digest = hashlib.blake2b(digest_size=16)
+    size = rows = 0
+    tail = b""  # a line cut by a block's end, carried to the next block
+    with open(path, "rb") as stream:
+        while block := stream.read(_BLOCK):
+            digest.update(block)
+            size += len(block)
+            if file_format == "text":
+                rows += block.count(b"\n")
+            elif file_format == "jsonl":
+                lines = (tail + block).split(b"\n")
+                tail = lines.pop()
+                rows += sum(1 for line in lines if line.strip())
+            tail = block[-1:] if file_format == "text" else tail
+    if file_format == "text":
+        rows += 1 if tail and tail != b"\n" else 0  # a last line without its newline
+    elif file_format == "jsonl":
+        rows += 1 if tail.strip() else 0
+    else:
         import pyarrow.parquet as pq
 
-        return int(pq.ParquetFile(path).metadata.num_rows)
-    with open(path, "rb") as stream:
-        if file_format == "text":
-            return sum(1 for _ in stream)
-        return sum(1 for line in stream if line.strip())
+        rows = int(pq.ParquetFile(path).metadata.num_rows)
+    return rows, size, f"blake2b:{digest.hexdigest()}"
 
 
 def id_column_of(file: InputFile, id_column: str | None) -> str | None:
@@ -107,15 +148,13 @@ def _columns(file: InputFile) -> list[str]:
     with open(file.path, "rb") as stream:
         for line in stream:
             if line.strip():
-                record = json.loads(line)
+                record, _ = _parse_json(line)
                 return list(record) if isinstance(record, dict) else []
     return []
 
 
-def read_chunks(
-    file: InputFile, text_column: str, id_column: str | None, chunk_rows: int
-) -> Iterator[tuple[list[Any], list[Any]]]:
-    """Yields (ids, texts) of ``chunk_rows`` rows (the last chunk fewer); texts as read, possibly not str.
+def read_chunks(file: InputFile, text_column: str, id_column: str | None, chunk_rows: int) -> Iterator[Chunk]:
+    """Chunks of ``chunk_rows`` rows (the last one fewer); texts as read, possibly not str.
 
     ``id_column`` is the column :func:`id_column_of` chose, or None for global row numbers.
     """
@@ -125,16 +164,17 @@ def read_chunks(
         rows = _jsonl_rows(file, text_column, id_column)
     else:
         rows = _text_rows(file)
-    ids: list[Any] = []
-    texts: list[Any] = []
-    for row_id, text in rows:
-        ids.append(row_id)
-        texts.append(text)
-        if len(ids) == chunk_rows:
-            yield ids, texts
-            ids, texts = [], []
-    if ids:
-        yield ids, texts
+    chunk = Chunk([], [], [], [])
+    for row_id, text, line, error in rows:
+        chunk.ids.append(row_id)
+        chunk.texts.append(text)
+        chunk.lines.append(line)
+        chunk.read_errors.append(error)
+        if len(chunk.ids) == chunk_rows:
+            yield chunk
+            chunk = Chunk([], [], [], [])
+    if chunk.ids:
+        yield chunk
 
 
 def _parquet_rows(file: InputFile, text_column: str, id_column: str | None, chunk_rows: int) -> Iterator[Any]:
@@ -150,8 +190,28 @@ def _parquet_rows(file: InputFile, text_column: str, id_column: str | None, chun
     for batch in parquet.iter_batches(batch_size=chunk_rows, columns=columns):
         texts = batch.column(text_column).to_pylist()
         ids = range(row, row + len(texts)) if id_column is None else batch.column(id_column).to_pylist()
-        yield from zip(ids, texts, strict=True)
+        for offset, (row_id, text) in enumerate(zip(ids, texts, strict=True)):
+            yield row_id, text, row - file.first_row + offset + 1, None
         row += len(texts)
+
+
+def _parse_json(line: bytes) -> tuple[Any, str | None]:
+    """(record, why it cannot be read). Invalid UTF-8 is still parsed (the bad bytes kept as lone surrogates,
+    which the text check then refuses), so the row can be reported by its id."""
+    error = None
+    try:
+        decoded = line.decode("utf-8")
+    except UnicodeDecodeError as failure:
+        error = f"invalid UTF-8 at byte {failure.start}"
+        decoded = line.decode("utf-8", errors="surrogateescape")
+    try:
+        return json.loads(decoded), error
+    except json.JSONDecodeError as failure:  # its own "line 1 column N" would contradict the file's line
+        return None, error or f"not JSON ({failure.msg} at character {failure.pos})"
+    except ValueError as failure:  # an integer past Python's 4,300-digit limit
+        return None, error or f"not JSON ({failure})"
+    except RecursionError:
+        return None, error or "not JSON (nested too deeply)"
 
 
 def _jsonl_rows(file: InputFile, text_column: str, id_column: str | None) -> Iterator[Any]:
@@ -160,17 +220,19 @@ def _jsonl_rows(file: InputFile, text_column: str, id_column: str | None) -> Ite
         for line_number, line in enumerate(stream, 1):
             if not line.strip():
                 continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise CorpusError(f"{file.path}:{line_number}: not JSON ({error})") from None
+            record, error = _parse_json(line)
             if not isinstance(record, dict):
-                raise CorpusError(f"{file.path}:{line_number}: a JSON object per line expected")
-            yield (row if id_column is None else record.get(id_column)), record.get(text_column)
+                row_id = row if id_column is None else None
+                yield row_id, None, line_number, error or "not a JSON object"
+            else:
+                yield (row if id_column is None else record.get(id_column)), record.get(text_column), line_number, error
             row += 1
 
 
 def _text_rows(file: InputFile) -> Iterator[Any]:
     with open(file.path, "rb") as stream:
-        for row, line in enumerate(stream, file.first_row):
-            yield row, line.decode("utf-8").rstrip("\r\n")
+        for line_number, line in enumerate(stream, 1):
+            try:
+                yield file.first_row + line_number - 1, line.decode("utf-8").rstrip("\r\n"), line_number, None
+            except UnicodeDecodeError as failure:
+                yield file.first_row + line_number - 1, None, line_number, f"invalid UTF-8 at byte {failure.start}"

@@ -1,54 +1,36 @@
-"""The output folder of a corpus job: Parquet parts written atomically, the job's settings, the error list.
+"""The parts of a corpus job's OUTPUT: Parquet files written durably, checked on reuse, and the bad-row report.
 
 Each part holds columns ``id``, ``embedding`` (fixed-size list: float32, or int8/uint8 packed bits for
 binary/ubinary; null for a bad row) and ``error`` (null, or why the row has no embedding). A part is
-written under a name starting with "." and renamed when complete, so a part that exists is finished: a
-restarted job skips it. ``_job.json`` keeps the settings that decide what goes in which part; a restart
-with other settings is refused rather than mixing parts. Readers (pyarrow, Ray, DuckDB) skip "_" and "."
-names, so ``pyarrow.parquet.read_table(OUTPUT)`` reads exactly the finished rows.
+written under a hidden name, fsynced, read back (its row count), renamed, and the folder fsynced: a part
+that exists under its final name is complete, even after a power cut. Readers (pyarrow, Ray, DuckDB) skip
+"_" and "." names, so ``pyarrow.parquet.read_table(OUTPUT)`` reads exactly the finished rows (and any
+foreign Parquet file someone put there: ours are ``part-*``).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from onnxembed.corpus.inputs import CorpusError
+from onnxembed.corpus.job import ERRORS_FILE, PART_FILE, PART_FOLDER, fsync_folder, temporary_path, write_atomically
+from onnxembed.corpus.rows import VALUE_TYPES
 
-JOB_FILE = "_job.json"
-ERRORS_FILE = "_errors.jsonl"
-VALUE_TYPES = {"float32": "float32", "binary": "int8", "ubinary": "uint8"}
+logger = logging.getLogger(__name__)
+
+# Parquet key-value metadata of a part: the input line of each bad row, in row order, for the report.
+LINES_KEY = b"onnxembed.bad_row_lines"
 
 
 def part_name(file_index: int, chunk_index: int | None = None) -> str:
     """``part-00003-000012.parquet`` (file 3, chunk 12), or ``part-00003`` (a folder of a file's parts)."""
     return f"part-{file_index:05d}" if chunk_index is None else f"part-{file_index:05d}-{chunk_index:06d}.parquet"
-
-
-def temporary_path(final: Path) -> Path:
-    return final.with_name(f".{final.name}.tmp-{os.getpid()}")
-
-
-def check_job(output: Path, settings: dict[str, Any]) -> None:
-    """Create OUTPUT and record ``settings``; on a restart, refuse settings that differ from the first run's."""
-    output.mkdir(parents=True, exist_ok=True)
-    job = output / JOB_FILE
-    if job.exists():
-        recorded = json.loads(job.read_text(encoding="utf-8"))
-        changed = {key: (recorded.get(key), value) for key, value in settings.items() if recorded.get(key) != value}
-        if changed:
-            details = "; ".join(f"{key}: was {old!r}, now {new!r}" for key, (old, new) in changed.items())
-            raise CorpusError(f"{output} holds a job with other settings ({details}); use a new OUTPUT")
-        return
-    if any(path.name.startswith("part-") for path in output.iterdir()):
-        raise CorpusError(f"{output} holds parts but no {JOB_FILE}; use a new OUTPUT")
-    partial = temporary_path(job)
-    partial.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    partial.replace(job)
 
 
 def embedding_array(embeddings: np.ndarray, valid: np.ndarray, precision: str) -> Any:
@@ -62,66 +44,126 @@ def embedding_array(embeddings: np.ndarray, valid: np.ndarray, precision: str) -
 
 
 def part_table(
-    ids: list[Any], embeddings: np.ndarray, valid: np.ndarray, errors: list[str | None], precision: str
+    ids: list[Any], embeddings: np.ndarray, errors: list[str | None], precision: str, lines: list[int]
 ) -> Any:
+    """The part's table; ``lines`` (each row's input line) are kept for the bad rows only, as metadata."""
     import pyarrow as pa
 
-    return pa.table(
+    valid = np.array([error is None for error in errors], dtype=bool)
+    table = pa.table(
         {
             "id": pa.array(ids),
             "embedding": embedding_array(embeddings, valid, precision),
             "error": pa.array(errors, type=pa.string()),
         }
     )
+    bad_lines = [line for line, error in zip(lines, errors, strict=True) if error is not None]
+    return table.replace_schema_metadata({LINES_KEY: json.dumps(bad_lines).encode()}) if bad_lines else table
+
+
+def commit(partial: Path, final: Path) -> None:
+    """The step after which a part counts as done: the rename, made durable."""
+    partial.replace(final)
+    fsync_folder(final.parent)
 
 
 def write_part(path: Path, table: Any) -> None:
-    """Write a Parquet part atomically: beside it under a hidden name, then renamed."""
+    """Write a part durably: hidden name, fsync, row count read back, rename, folder fsync."""
     import pyarrow.parquet as pq
 
     partial = temporary_path(path)
     try:
         pq.write_table(table, partial)
-        partial.replace(path)
+        with open(partial, "rb") as stream:
+            os.fsync(stream.fileno())
+        written = pq.read_metadata(partial).num_rows
+        if written != table.num_rows:
+            raise OSError(f"{partial}: {written} rows on disk, {table.num_rows} written")
+        commit(partial, path)
     finally:
         partial.unlink(missing_ok=True)
 
 
-def collect_errors(output: Path) -> list[dict[str, Any]]:
-    """The bad rows of all finished parts, as {"id", "error"}; also written to OUTPUT/_errors.jsonl."""
+def part_is_done(path: Path, rows: int) -> bool:
+    """Whether a part from an earlier run is complete: readable, with the chunk's row count. A part that is
+    not (written by an older onnxembed that did not fsync, then a power cut) is removed, to be redone."""
+    import pyarrow.parquet as pq
+
+    if not path.exists():
+        return False
+    try:
+        if pq.read_metadata(path).num_rows == rows:
+            return True
+    except (OSError, ValueError):
+        pass
+    logger.warning("%s is incomplete or unreadable; embedding its rows again", path)
+    path.unlink()
+    return False
+
+
+def our_parts(output: Path) -> list[Path]:
+    """Our Parquet files in OUTPUT: local parts, and the files inside Ray's part folders."""
+    parts: list[Path] = []
+    for path in sorted(output.iterdir()):
+        if PART_FILE.fullmatch(path.name) and path.is_file():
+            parts.append(path)
+        elif PART_FOLDER.fullmatch(path.name) and path.is_dir():
+            parts.extend(sorted(path.glob("*.parquet")))
+    return parts
+
+
+def _file_index(part: Path) -> int:
+    """The input a part came from: ``part-FFFFF-...`` or a file inside ``part-FFFFF/``."""
+    return int((part.name if PART_FILE.fullmatch(part.name) else part.parent.name)[5:10])
+
+
+def _bad_rows(part: Path, file_name: str) -> Iterable[dict[str, Any]]:
     import pyarrow.compute as pc
-    import pyarrow.dataset as ds
+    import pyarrow.parquet as pq
 
-    dataset = ds.dataset(output, format="parquet")
-    table = dataset.to_table(columns=["id", "error"], filter=pc.field("error").is_valid())
-    records = [
-        {"id": row_id, "error": error}
-        for row_id, error in zip(table["id"].to_pylist(), table["error"].to_pylist(), strict=True)
-    ]
-    errors_file = output / ERRORS_FILE
-    partial = temporary_path(errors_file)
-    with open(partial, "w", encoding="utf-8") as stream:
-        for record in records:
-            stream.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
-    partial.replace(errors_file)
-    return records
+    table = pq.read_table(part, columns=["id", "error"])
+    metadata = pq.read_schema(part).metadata or {}
+    lines = json.loads(metadata.get(LINES_KEY, b"[]"))
+    table = table.filter(pc.is_valid(table["error"]))
+    for index, (row_id, error) in enumerate(zip(table["id"].to_pylist(), table["error"].to_pylist(), strict=True)):
+        record = {"id": row_id, "file": file_name, "error": error}
+        if index < len(lines):
+            record["line"] = lines[index]
+        yield record
 
 
-def row_errors(texts: list[Any]) -> list[str | None]:
-    """Why each text cannot be embedded (null, not a string), or None where it can."""
+def _duplicates(parts: list[Path], file_names: dict[Path, str]) -> list[dict[str, Any]]:
+    """Ids found more than once among the parts (the id column of every part is held at once)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    tables = [pq.read_table(part, columns=["id"]) for part in parts]
+    if not tables:
+        return []
+    ids = pa.concat_tables(tables, promote_options="permissive")
+    counts = ids.group_by("id").aggregate([("id", "count")]).filter(pc.field("id_count") > 1)
+    duplicated = counts["id"].to_pylist()
+    if not duplicated:
+        return []
+    seen_in: dict[Any, list[str]] = {row_id: [] for row_id in duplicated}
+    for part, table in zip(parts, tables, strict=True):
+        for row_id in table.filter(pc.is_in(table["id"], counts["id"]))["id"].unique().to_pylist():
+            if file_names[part] not in seen_in[row_id]:
+                seen_in[row_id].append(file_names[part])
     return [
-        None if isinstance(text, str) else f"text is {'null' if text is None else type(text).__name__}"
-        for text in texts
+        {"id": row_id, "files": seen_in[row_id], "error": f"duplicate id: {count} rows"}
+        for row_id, count in zip(duplicated, counts["id_count"].to_pylist(), strict=True)
     ]
 
 
-def embed_rows(
-    encoder: Any, texts: list[Any], errors: list[str | None], batch_size: int | None, precision: str
-) -> np.ndarray:
-    """(n, width) embeddings of the good texts; zero rows where ``errors`` names a bad one."""
-    good = [index for index, error in enumerate(errors) if error is None]
-    width = encoder.dim if precision == "float32" else -(-encoder.dim // 8)
-    embeddings = np.zeros((len(texts), width), dtype=VALUE_TYPES[precision])
-    if good:
-        embeddings[good] = encoder.encode([texts[index] for index in good], batch_size=batch_size, precision=precision)
-    return embeddings
+def collect_report(output: Path, file_names: list[str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(bad rows, duplicate ids) over all our parts, also written to OUTPUT/_errors.jsonl, one JSON per line:
+    ``{"id", "file", "line", "error"}`` per bad row, ``{"id", "files", "error": "duplicate id: N rows"}``."""
+    parts = our_parts(output)
+    names = {part: file_names[_file_index(part)] for part in parts}
+    bad = [record for part in parts for record in _bad_rows(part, names[part])]
+    duplicates = _duplicates(parts, names)
+    text = "".join(json.dumps(record, ensure_ascii=False, default=str) + "\n" for record in [*bad, *duplicates])
+    write_atomically(output / ERRORS_FILE, text)
+    return bad, duplicates

@@ -9,25 +9,31 @@ and task retries when a worker dies, and the CLI's restartable per-file job. Not
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import warnings
 from pathlib import Path
 from typing import Any
 
-from onnxembed.corpus.inputs import InputFile, id_column_of, list_inputs, read_chunks
-from onnxembed.corpus.local import CorpusPrecision, CorpusResult, OnError, bad_row_error, check_options
-from onnxembed.corpus.parts import (
-    check_job,
-    collect_errors,
-    embed_rows,
-    embedding_array,
-    part_name,
-    row_errors,
-    temporary_path,
+from onnxembed.corpus.inputs import CorpusError, InputFile, id_column_of, list_inputs, read_chunks
+from onnxembed.corpus.job import check_paths, fsync_folder, inputs_record, locked, model_record, temporary_path
+from onnxembed.corpus.local import (
+    CorpusPrecision,
+    CorpusResult,
+    OnError,
+    bad_row_error,
+    check_options,
+    finish_job,
+    raise_first_bad,
+    require_pyarrow,
+    start_job,
 )
+from onnxembed.corpus.parts import embedding_array, part_name
+from onnxembed.corpus.rows import IdCheck, chunk_errors, embed_rows, storable_ids, text_error
 
 logger = logging.getLogger(__name__)
 
+_ID_TYPES: dict[Any, Any] = {}  # filled on first use: importing pyarrow here would import it with the package
 _RETRIES = 4  # actor restarts and task retries: a worker that dies is replaced, a crash loop still ends
 
 
@@ -55,10 +61,11 @@ class EmbedBatches:
         batch_size: int | None,
         precision: str,
         on_error: str,
+        variant: str = "auto",
     ) -> None:
         from onnxembed.runtime import Encoder
 
-        self.encoder = Encoder(model_dir, provider=provider, threads=threads)
+        self.encoder = Encoder(model_dir, provider=provider, threads=threads, variant=variant)
         self.text_column, self.id_column = text_column, id_column
         self.batch_size, self.precision, self.on_error = batch_size, precision, on_error
 
@@ -67,17 +74,38 @@ class EmbedBatches:
         import pyarrow as pa
 
         texts = batch.column(self.text_column).to_pylist()
-        errors = row_errors(texts)
-        first_bad = next((index for index, error in enumerate(errors) if error is not None), None)
-        if first_bad is not None and self.on_error == "fail":
-            row_id = batch.column(self.id_column)[first_bad].as_py() if self.id_column else f"#{first_bad} of a batch"
-            raise bad_row_error(row_id, errors[first_bad] or "")
+        ids = batch.column(self.id_column).to_pylist() if self.id_column else [None] * len(texts)
+        # A batch from embed-corpus carries the driver's read/id checks in "error"; others are checked here.
+        read_errors = batch.column("error").to_pylist() if "error" in batch.column_names else [None] * len(texts)
+        ids_check = IdCheck() if self.id_column else None
+        errors = [
+            read_error or (ids_check.error(row_id) if ids_check else None) or text_error(text)
+            for row_id, text, read_error in zip(ids, texts, read_errors, strict=True)
+        ]
+        self._raise_first_bad(ids, errors)
         embeddings = embed_rows(self.encoder, texts, errors, self.batch_size, self.precision)
+        self._raise_first_bad(ids, errors)
         valid = np.array([error is None for error in errors], dtype=bool)
+        if ids_check is not None and not valid.all():
+            index = batch.column_names.index(self.id_column)
+            stored = pa.array(storable_ids(ids, errors, ids_check), type=batch.schema.field(index).type)
+            batch = batch.set_column(index, self.id_column, stored)
         batch = batch.append_column("embedding", embedding_array(embeddings, valid, self.precision))
         if self.on_error == "skip":
-            batch = batch.append_column("error", pa.array(errors, type=pa.string()))
+            error_column = pa.array(errors, type=pa.string())
+            if "error" in batch.column_names:
+                batch = batch.set_column(batch.column_names.index("error"), "error", error_column)
+            else:
+                batch = batch.append_column("error", error_column)
         return batch
+
+    def _raise_first_bad(self, ids: list[Any], errors: list[str | None]) -> None:
+        if self.on_error == "skip":
+            return
+        for index, (row_id, error) in enumerate(zip(ids, errors, strict=True)):
+            if error is not None:
+                shown = row_id if self.id_column else f"#{index} of a batch"
+                raise bad_row_error({"id": shown, "error": error})
 
 
 def plan_actors(threads_per_actor: int | None = None, num_actors: int | None = None) -> dict[str, Any]:
@@ -110,6 +138,7 @@ def embed_dataset(
     threads_per_actor: int | None = None,
     num_actors: int | None = None,
     actor_class: type[EmbedBatches] = EmbedBatches,
+    variant: str = "auto",
 ) -> Any:
     """A Ray Dataset with an ``embedding`` column: fixed-size list of float32 (int8/uint8 packed bits for
     binary/ubinary), computed lazily by an actor pool (see :func:`plan_actors`). ``model_dir`` must be
@@ -129,9 +158,8 @@ def embed_dataset(
         # Ray 2.60 warns on any **ray_remote_args; max_restarts/max_task_retries have no named form yet, and
         # Ray Data's own default (-1) would retry an actor that crashes on every batch forever.
         warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
-        return _map_batches(
-            ds, actor_class, model_dir, text_column, id_column, batch_size, rows_per_batch, precision, on_error, plan
-        )
+        options = {"batch_size": batch_size, "precision": precision, "on_error": on_error, "variant": variant}
+        return _map_batches(ds, actor_class, model_dir, text_column, id_column, rows_per_batch, options, plan)
 
 
 def _map_batches(
@@ -140,10 +168,8 @@ def _map_batches(
     model_dir: str | Path,
     text_column: str,
     id_column: str | None,
-    batch_size: int | None,
     rows_per_batch: int,
-    precision: str,
-    on_error: str,
+    options: dict[str, Any],
     plan: dict[str, Any],
 ) -> Any:
     return ds.map_batches(
@@ -156,9 +182,7 @@ def _map_batches(
             "id_column": id_column,
             "provider": plan["provider"],
             "threads": plan["threads"],
-            "batch_size": batch_size,
-            "precision": precision,
-            "on_error": on_error,
+            **options,
         },
         concurrency=plan["concurrency"],
         num_cpus=plan["num_cpus"],
@@ -168,31 +192,72 @@ def _map_batches(
     )
 
 
-def _file_dataset(file: InputFile, text_column: str, id_column: str | None, rows_per_block: int) -> Any:
-    """A file as a Ray Dataset with columns id, text. Parquet with an id column is read by the cluster
-    (``read_parquet``); text, JSONL and files numbered by row are read here in blocks, which keeps global
-    row numbers and reads mixed-type or null JSON texts row by row (a non-string text becomes null)."""
+def _file_dataset(
+    file: InputFile, text_column: str, id_column: str | None, rows_per_block: int, ids_check: IdCheck, on_error: str
+) -> Any:
+    """A file as a Ray Dataset with columns id, text, error. Parquet with an id column is read by the cluster
+    (``read_parquet``). Text, JSONL and files numbered by row are read here, in file order (global row numbers
+    need it), and checked row by row (a read error, bad id or text names its line); each block goes to the
+    object store as it is read, so the driver holds one block, never the file."""
     ray = _import_ray()
     import pyarrow as pa
 
+    _ID_TYPES.update({str: pa.string(), int: pa.int64()})
     if file.format == "parquet" and id_column is not None:
         ds = ray.data.read_parquet(str(file.path), columns=[id_column, text_column])
-        return ds.rename_columns({id_column: "id", text_column: "text"}) if id_column != "id" else ds
-    blocks = [
-        pa.table(
-            {"id": pa.array(ids), "text": pa.array([t if isinstance(t, str) else None for t in texts], pa.string())}
-        )
-        for ids, texts in read_chunks(file, text_column, id_column, rows_per_block)
-    ]
-    return ray.data.from_arrow(
-        blocks or [pa.table({"id": pa.array([], pa.int64()), "text": pa.array([], pa.string())})]
-    )
+        ds = ds.rename_columns({id_column: "id", text_column: "text"}) if id_column != "id" else ds
+        return ds.select_columns(["id", "text"])
+    refs = []
+    for chunk in read_chunks(file, text_column, id_column, rows_per_block):
+        errors = chunk_errors(chunk.ids, chunk.texts, chunk.read_errors, ids_check)
+        raise_first_bad(on_error, str(file.path), chunk.ids, chunk.lines, errors)
+        texts = [text if error is None else None for text, error in zip(chunk.texts, errors, strict=True)]
+        columns = {"id": storable_ids(chunk.ids, errors, ids_check), "text": texts, "error": errors}
+        types = {"id": _ID_TYPES.get(ids_check.kind), "text": pa.string(), "error": pa.string()}
+        refs.append(ray.put(pa.table({name: pa.array(values, types[name]) for name, values in columns.items()})))
+    if not refs:
+        refs = [ray.put(pa.table({"id": pa.array([], pa.int64()), "text": pa.array([], pa.string())}))]
+    return ray.data.from_arrow_refs(refs)
+
+
+def _seed_id_kind(ids_check: IdCheck, folder: Path) -> None:
+    """A finished file's id kind, from its parts: a rerun checks the next files' ids as the first run did."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if ids_check.kind is None:
+        for path in sorted(folder.glob("*.parquet")):
+            id_type = pq.read_schema(path).field("id").type
+            ids_check.kind = str if pa.types.is_string(id_type) else int if pa.types.is_integer(id_type) else None
+            return
+
+
+def _commit_folder(partial: Path, final: Path, expected_rows: int, on_error: str, file_name: str) -> None:
+    """Check the rows Ray wrote (count, and bad rows with on_error="fail"), make them durable, then rename the
+    folder: the step after which the file counts as done."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    files = sorted(partial.glob("*.parquet"))
+    written = sum(pq.read_metadata(path).num_rows for path in files)
+    if written != expected_rows:
+        raise CorpusError(f"{file_name}: Ray wrote {written} rows of {expected_rows}; nothing committed, rerun")
+    if on_error == "fail" and files:
+        bad = pq.read_table(partial, columns=["id", "error"], filters=pc.field("error").is_valid())
+        if bad.num_rows:
+            raise bad_row_error({"id": bad["id"][0].as_py(), "file": file_name, "error": bad["error"][0].as_py()})
+    for path in files:
+        with open(path, "rb") as stream:
+            os.fsync(stream.fileno())
+    fsync_folder(partial)
+    partial.replace(final)
+    fsync_folder(final.parent)
 
 
 def embed_corpus_ray(
     input_path: str | Path,
     output: str | Path,
-    model: str | Path,
+    model_dir: str | Path,
     *,
     address: str | None = None,
     text_column: str = "text",
@@ -201,52 +266,83 @@ def embed_corpus_ray(
     batch_size: int | None = None,
     precision: CorpusPrecision = "float32",
     rows_per_block: int = 8192,
+    variant: str = "auto",
+    restart: bool = False,
 ) -> CorpusResult:
     """As :func:`onnxembed.corpus.embed_corpus`, on Ray (``ray.init(address)``; a local cluster when None).
 
-    Each input file becomes one Ray job whose parts land in OUTPUT/part-NNNNN/ by an atomic folder rename,
-    so a restarted job skips finished files. Bad rows are found by the actors and, with on_error="fail",
-    stop the job before the file's folder is committed.
+    Each input file becomes one Ray job whose parts land in OUTPUT/part-NNNNN/ by a folder rename after
+    its rows are counted and fsynced, so a restarted job skips finished files. OUTPUT and ``model_dir`` must
+    be at the same path on every node (local disk for one node, else NFS or another shared filesystem).
+    The job record and what a rerun refuses are the local path's (docs/corpora.md).
     """
     ray = _import_ray()
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
+    from onnxembed.manifest import Manifest
+    from onnxembed.runtime.variants import choose_variant
 
+    require_pyarrow()
     check_options(on_error, precision)
     output = Path(output)
+    check_paths(input_path, output)
     files = list_inputs(input_path)
     id_columns = [id_column_of(file, id_column) for file in files]
-    settings = {"runner": "ray", "text_column": text_column, "id_column": id_column, "precision": precision}
-    check_job(output, {**settings, "inputs": [str(file.path) for file in files]})
+    options = {"on_error": on_error, "batch_size": batch_size, "rows_per_block": rows_per_block}
     started = not ray.is_initialized()
     if started:
         ray.init(address=address, log_to_driver=False, include_dashboard=False)
-    embedded = reused = 0
     try:
-        for file, file_id_column in zip(files, id_columns, strict=True):
-            final = output / part_name(file.index)
-            if final.exists():
-                reused += file.rows
-                continue
-            ds = _file_dataset(file, text_column, file_id_column, rows_per_block)
-            ds = embed_dataset(
-                ds, model, "text", id_column="id", batch_size=batch_size, precision=precision, on_error="skip"
-            )
-            partial = temporary_path(final)
-            shutil.rmtree(partial, ignore_errors=True)
-            try:
-                partial.mkdir(parents=True)
-                ds.select_columns(["id", "embedding", "error"]).write_parquet(str(partial))
-                if on_error == "fail" and any(partial.iterdir()):
-                    bad = pq.read_table(partial, columns=["id", "error"], filters=pc.field("error").is_valid())
-                    if bad.num_rows:
-                        raise bad_row_error(bad["id"][0].as_py(), bad["error"][0].as_py())
-                partial.replace(final)
-            finally:
-                shutil.rmtree(partial, ignore_errors=True)
-            embedded += file.rows
+        # The variant the actors will load, chosen here as their Encoder will for their provider.
+        on_gpu = plan_actors()["provider"] == "cuda"
+        provider = "CUDAExecutionProvider" if on_gpu else "CPUExecutionProvider"
+        chosen, _ = choose_variant(Manifest.read(model_dir), Path(model_dir), variant, provider)
+        settings = {"runner": "ray", "text_column": text_column, "id_column": id_column, "precision": precision}
+        job = {"settings": settings, "model": model_record(model_dir, chosen), "inputs": inputs_record(files)}
+        return _run_files(output, files, id_columns, job, restart, model_dir, chosen, options)
     finally:
         if started:
             ray.shutdown()
-    errors = collect_errors(output)
-    return CorpusResult(embedded, reused, errors)
+
+
+def _run_files(
+    output: Path,
+    files: list[InputFile],
+    id_columns: list[str | None],
+    job: dict[str, Any],
+    restart: bool,
+    model_dir: str | Path,
+    variant: str,
+    options: dict[str, Any],
+) -> CorpusResult:
+    """Under OUTPUT's lock: each file not yet committed, embedded by the actor pool and committed."""
+    text_column, on_error = job["settings"]["text_column"], options["on_error"]
+    embedded = reused = 0
+    ids_check = IdCheck()
+    with locked(output):
+        start_job(output, job, restart)
+        for file, file_id_column in zip(files, id_columns, strict=True):
+            final = output / part_name(file.index)
+            if final.is_dir():
+                _seed_id_kind(ids_check, final)
+                reused += file.rows
+                continue
+            ds = _file_dataset(file, text_column, file_id_column, options["rows_per_block"], ids_check, on_error)
+            ds = embed_dataset(
+                ds,
+                model_dir,
+                "text",
+                id_column="id",
+                batch_size=options["batch_size"],
+                precision=job["settings"]["precision"],
+                on_error="skip",  # bad rows are checked in the written folder, before it is committed
+                variant=variant,
+            )
+            partial = temporary_path(final)
+            try:
+                partial.mkdir(parents=True)
+                ds.select_columns(["id", "embedding", "error"]).write_parquet(str(partial))
+                _commit_folder(partial, final, file.rows, on_error, str(file.path))
+            finally:
+                shutil.rmtree(partial, ignore_errors=True)
+            embedded += file.rows
+        bad, duplicates = finish_job(output, [file.name for file in files], on_error)
+    return CorpusResult(embedded, reused, bad, duplicates)

@@ -104,3 +104,42 @@ def test_cli_ray_bad_rows_then_text_file_rerun(
     assert main(["embed-corpus", str(source), str(text_output), "--model", str(tiny_export), "--ray"]) == 0
     assert f"0 rows embedded, {len(TEXTS)} found done" in capsys.readouterr().err
     assert_rows_equal(read_output(text_output), dict(enumerate(expected.values())))
+
+
+def test_cli_ray_jsonl_bad_rows_rerun_and_model_change(
+    ray_cluster: Any, tiny_export: Path, tmp_path: Path, expected: dict, capsys: pytest.CaptureFixture
+) -> None:
+    import json
+    import shutil
+
+    lines = [json.dumps({"id": i, "text": t}).encode() for i, t in zip(IDS, TEXTS, strict=True)]
+    lines[2] = b'{"id": "doc-002", "text": "a \\udc00 b"}'  # a lone surrogate: the tokenizer would raise
+    lines[6] = b'{"id": "doc-006", "text": "caf\xe9"}'
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "a.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    output = tmp_path / "out"
+    args = ["embed-corpus", str(folder), str(output), "--model", str(tiny_export), "--ray", "--no-progress"]
+    assert main(args) == 1
+    assert "a.jsonl:3: row id 'doc-002': text has a lone surrogate" in capsys.readouterr().err
+    assert not list(output.glob("part-*"))
+
+    (output / ".part-00000.tmp-99999").mkdir()  # a crashed run's folder
+    assert main([*args, "--on-error", "skip"]) == 0
+    assert "2 bad rows skipped (ids 'doc-002', 'doc-006')" in capsys.readouterr().err
+    assert not (output / ".part-00000.tmp-99999").exists()
+    report = [json.loads(line) for line in (output / "_errors.jsonl").read_text().splitlines()]
+    assert [(record["id"], record["file"]) for record in report] == [("doc-002", "a.jsonl"), ("doc-006", "a.jsonl")]
+    result = read_output(output)
+    assert result.pop("doc-006") == {"embedding": None, "error": "invalid UTF-8 at byte 30"}
+    assert result.pop("doc-002")["embedding"] is None
+    assert_rows_equal(result, {i: v for i, v in expected.items() if i not in ("doc-002", "doc-006")})
+
+    assert main([*args, "--on-error", "skip"]) == 0
+    assert f"0 rows embedded, {len(TEXTS)} found done" in capsys.readouterr().err
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_export, model)
+    (model / "onnxembed.json").write_text((model / "onnxembed.json").read_text() + "\n")
+    assert main([*args[:3], "--model", str(model), *args[5:], "--on-error", "skip"]) == 1
+    assert "the model changed" in capsys.readouterr().err
