@@ -61,7 +61,7 @@ def padding_bias(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tens
     return padded.to(dtype) * torch.finfo(dtype).min
 
 
-def outside_window(seq_len: torch.Tensor | int, half_window: int) -> torch.Tensor:
+def outside_window(seq_len: int, half_window: int) -> torch.Tensor:
     """(seq, seq) bool: True where |query - key| > half_window. Compared through broadcasting, so no
     (seq, seq) integer distance is ever built (8 bytes a pair: 512 MiB at 8,192 tokens)."""
     keys = torch.arange(seq_len)[None, :]
