@@ -19,6 +19,10 @@ from typing import Any
 
 import torch
 
+# Query rows per block of one head's scores at the model's max_seq_length: a model that takes 8,192 tokens
+# computes each head in 4 blocks, (batch, 2048, 8192) floats (64 MiB a text) at a time.
+QUERY_BLOCK_TOKENS = 2048
+
 
 def heads_one_at_a_time(
     query: torch.Tensor,
@@ -28,13 +32,15 @@ def heads_one_at_a_time(
     outside_window: torch.Tensor | None,
     scale: float,
     num_heads: int,
+    query_blocks: int = 1,
 ) -> torch.Tensor:
-    """softmax(q k^T * scale + key_bias) v, one head at a time.
+    """softmax(q k^T * scale + key_bias) v, one head and one block of query rows at a time.
 
     query (batch, heads, seq, head_dim); key and value (batch, kv_heads, seq, head_dim) with heads a
     multiple of kv_heads (grouped-query attention); key_bias (batch, 1, 1, seq) float, 0 for real keys and
     the dtype's min for padding; outside_window (seq, seq) bool, True where a key is beyond a query's
-    window, or None. Returns (batch, heads, seq, head_dim).
+    window, or None; query_blocks: how many row blocks each head's scores are computed in (the graph's
+    largest tensor is then (batch, seq / query_blocks, seq)). Returns (batch, heads, seq, head_dim).
 
     Equals eager attention on every real query row: a masked score there is exp(min - max) = 0 either way.
     """
@@ -44,14 +50,20 @@ def heads_one_at_a_time(
     # Scaling the query, not the scores, saves one pass over (batch, seq, seq) per head; exact when the scale
     # is a power of two (head_dim 64 or 256), within float rounding otherwise.
     query = query * scale
+    seq = query.shape[2]
+    # Block bounds are computed from the traced length, so they follow whatever length the graph is run at.
+    bounds = [(seq * block) // query_blocks for block in range(query_blocks + 1)]
     outputs = []
     for head in range(num_heads):
-        scores = torch.matmul(query[:, head], key[:, head // group].transpose(1, 2))
-        scores = scores + bias
-        if outside_window is not None:
-            scores = scores.masked_fill(outside_window, lowest)
-        probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
-        outputs.append(torch.matmul(probs, value[:, head // group]))
+        rows = []
+        for start, end in zip(bounds[:-1], bounds[1:], strict=True):
+            scores = torch.matmul(query[:, head, start:end], key[:, head // group].transpose(1, 2))
+            scores = scores + bias
+            if outside_window is not None:
+                scores = scores.masked_fill(outside_window[start:end], lowest)
+            probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+            rows.append(torch.matmul(probs, value[:, head // group]))
+        outputs.append(rows[0] if query_blocks == 1 else torch.cat(rows, dim=1))
     return torch.stack(outputs, dim=1)
 
 
@@ -94,23 +106,30 @@ def _modernbert_attention(
     query, key, value = qkv.transpose(3, 1).unbind(dim=2)
     query, key = apply_rotary_pos_emb(query, key, cos, sin)
     window = sliding_window_mask if local_attention != (-1, -1) else None
-    output = heads_one_at_a_time(query, key, value, attention_mask, window, module.head_dim**-0.5, module.num_heads)
+    output = heads_one_at_a_time(
+        query, key, value, attention_mask, window, module.head_dim**-0.5, module.num_heads, module.query_blocks
+    )
     return (output.transpose(1, 2).reshape(bs, -1, dim),)
 
 
 @contextlib.contextmanager
-def _modernbert(model: Any) -> Iterator[None]:
+def _modernbert(model: Any, query_blocks: int) -> Iterator[None]:
     from transformers.models.modernbert import modeling_modernbert
 
     functions = modeling_modernbert.MODERNBERT_ATTENTION_FUNCTION
     eager = functions["eager"]
     functions["eager"] = _modernbert_attention
     model._update_attention_mask = _modernbert_masks.__get__(model)
+    attentions = [module for module in model.modules() if isinstance(module, modeling_modernbert.ModernBertAttention)]
+    for attention in attentions:
+        attention.query_blocks = query_blocks
     try:
         yield
     finally:
         functions["eager"] = eager
         del model._update_attention_mask
+        for attention in attentions:
+            del attention.query_blocks
 
 
 _FAMILIES = {"modernbert": _modernbert}
@@ -121,13 +140,19 @@ def families() -> tuple[str, ...]:
     return tuple(_FAMILIES)
 
 
+def query_blocks(max_seq_length: int) -> int:
+    """Row blocks per head for a model that takes ``max_seq_length`` tokens."""
+    return max(1, -(-max_seq_length // QUERY_BLOCK_TOKENS))
+
+
 @contextlib.contextmanager
-def lean_attention(model: Any) -> Iterator[bool]:
+def lean_attention(model: Any, max_seq_length: int) -> Iterator[int]:
     """Within the block, ``model`` (eager attention) runs the one-head-at-a-time attention when its family
-    has one; yields whether it does."""
+    has one; yields the query blocks per head (0: the family's own attention)."""
     patch = _FAMILIES.get(getattr(model.config, "model_type", ""))
     if patch is None or model.config._attn_implementation != "eager":
-        yield False
+        yield 0
         return
-    with patch(model):
-        yield True
+    blocks = query_blocks(max_seq_length)
+    with patch(model, blocks):
+        yield blocks

@@ -104,6 +104,7 @@ def export_onnx(
     exporter: Exporter = "auto",
     external_data: bool | None = None,
     verified: bool = True,
+    max_seq_length: int = 512,
 ) -> dict[str, Any]:
     """Write ``out_file`` (and ``out_file.name + '_data'`` when external); return what was done."""
     import onnx
@@ -114,7 +115,8 @@ def export_onnx(
     axes = {name: {0: "batch", 1: "sequence"} for name in input_names}
     axes[OUTPUT_NAME] = {0: "batch", 1: "sequence"}
     out_file.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as scratch, torch.no_grad(), lean_attention(model) as one_head_at_a_time:
+    lean = lean_attention(model, max_seq_length)
+    with tempfile.TemporaryDirectory() as scratch, torch.no_grad(), lean as query_blocks:
         traced = Path(scratch) / "model.onnx"
         if method == "torchscript":
             torch.onnx.export(
@@ -155,5 +157,5 @@ def export_onnx(
         "opset": OPSET,
         "external_data": external,
         "graph_bytes": size,
-        "attention": "one head at a time" if one_head_at_a_time else "eager",
+        "attention": f"one head at a time, {query_blocks} query block(s)" if query_blocks else "eager",
     }

@@ -331,7 +331,14 @@ def _export_transformer(
     pooled_dim = model.config.hidden_size * len(st_config.pooling_modes)
     dense = _write_sentence_transformers_files(st_config, out, loaded.max_seq_length, pooled_dim)
     trace = export_onnx(
-        model, input_names, tokenizer.pad_token_id, out / ONNX_FILE, exporter, external_data, verified=verify
+        model,
+        input_names,
+        tokenizer.pad_token_id,
+        out / ONNX_FILE,
+        exporter,
+        external_data,
+        verified=verify,
+        max_seq_length=loaded.max_seq_length,
     )
     graph_diff = None
     if verify:
@@ -344,7 +351,13 @@ def _export_transformer(
             logger.warning("the TorchScript graph failed verification (%s); exporting with dynamo", error)
             try:
                 trace = export_onnx(
-                    model, input_names, tokenizer.pad_token_id, out / ONNX_FILE, "dynamo", external_data
+                    model,
+                    input_names,
+                    tokenizer.pad_token_id,
+                    out / ONNX_FILE,
+                    "dynamo",
+                    external_data,
+                    max_seq_length=loaded.max_seq_length,
                 )
                 graph_diff = verify_graph(*verify_args, max(atol, 1e-4))
             except Exception as second:

@@ -8,6 +8,7 @@ Not in scope: choosing batches or running the model (see encoder.py).
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from itertools import chain
 from pathlib import Path
@@ -26,6 +27,14 @@ CHARS_PER_TOKEN = 8
 CUT_MARGIN_TOKENS = 16
 # Pre-tokenizers that end every word at a space (ByteLevel only with its regex; Metaspace only when it splits).
 _SPACE_SPLITTERS = {"Whitespace", "WhitespaceSplit", "BertPreTokenizer", "ByteLevel", "Metaspace"}
+# The CJK ideograph ranges BERT's normalizer (handle_chinese_chars) surrounds with spaces: each is a word of
+# its own, so text without spaces (Chinese, Japanese kanji) can be cut right after one.
+_CJK_IDEOGRAPH = re.compile(
+    "[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002a6df\U0002a700-\U0002b73f"
+    "\U0002b740-\U0002b81f\U0002b820-\U0002ceaf\U0002f800-\U0002fa1f]"
+)
+# Normalizers that act on one character at a time, so a cut between two characters cannot change either.
+_PER_CHARACTER_NORMALIZERS = {"BertNormalizer", "Lowercase", "NFC", "NFD", "NFKC", "NFKD", "StripAccents"}
 
 
 class TextTokenizer:
@@ -60,7 +69,9 @@ class TextTokenizer:
         self._add_special_tokens = manifest.add_special_tokens  # False for StaticEmbedding
         self._left_truncation = manifest.truncation_side == "left"
         # Cutting long texts is safe only where the pre-tokenizer ends every word at a space (see _cut).
-        self._may_cut = _splits_at_spaces(json.loads(tokenizer.to_str()).get("pre_tokenizer"))
+        config = json.loads(tokenizer.to_str())
+        self._may_cut = _splits_at_spaces(config.get("pre_tokenizer"))
+        self._cut_after_cjk = self._may_cut and _isolates_cjk(config.get("normalizer"))
         # The same tokenizer without truncation, to count the tokens of a piece of a text (see _cut).
         counter = Tokenizer.from_str(tokenizer.to_str())
         counter.no_truncation()
@@ -88,7 +99,9 @@ class TextTokenizer:
         with its space, as the word after it has one in the whole text (byte-level BPE folds it into the word's
         token). A text with no space past the budget is kept whole; so is every text of a model without a length
         limit (StaticEmbedding: 2**31 - 1) and of a tokenizer that may merge across spaces (no pre-tokenizer, as
-        Gemma's, or a custom split). The piece keeps CUT_MARGIN_TOKENS more tokens than truncation keeps."""
+        Gemma's, or a custom split). The piece keeps CUT_MARGIN_TOKENS more tokens than truncation keeps.
+        With BERT's normalizer, which puts spaces around every CJK ideograph, a text may also be cut right after
+        one (before one, for left truncation): Chinese has no spaces to cut at."""
         limit = self._max_length + CUT_MARGIN_TOKENS
         budget = limit * CHARS_PER_TOKEN
         if not self._may_cut or not any(len(text) > budget for text in texts):
@@ -98,7 +111,7 @@ class TextTokenizer:
         while budgets:
             pieces: dict[int, str] = {}
             for index, size in budgets.items():
-                piece = _piece(texts[index], size, self._left_truncation)
+                piece = _piece(texts[index], size, self._left_truncation, self._cut_after_cjk)
                 if piece is not None:
                     pieces[index] = piece
             encodings = self._count_batch(list(pieces.values()), add_special_tokens=False)
@@ -162,13 +175,34 @@ def _splits_at_spaces(pre_tokenizer: dict[str, Any] | None) -> bool:
     return kind in _SPACE_SPLITTERS
 
 
-def _piece(text: str, size: int, from_end: bool) -> str | None:
+def _isolates_cjk(normalizer: dict[str, Any] | None) -> bool:
+    """Whether a tokenizer.json normalizer is BERT's with handle_chinese_chars, alone or in a Sequence of
+    per-character normalizers."""
+    if not normalizer:
+        return False
+    members = normalizer.get("normalizers", []) if normalizer.get("type") == "Sequence" else [normalizer]
+    if not members or any(member.get("type") not in _PER_CHARACTER_NORMALIZERS for member in members):
+        return False
+    return any(member["type"] == "BertNormalizer" and member.get("handle_chinese_chars") for member in members)
+
+
+def _piece(text: str, size: int, from_end: bool, after_cjk: bool = False) -> str | None:
     """The shortest piece of at least ``size`` characters that ends before a space (``from_end``: the
-    shortest tail that starts with one); None when there is none shorter than ``text``."""
+    shortest tail that starts with one), or with ``after_cjk`` also right after a CJK ideograph (a tail:
+    right before one); None when there is none shorter than ``text``."""
     if size >= len(text):
         return None
     if from_end:
         start = text.rfind(" ", 1, len(text) - size + 1)
+        if after_cjk:
+            # the last ideograph at or before len(text) - size, searched in the reversed text
+            found = _CJK_IDEOGRAPH.search(text[::-1], size - 1, len(text) - 1)
+            if found is not None:
+                start = max(start, len(text) - 1 - found.start())
         return None if start <= 0 else text[start:]
     end = text.find(" ", size)
-    return None if end < 0 else text[:end]
+    if after_cjk:
+        found = _CJK_IDEOGRAPH.search(text, size - 1, end if end >= 0 else len(text))
+        if found is not None:
+            end = found.end()
+    return None if end < 0 or end >= len(text) else text[:end]

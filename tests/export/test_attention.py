@@ -51,25 +51,44 @@ def test_heads_one_at_a_time_equals_sdpa(heads: int, kv_heads: int, half_window:
     assert torch.allclose(actual.transpose(1, 2)[real], expected.transpose(1, 2)[real], atol=1e-5)
 
 
-def test_modernbert_graph_holds_one_heads_scores_at_a_time(modernbert: Replica, tmp_path: Path) -> None:
-    """Every intermediate of the exported graph, run on one 200-token text, is smaller than the scores of all
-    heads together (heads x seq x seq floats); the biggest is one head's."""
+@pytest.mark.parametrize("block_tokens", [None, 32])
+def test_modernbert_graph_holds_one_block_of_scores_at_a_time(
+    block_tokens: int | None, modernbert: Replica, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every intermediate of the exported graph, run on one 1,024-token text, is smaller than the scores of all
+    heads together (heads x seq x seq floats); the biggest is one head's, or one block of its query rows
+    (max_seq_length 128 in blocks of 32 tokens: 4 blocks). Its vectors are sentence-transformers'."""
     import onnxruntime as ort
+    from sentence_transformers import SentenceTransformer
 
+    from onnxembed import Encoder
+    from onnxembed.exporter import attention
+    from tests.replicas import MIXED_TEXTS
+
+    blocks = 1
+    if block_tokens is not None:
+        monkeypatch.setattr(attention, "QUERY_BLOCK_TOKENS", block_tokens)
+        blocks = 4
     out = tmp_path / "modernbert"
     export(modernbert.path, out)
     manifest = Manifest.read(out)
-    assert manifest.source["attention"] == "one head at a time"
+    assert manifest.source["attention"] == f"one head at a time, {blocks} query block(s)"
+    texts = [*MIXED_TEXTS, "word " * 400]
+    expected = SentenceTransformer(str(modernbert.path), device="cpu").encode(texts, batch_size=4)
+    np.testing.assert_allclose(Encoder(out).encode(texts, batch_size=4), expected, atol=1e-5, rtol=0)
 
     graph = onnx.load(str(out / "onnx" / "model.onnx"))
     produced = {name for node in graph.graph.node for name in node.output if name}
     graph.graph.output.extend(onnx.ValueInfoProto(name=name) for name in sorted(produced))
     session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
-    seq = 200
+    seq = 1024  # long enough that attention scores, not the MLP, are the largest tensors
     feeds = {"input_ids": np.full((1, seq), 7, dtype=np.int64), "attention_mask": np.ones((1, seq), dtype=np.int64)}
     names = [output.name for output in session.get_outputs()]
-    sizes = {name: value.size for name, value in zip(names, session.run(names, feeds), strict=True)}
+    values = dict(zip(names, session.run(names, feeds), strict=True))
+    floats = {name: value.size for name, value in values.items() if value.dtype == np.float32}
 
     heads = 4  # tests/families.py's ModernBERT replica
-    assert max(sizes.values()) == seq * seq, sorted(sizes.items(), key=lambda item: -item[1])[:3]
-    assert all(size < heads * seq * seq for size in sizes.values())
+    largest = sorted(floats.items(), key=lambda item: -item[1])[:3]
+    assert max(floats.values()) == seq // blocks * seq, largest
+    # nothing else (the (seq, seq) bool window, say) comes near all heads' float scores either
+    assert all(value.nbytes < heads * seq * seq * 4 // blocks for value in values.values())

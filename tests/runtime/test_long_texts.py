@@ -19,7 +19,8 @@ from onnxembed.runtime.tokenize import CHARS_PER_TOKEN, TOKENIZER_FILE, TextToke
 from tests.conftest import CORPUS, LONG_TEXT, QUERY_PROMPTS, Replica, exported
 
 WORDS = " ".join(CORPUS).split()
-SEPARATORS = [" ", " ", " ", "  ", "\n", "\t", " \n ", " " * 700, "\u3000", " \u0301"]
+SEPARATORS = [" ", " ", " ", "  ", "\n", "\t", " \n ", " " * 700, "\u3000", " \u0301", "中", "語\u0301", "。"]
+IDEOGRAPHS = "短文本中日本語漢字𠀋"
 
 
 def _long_texts(seed: int, count: int) -> list[str]:
@@ -33,6 +34,13 @@ def _long_texts(seed: int, count: int) -> list[str]:
             parts += [rng.choice(WORDS), rng.choice(SEPARATORS)]
         texts.append(rng.choice(["", " ", " " * 3000]) + "".join(parts) + rng.choice(["", " ", "x" * 900]))
     return texts
+
+
+def _cjk_texts(seed: int, count: int) -> list[str]:
+    """Texts of 3-10k characters with no spaces: ideographs, a Latin word or a combining mark now and then."""
+    rng = random.Random(seed)
+    pieces = [*IDEOGRAPHS, *IDEOGRAPHS, "word", "\u0301", "。", "한국어"]
+    return ["".join(rng.choices(pieces, k=rng.randint(3_000, 10_000))) for _ in range(count)]
 
 
 EDGE_TEXTS = [
@@ -87,7 +95,7 @@ def test_cut_texts_give_the_same_token_ids(
     manifest = dataclasses.replace(manifest, max_seq_length=max_seq_length, truncation_side=side)
     tokenizer = TextTokenizer(folder, manifest)
     prompt = QUERY_PROMPTS["query"]
-    texts = EDGE_TEXTS + _long_texts(max_seq_length, 30)
+    texts = EDGE_TEXTS + _long_texts(max_seq_length, 30) + _cjk_texts(max_seq_length, 10)
     texts += [prompt + text for text in texts[::3]] + [prompt * 50 + "tail"]
     whole = tokenizer._encode_batch(texts, add_special_tokens=True)  # the path without cutting
     cut = tokenizer.encode(texts)
@@ -95,6 +103,9 @@ def test_cut_texts_give_the_same_token_ids(
         assert actual.ids == expected.ids, index
         assert actual.type_ids == expected.type_ids, index
     assert len(tokenizer._cut(texts[:1])[0]) < len(texts[0])  # it did cut
+    # text without spaces is cut only where BERT's normalizer makes each ideograph a word
+    chinese = "短" * 20_000
+    assert (len(tokenizer._cut([chinese])[0]) < len(chinese)) == (kind == "wordpiece")
     counter = TextTokenizer(folder, dataclasses.replace(manifest, max_seq_length=2**31 - 1))
     exact = [len(encoding.ids) for encoding in counter.encode(texts)]
     assert tokenizer.over_limit(texts) == [count > max_seq_length for count in exact]
