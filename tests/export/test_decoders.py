@@ -180,6 +180,11 @@ def test_unsupported_decoder_sibling_is_named(qwen3_embedding: Replica, tmp_path
     (src / "config.json").write_text(json.dumps(config))
     with pytest.raises(UnsupportedModelError, match="Qwen3MoeModel.*'qwen3_moe'.*not supported"):
         export(src, tmp_path / "out")
+    # gte-Qwen2 style: a supported base whose own modelling code (bidirectional attention) would be ignored
+    config.update(model_type="qwen3", architectures=["Qwen3Model"], auto_map={"AutoModel": "modeling_qwen.Qwen3Model"})
+    (src / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UnsupportedModelError, match=r"own modelling code \(auto_map AutoModel: modeling_qwen"):
+        export(src, tmp_path / "out")
 
 
 def test_info_lists_the_decoders(capsys: pytest.CaptureFixture[str]) -> None:
