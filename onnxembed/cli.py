@@ -291,11 +291,19 @@ def _run_info(args: argparse.Namespace) -> None:
 
 
 def _print_supported() -> None:
-    from onnxembed.exporter.config import SUPPORTED_ARCHITECTURES, SUPPORTED_MODULES, TORCH_ACTIVATIONS
+    from onnxembed.exporter.config import (
+        DECODER_MODEL_TYPES,
+        SUPPORTED_ARCHITECTURES,
+        SUPPORTED_MODULES,
+        TORCH_ACTIVATIONS,
+    )
     from onnxembed.kernels import POOLING_MODES
 
+    encoders = [name for key, name in SUPPORTED_ARCHITECTURES.items() if key not in DECODER_MODEL_TYPES]
+    decoders = [name for key, name in SUPPORTED_ARCHITECTURES.items() if key in DECODER_MODEL_TYPES]
     print("onnxembed export carries (docs/export.md):")
-    print(f"  encoders:    {', '.join(SUPPORTED_ARCHITECTURES.values())}")
+    print(f"  encoders:    {', '.join(encoders)}")
+    print(f"  decoders:    {', '.join(decoders)} (causal; last-token or mean pooling)")
     print(f"  modules:     {', '.join(SUPPORTED_MODULES)}")
     print(f"  pooling:     {', '.join(POOLING_MODES)} (and concatenations)")
     print(f"  Dense:       activations {', '.join(TORCH_ACTIVATIONS)}")

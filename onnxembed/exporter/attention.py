@@ -120,7 +120,9 @@ def _modernbert(model: Any, query_blocks: int) -> Iterator[None]:
     eager = functions["eager"]
     functions["eager"] = _modernbert_attention
     model._update_attention_mask = _modernbert_masks.__get__(model)
-    attentions = [module for module in model.modules() if isinstance(module, modeling_modernbert.ModernBertAttention)]
+    attentions: list[Any] = [
+        module for module in model.modules() if isinstance(module, modeling_modernbert.ModernBertAttention)
+    ]
     for attention in attentions:
         attention.query_blocks = query_blocks
     try:

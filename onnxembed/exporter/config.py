@@ -27,7 +27,8 @@ _LEGACY_POOLING_KEYS = {
     "pooling_mode_lasttoken": "lasttoken",
 }
 # model_type -> the encoder class sentence-transformers' Transformer module loads for it (for T5 and mT5 the
-# encoder alone, as its _ENCODER_ONLY_MODELS table does; AutoModel would build the decoder too).
+# encoder alone, as its _ENCODER_ONLY_MODELS table does; AutoModel would build the decoder too). The decoders
+# (Qwen3-Embedding, e5-mistral style: causal attention, last-token pooling) are their bare base models.
 SUPPORTED_ARCHITECTURES = {
     "bert": "BertModel",
     "roberta": "RobertaModel",
@@ -38,7 +39,13 @@ SUPPORTED_ARCHITECTURES = {
     "t5": "T5EncoderModel",
     "mt5": "MT5EncoderModel",
     "gemma3_text": "Gemma3TextModel",
+    "qwen3": "Qwen3Model",
+    "qwen2": "Qwen2Model",
+    "llama": "LlamaModel",
+    "mistral": "MistralModel",
 }
+# Causal decoders: their graphs have no encoder-style attention for onnxruntime's BERT fusion to match.
+DECODER_MODEL_TYPES = frozenset({"qwen3", "qwen2", "llama", "mistral"})
 
 SUPPORTED_MODULES = ("Transformer", "StaticEmbedding", "Pooling", "Dense", "Normalize")
 _PIPELINES = "Transformer -> Pooling [-> Dense ...] [-> Normalize] or StaticEmbedding [-> Dense ...] [-> Normalize]"

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from onnxembed.errors import InvalidArgumentError
-from onnxembed.exporter.config import SUPPORTED_ARCHITECTURES, SentenceTransformerConfig
+from onnxembed.exporter.config import DECODER_MODEL_TYPES, SUPPORTED_ARCHITECTURES, SentenceTransformerConfig
 from onnxembed.exporter.errors import UnsupportedModelError
 from onnxembed.exporter.lora import ADAPTER_CONFIG, merge_lora, read_adapter_config
 
@@ -75,6 +75,14 @@ def _check_architecture(model_dir: Path) -> str:
         raise UnsupportedModelError(
             f"architecture {architectures} (model_type {config.model_type!r}) is not supported; supported: "
             f"{', '.join(SUPPORTED_ARCHITECTURES.values())}"
+        )
+    custom = (getattr(config, "auto_map", None) or {}).get("AutoModel")
+    if custom and config.model_type in DECODER_MODEL_TYPES:
+        # gte-Qwen2's custom code makes Qwen2 attention bidirectional: transformers' own class would not match it
+        raise UnsupportedModelError(
+            f"{model_dir} ships its own modelling code (auto_map AutoModel: {custom}) for model_type "
+            f"{config.model_type!r}; onnxembed exports transformers' {SUPPORTED_ARCHITECTURES[config.model_type]}, "
+            "which that code may change, so it is not supported"
         )
     return SUPPORTED_ARCHITECTURES[config.model_type]
 

@@ -16,6 +16,7 @@ from typing import Any, Literal
 import torch
 
 from onnxembed.exporter.attention import lean_attention
+from onnxembed.exporter.config import DECODER_MODEL_TYPES
 from onnxembed.exporter.errors import UnsupportedModelError
 from onnxembed.exporter.onnx_io import save
 
@@ -34,7 +35,7 @@ class _TokenEmbeddings(torch.nn.Module):
     def __init__(self, model: torch.nn.Module) -> None:
         super().__init__()
         self.model = model
-        # Decoder-derived encoders (Gemma3) would otherwise build a key/value cache inside the graph.
+        # Decoders and decoder-derived encoders (Gemma3) would otherwise build a key/value cache inside the graph.
         self.no_cache = "use_cache" in inspect.signature(model.forward).parameters
 
     def forward(
@@ -67,6 +68,11 @@ def export_sample(input_names: tuple[str, ...], vocab_size: int, pad_token_id: i
 # and fallback), and an explicit exporter="torchscript" is refused with the reason.
 TORCHSCRIPT_UNSUPPORTED = {
     "gemma3_text": "TorchScript cannot trace Gemma3's mask functions (RuntimeError: unordered_map::at, torch 2.13)",
+    **{
+        model_type: "TorchScript cannot trace the decoders' causal mask functions (RuntimeError: unordered_map::at, "
+        "torch 2.13 with transformers 4.57)"
+        for model_type in DECODER_MODEL_TYPES
+    },
 }
 
 

@@ -17,7 +17,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from onnxembed.errors import InvalidArgumentError, OutputExistsError
-from onnxembed.exporter.config import SentenceTransformerConfig, module_kind, read_sentence_transformer_config
+from onnxembed.exporter.config import (
+    DECODER_MODEL_TYPES,
+    SentenceTransformerConfig,
+    module_kind,
+    read_sentence_transformer_config,
+)
 from onnxembed.manifest import MANIFEST_NAME, MODEL_INPUTS, DenseLayer, Manifest, Variant
 
 if TYPE_CHECKING:
@@ -117,6 +122,7 @@ class _Written:
     graph_diff: float | None  # torch vs ONNX token embeddings, when checked
     num_heads: int = 0  # for the optimizer's fusions (0: a graph with no attention)
     hidden_size: int = 0
+    causal: bool = False  # a decoder: onnxruntime's BERT attention fusion assumes bidirectional attention
 
 
 def export(
@@ -251,7 +257,7 @@ def export(
                 out,
                 num_heads=written.num_heads,
                 hidden_size=written.hidden_size,
-                right_padded=manifest.padding_side == "right",
+                right_padded=manifest.padding_side == "right" and not written.causal,
                 texts=texts,
                 optimize=optimize,
                 target=target,
@@ -343,8 +349,9 @@ def _export_transformer(
     graph_diff = None
     if verify:
         verify_args = (model, out / ONNX_FILE, input_names, tokenizer.pad_token_id, loaded.max_seq_length)
+        left_padded = tokenizer.padding_side == "left"
         try:
-            graph_diff = verify_graph(*verify_args, max(atol, 1e-4))
+            graph_diff = verify_graph(*verify_args, max(atol, 1e-4), left_padded)
         except ExportVerificationError as error:
             if exporter != "auto" or trace["exporter"] != "torchscript":  # only a TorchScript graph can fall back
                 raise
@@ -359,7 +366,7 @@ def _export_transformer(
                     external_data,
                     max_seq_length=loaded.max_seq_length,
                 )
-                graph_diff = verify_graph(*verify_args, max(atol, 1e-4))
+                graph_diff = verify_graph(*verify_args, max(atol, 1e-4), left_padded)
             except Exception as second:
                 raise ExportVerificationError(
                     f"the TorchScript graph failed verification ({error}), and the dynamo export then failed: "
@@ -388,4 +395,5 @@ def _export_transformer(
         variants={"fp32": Variant(file=ONNX_FILE, dtype="fp32")},
         dense=dense,
     )
-    return _Written(manifest, graph_diff, model.config.num_attention_heads, model.config.hidden_size)
+    causal = model.config.model_type in DECODER_MODEL_TYPES
+    return _Written(manifest, graph_diff, model.config.num_attention_heads, model.config.hidden_size, causal)

@@ -46,6 +46,8 @@ class Int8Recipe:
 INT8_RECIPES = (
     Int8Recipe("all-matmul"),
     Int8Recipe("split-ffn-outliers", split_outliers=("ffn_output", "ffn_input")),
+    # decoders: outlier channels of the residual stream reach q/k/v through RMSNorm as well
+    Int8Recipe("split-outliers", split_outliers=("ffn_output", "ffn_input", "attention_input")),
     Int8Recipe("keep-ffn-output", keep_fp32=("ffn_output",)),
     Int8Recipe("keep-ffn", keep_fp32=("ffn_output", "ffn_input")),
     Int8Recipe("keep-ffn-and-attention-output", keep_fp32=("ffn_output", "ffn_input", "attention_output")),
@@ -126,25 +128,59 @@ def _is_gelu_output(name: str, producers: dict[str, onnx.NodeProto]) -> bool:
     return False
 
 
+def _is_silu_output(name: str, producers: dict[str, onnx.NodeProto]) -> bool:
+    """True if ``name`` is x * Sigmoid(x), the SiLU of a decoder's gated MLP as the dynamo exporter writes it."""
+    node = producers.get(name)
+    if node is None or node.op_type != "Mul":
+        return False
+    for index, other in ((0, 1), (1, 0)):
+        sigmoid = producers.get(node.input[index])
+        if sigmoid is not None and sigmoid.op_type == "Sigmoid" and sigmoid.input[0] == node.input[other]:
+            return True
+    return False
+
+
+def _is_gated_product(name: str, producers: dict[str, onnx.NodeProto]) -> bool:
+    """True if ``name`` is SiLU(gate) * up, the input of a gated MLP's down projection."""
+    node = producers.get(name)
+    return node is not None and node.op_type == "Mul" and any(_is_silu_output(i, producers) for i in node.input)
+
+
 def matmul_groups(model: onnx.ModelProto) -> dict[str, list[str]]:
-    """MatMul node names by role: ffn_output (fed by GELU), ffn_input (feeding GELU), attention_output
-    (the projection after attention, fed by the attention's reshaped context), other."""
+    """MatMul node names by role: ffn_output (fed by GELU, or a gated MLP's SiLU(gate) * up), ffn_input (feeding
+    GELU, or a gated MLP's gate and up projections), attention_output (the projection after attention, fed by
+    the attention's reshaped context), attention_input (q/k/v: weighted MatMuls sharing their input), other."""
     producers = _producers(model.graph)
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for node in model.graph.node:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
-    groups: dict[str, list[str]] = {"ffn_output": [], "ffn_input": [], "attention_output": [], "other": []}
+    constants = {tensor.name for tensor in model.graph.initializer}
+    weighted_readers: dict[str, int] = {}
+    for node in model.graph.node:
+        if node.op_type == "MatMul" and node.input[1] in constants:
+            weighted_readers[node.input[0]] = weighted_readers.get(node.input[0], 0) + 1
+    groups: dict[str, list[str]] = {
+        "ffn_output": [],
+        "ffn_input": [],
+        "attention_output": [],
+        "attention_input": [],
+        "other": [],
+    }
     for node in model.graph.node:
         if node.op_type != "MatMul":
             continue
-        if _is_gelu_output(node.input[0], producers):
+        if _is_gelu_output(node.input[0], producers) or _is_gated_product(node.input[0], producers):
             groups["ffn_output"].append(node.name)
             continue
         downstream = [n for output in node.output for n in consumers.get(output, [])]
-        # the FFN input MatMul feeds (through its bias Add) a GELU
+        # the FFN input MatMul feeds (through its bias Add) a GELU; a gated MLP's gate feeds its SiLU's Sigmoid,
+        # its up projection the product with that SiLU
         feeds_gelu = any(
-            n.op_type in _GELU_OPS or any(_is_gelu_output(o, producers) for o in _gelu_candidates(n, consumers))
+            n.op_type in _GELU_OPS
+            or n.op_type == "Sigmoid"
+            or _is_gated_product(n.output[0], producers)
+            or any(_is_gelu_output(o, producers) for o in _gelu_candidates(n, consumers))
             for n in downstream
         )
         source = producers.get(node.input[0])
@@ -152,6 +188,8 @@ def matmul_groups(model: onnx.ModelProto) -> dict[str, list[str]]:
             groups["ffn_input"].append(node.name)
         elif source is not None and source.op_type in ("Reshape", "Attention", "MultiHeadAttention"):
             groups["attention_output"].append(node.name)
+        elif node.input[1] in constants and weighted_readers.get(node.input[0], 0) >= 2:
+            groups["attention_input"].append(node.name)
         else:
             groups["other"].append(node.name)
     return groups

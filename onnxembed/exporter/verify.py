@@ -44,10 +44,16 @@ def attention_reach(config: Any) -> int:
 
 
 def _graph_batches(
-    input_names: tuple[str, ...], vocab_size: int, pad_token_id: int, max_len: int, reach: int = 0
+    input_names: tuple[str, ...],
+    vocab_size: int,
+    pad_token_id: int,
+    max_len: int,
+    reach: int = 0,
+    left_padded: bool = False,
 ) -> list[dict[str, np.ndarray]]:
     """Batches of 3 and 1 rows with lengths unlike the export sample (2 x 8), and, where attention has a
-    reach (a local window), a padded batch whose long row runs past it."""
+    reach (a local window), a padded batch whose long row runs past it; padded on the side the tokenizer pads
+    (left for Qwen3-Embedding: its real tokens then sit at shifted positions, which the graph must carry)."""
     rng = np.random.default_rng(1)
     shapes = [(min(13, max_len), 6, 1), (min(max_len, 64),)]
     if reach + 8 > 64 and max_len > 64:
@@ -58,8 +64,9 @@ def _graph_batches(
         input_ids = np.full((len(lengths), longest), pad_token_id, dtype=np.int64)
         attention_mask = np.zeros_like(input_ids)
         for row, length in enumerate(lengths):
-            input_ids[row, :length] = rng.integers(5, vocab_size, length)
-            attention_mask[row, :length] = 1
+            real = slice(longest - length, longest) if left_padded else slice(0, length)
+            input_ids[row, real] = rng.integers(5, vocab_size, length)
+            attention_mask[row, real] = 1
         arrays = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": np.zeros_like(input_ids)}
         batches.append({name: arrays[name] for name in input_names})
     return batches
@@ -73,6 +80,7 @@ def verify_graph(
     pad_token_id: int,
     max_len: int,
     atol: float,
+    left_padded: bool = False,
 ) -> float:
     """Max abs difference of token embeddings on real tokens; raises ExportVerificationError over ``atol``."""
     import onnxruntime as ort
@@ -80,7 +88,7 @@ def verify_graph(
     session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
     worst = 0.0
     reach = attention_reach(model.config)
-    for batch in _graph_batches(input_names, model.config.vocab_size, pad_token_id, max_len, reach):
+    for batch in _graph_batches(input_names, model.config.vocab_size, pad_token_id, max_len, reach, left_padded):
         expected = model(**{name: torch.from_numpy(array) for name, array in batch.items()}).last_hidden_state.numpy()
         (actual,) = session.run(None, batch)
         real = batch["attention_mask"].astype(bool)
