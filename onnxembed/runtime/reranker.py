@@ -59,8 +59,9 @@ class Reranker:
     Example:
         >>> from onnxembed import Reranker
         >>> reranker = Reranker("out-reranker/")
-        >>> reranker.rank("what is onnx?", ["ONNX is a model format.", "Cats sleep a lot."])[0]["corpus_id"]
-        0
+        >>> best = reranker.rank("what is onnx?", ["ONNX is a model format.", "Cats sleep a lot."], top_k=1)
+        >>> best
+        [{'corpus_id': 0, 'score': np.float32(0.93)}]
     """
 
     def __init__(
@@ -202,7 +203,15 @@ class Reranker:
             documents: The documents (strings).
             top_k: Keep the best ``top_k`` (None: all).
             return_documents: Add each document's text under "text".
-            Others: as in :meth:`predict`.
+            prompt_name: As in :meth:`predict`.
+            prompt: As in :meth:`predict`.
+            batch_size: As in :meth:`predict`.
+            show_progress_bar: As in :meth:`predict`.
+            activation_fn: As in :meth:`predict`.
+            apply_softmax: As in :meth:`predict`.
+            convert_to_numpy: As in :meth:`predict`.
+            convert_to_tensor: As in :meth:`predict` (refused).
+            max_batch_tokens: As in :meth:`predict`.
 
         Returns:
             ``[{"corpus_id": i, "score": float32, "text": ...}, ...]`` best first (ties keep input order).
