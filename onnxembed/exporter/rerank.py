@@ -13,6 +13,7 @@ import dataclasses
 import inspect
 import json
 import logging
+import shutil
 import statistics
 import time
 import warnings
@@ -85,6 +86,11 @@ def export_reranker(
     accepted = set(inspect.signature(model.forward).parameters)
     input_names = tuple(name for name in MODEL_INPUTS if name in tokenizer.model_input_names and name in accepted)
     tokenizer.save_pretrained(str(out))
+    source_tokenizer = config.st_config.transformer_dir / "tokenizer.json"
+    if source_tokenizer.is_file() and not config.st_config.do_lower_case:
+        # transformers 5.24 re-saves a WordPiece tokenizer.json under other ids than the file it read (the
+        # tokens are the same): the source's file is the one CrossEncoder tokenizes with, so it is kept as it is
+        shutil.copyfile(source_tokenizer, out / "tokenizer.json")
     model.config.save_pretrained(str(out))
     _write_cross_encoder_files(config, out, loaded.max_seq_length, activation)
     onnx_file = out / ONNX_FILE
