@@ -82,7 +82,11 @@ class Manifest:
     format_version: int = FORMAT_VERSION
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, ensure_ascii=False) + "\n"
+        raw = asdict(self)
+        if self.task == EMBEDDING:  # without the reranker's keys, so that a format-2 reader still loads it
+            for key in ("task", "num_labels", "activation_fn"):
+                del raw[key]
+        return json.dumps(raw, indent=2, ensure_ascii=False) + "\n"
 
     def write(self, model_dir: str | Path) -> Path:
         path = Path(model_dir) / MANIFEST_NAME

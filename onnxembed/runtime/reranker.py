@@ -148,7 +148,8 @@ class Reranker:
             show_progress_bar: Show a tqdm progress bar.
             activation_fn: A name ("sigmoid", "identity", "tanh", "relu", "gelu", "silu"), a torch.nn activation
                 of those classes, or a function of a (pairs, num_labels) float32 array.
-            apply_softmax: Softmax over each pair's labels after the activation.
+            apply_softmax: Softmax over each pair's labels after the activation (models with num_labels > 1; as
+                sentence-transformers documents it and 6.x does, where 5.x turned one label's scores into 1.0).
             convert_to_numpy: One array (True) or a list of one array per pair (False).
             convert_to_tensor: Not supported (the runtime has no torch); raises.
             max_batch_tokens: Padded tokens per batch at most (default: the Encoder's for the provider).
@@ -338,14 +339,15 @@ class Reranker:
 
 
 def _finish(logits: np.ndarray, activation: Callable[[np.ndarray], np.ndarray], softmax: bool, labels: int) -> Any:
-    """CrossEncoder.predict's steps after the model: activation, softmax over labels, (n, 1) -> (n,)."""
+    """CrossEncoder.predict's steps after the model: activation, (n, 1) -> (n,), softmax over labels."""
     scores = activation(logits)
+    if labels == 1 and scores.ndim > 1:
+        scores = scores[:, 0]
+    # softmax only over more than one label, as documented and as 6.x does (5.x softmaxed one label to 1.0)
     if softmax and scores.ndim > 1:
         wide = scores.astype(np.float64)
         wide = np.exp(wide - wide.max(axis=1, keepdims=True))
         scores = (wide / wide.sum(axis=1, keepdims=True)).astype(np.float32)
-    if labels == 1 and scores.ndim > 1:
-        scores = scores[:, 0]
     return np.asarray(scores, dtype=np.float32)
 
 
