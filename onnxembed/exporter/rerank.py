@@ -86,11 +86,7 @@ def export_reranker(
     accepted = set(inspect.signature(model.forward).parameters)
     input_names = tuple(name for name in MODEL_INPUTS if name in tokenizer.model_input_names and name in accepted)
     tokenizer.save_pretrained(str(out))
-    source_tokenizer = config.st_config.transformer_dir / "tokenizer.json"
-    if source_tokenizer.is_file() and not config.st_config.do_lower_case:
-        # transformers 5.24 re-saves a WordPiece tokenizer.json under other ids than the file it read (the
-        # tokens are the same): the source's file is the one CrossEncoder tokenizes with, so it is kept as it is
-        shutil.copyfile(source_tokenizer, out / "tokenizer.json")
+    _keep_faithful_tokenizer(tokenizer, config.st_config.transformer_dir / "tokenizer.json", out / "tokenizer.json")
     model.config.save_pretrained(str(out))
     _write_cross_encoder_files(config, out, loaded.max_seq_length, activation)
     onnx_file = out / ONNX_FILE
@@ -160,6 +156,24 @@ def export_reranker(
     manifest.write(out)
     logger.info("exported reranker %s -> %s: %s", source, out, accuracy)
     return manifest
+
+
+def _keep_faithful_tokenizer(tokenizer: Any, source: Path, saved: Path) -> None:
+    """transformers 5.24 re-saves a WordPiece tokenizer.json under other ids than the tokenizer it loaded (the
+    tokens are the same; XLM-R's it saves right): where the saved file does not give the loaded tokenizer's ids
+    on the verification pairs and the source's file does, the source's file is kept."""
+    from tokenizers import Tokenizer
+
+    if not source.is_file():
+        return
+    pairs = verification_pairs()[:24]
+    expected = tokenizer([query for query, _ in pairs], [doc for _, doc in pairs], truncation=False)["input_ids"]
+
+    def ids(path: Path) -> list[list[int]]:
+        return [encoding.ids for encoding in Tokenizer.from_file(str(path)).encode_batch(pairs)]
+
+    if ids(saved) != list(map(list, expected)) and ids(source) == list(map(list, expected)):
+        shutil.copyfile(source, saved)
 
 
 def _write_cross_encoder_files(config: CrossEncoderConfig, out: Path, max_seq_length: int, activation: str) -> None:
