@@ -172,24 +172,36 @@ def build_nli_bert(out: Path) -> Replica:
     return Replica("nli-bert", path)
 
 
+# Built once per run: each test module that names a fixture gets its own copy of it from pytest, and a second
+# build into the same directory would train another tokenizer (its ids are not deterministic) under exports
+# made from the first.
+_BUILT: dict[str, Replica] = {}
+
+
+def _once(name: str, build: Any, out: Path) -> Replica:
+    if name not in _BUILT:
+        _BUILT[name] = build(out)
+    return _BUILT[name]
+
+
 @pytest.fixture(scope="session")
 def bert_reranker(replicas_dir: Path) -> Replica:
-    return build_bert_reranker(replicas_dir / "bert-reranker")
+    return _once("bert", build_bert_reranker, replicas_dir / "bert-reranker")
 
 
 @pytest.fixture(scope="session")
 def xlmr_reranker(replicas_dir: Path) -> Replica:
-    return build_xlmr_reranker(replicas_dir / "xlmr-reranker")
+    return _once("xlmr", build_xlmr_reranker, replicas_dir / "xlmr-reranker")
 
 
 @pytest.fixture(scope="session")
 def modernbert_reranker(replicas_dir: Path) -> Replica:
-    return build_modernbert_reranker(replicas_dir / "modernbert-reranker")
+    return _once("modernbert", build_modernbert_reranker, replicas_dir / "modernbert-reranker")
 
 
 @pytest.fixture(scope="session")
 def nli_bert(replicas_dir: Path) -> Replica:
-    return build_nli_bert(replicas_dir / "nli-bert")
+    return _once("nli", build_nli_bert, replicas_dir / "nli-bert")
 
 
 _EXPORTS: dict[str, Path] = {}
