@@ -1,8 +1,9 @@
 """onnxembed: SentenceTransformer models exported to ONNX, encoded without torch.
 
-``Encoder`` runs an exported model (onnxruntime + tokenizers + numpy); ``export(model_name_or_path, model_dir)``
-makes one (needs ``pip install onnxembed[export]``). Importing this package does no work and never imports
-torch: onnxruntime is imported when ``Encoder`` is first used, torch when ``export`` is called.
+``Encoder`` runs an exported model (onnxruntime + tokenizers + numpy), ``Reranker`` an exported CrossEncoder;
+``export(model_name_or_path, model_dir)`` makes either (needs ``pip install onnxembed[export]``). Importing this
+package does no work and never imports torch: onnxruntime is imported when ``Encoder`` or ``Reranker`` is first
+used, torch when ``export`` is called.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from onnxembed.exporter.pipeline import export
 from onnxembed.manifest import Manifest
 
 if TYPE_CHECKING:
-    from onnxembed.runtime import Encoder
+    from onnxembed.runtime import Encoder, Reranker
 
 try:
     __version__ = metadata.version("onnxembed")
@@ -39,6 +40,7 @@ __all__ = [
     "ModelLoadError",
     "OnnxEmbedError",
     "OutputExistsError",
+    "Reranker",
     "UnsupportedModelError",
     "__version__",
     "export",
@@ -46,8 +48,8 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    if name == "Encoder":
-        from onnxembed.runtime import Encoder
+    if name in ("Encoder", "Reranker"):
+        from onnxembed import runtime
 
-        return Encoder
+        return getattr(runtime, name)
     raise AttributeError(f"module 'onnxembed' has no attribute {name!r}")

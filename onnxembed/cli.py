@@ -1,4 +1,4 @@
-"""The ``onnxembed`` command: export, encode, info, serve, embed-corpus.
+"""The ``onnxembed`` command: export, encode, info, serve, embed-corpus, rerank.
 
 Errors become one line on stderr and exit code 1 (2 for usage errors, from argparse); ``-v`` adds the traceback.
 """
@@ -16,7 +16,8 @@ from typing import TextIO
 
 import numpy as np
 
-from onnxembed.manifest import Manifest
+from onnxembed import cli_rerank
+from onnxembed.manifest import RERANKER, Manifest
 
 _BATCH_HELP = "texts per batch at most (default: 32 on CPU; on a GPU the token budget alone)"
 
@@ -85,8 +86,16 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     info.add_argument("--json", action="store_true", help="print the manifest as JSON")
 
-    serve = commands.add_parser("serve", help="HTTP server: OpenAI /v1/embeddings, TEI /embed and /similarity")
-    serve.add_argument("model_dir", help="directory written by `onnxembed export`")
+    serve = commands.add_parser(
+        "serve", help="HTTP server: OpenAI /v1/embeddings, TEI /embed, /similarity and /rerank, Cohere /v2/rerank"
+    )
+    serve.add_argument("model_dir", help="directory written by `onnxembed export` (an embedding model or a reranker)")
+    serve.add_argument(
+        "--reranker", metavar="DIR", help="also serve this reranker export (/rerank, /v1 and /v2/rerank)"
+    )
+    serve.add_argument(
+        "--max-documents", type=int, help="documents per rerank request (default 1000, or --max-queue if smaller)"
+    )
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     serve.add_argument("--port", type=int, default=8080)
     serve.add_argument(
@@ -126,6 +135,8 @@ def _build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--shutdown-timeout", type=int, default=30, help="seconds to finish requests on SIGTERM (default 30)"
     )
+
+    cli_rerank.add_parser(commands)
 
     corpus = commands.add_parser("embed-corpus", help="embed Parquet/JSONL/text into Parquet, locally or on Ray")
     corpus.add_argument("input", help="a .parquet, .jsonl or .txt file (one text per line), or a folder of them")
@@ -182,7 +193,9 @@ def _run_export(args: argparse.Namespace) -> None:
     )
     accuracy = manifest.variants["fp32"].accuracy
     print(f"exported {args.model_name_or_path} -> {args.model_dir} ({manifest.architecture}, dim {manifest.dim})")
-    if "min_cosine" in accuracy:
+    if manifest.task == RERANKER:
+        print("\n".join(cli_rerank.export_summary(manifest)))
+    elif "min_cosine" in accuracy:
         print(
             f"verified against sentence-transformers {accuracy['sentence_transformers']}: min cosine "
             f"{accuracy['min_cosine']:.7f}, max abs diff {accuracy['max_abs_diff']:.2e}"
@@ -200,6 +213,8 @@ def _run_export(args: argparse.Namespace) -> None:
 
 
 def _accuracy_summary(accuracy: dict) -> str:
+    if "mean_spearman" in accuracy:  # a reranker's variant, measured on ranking
+        return cli_rerank.ranking_summary(accuracy)
     if "mean_cosine" not in accuracy:
         return str(accuracy.get("measured", ""))
     summary = (
@@ -313,6 +328,8 @@ def _print_supported() -> None:
 def _modules_line(manifest: Manifest) -> str:
     """The pipeline as sentence-transformers' modules, e.g. 'Transformer (BertModel) -> Pooling (cls) -> Dense
     (768 -> 3072, identity) -> Normalize'."""
+    if manifest.task == RERANKER:
+        return f"Transformer ({manifest.architecture}, {manifest.num_labels} label(s)) -> {manifest.activation_fn}"
     if manifest.architecture == "StaticEmbedding":
         parts = ["StaticEmbedding (mean of token vectors)"]
     else:
@@ -350,6 +367,8 @@ def _run_serve(args: argparse.Namespace) -> None:
         request_timeout_s=args.request_timeout,
         graceful_timeout_s=args.shutdown_timeout,
         log_level="info" if args.verbose else "warning",
+        reranker=args.reranker,
+        max_documents=args.max_documents,
     )
 
 
@@ -405,6 +424,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "info": _run_info,
         "serve": _run_serve,
         "embed-corpus": _run_embed_corpus,
+        "rerank": cli_rerank.run,
     }
     try:
         commands[args.command](args)

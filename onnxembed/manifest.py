@@ -18,9 +18,16 @@ MANIFEST_NAME = "onnxembed.json"
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 # The output of graphs that pool (and normalize) inside: (batch, dim) float32.
 POOLED_OUTPUT = "sentence_embedding"
+# The output of reranker (cross-encoder) graphs: (batch, num_labels) float32 logits, before the activation.
+LOGITS_OUTPUT = "logits"
 # 2 added Dense layers and StaticEmbedding's add_special_tokens; version 1 manifests read as they were.
 FORMAT_VERSION = 2
-READABLE_FORMAT_VERSIONS = (1, 2)
+# 3 added rerankers (task, num_labels, activation_fn). Only reranker exports are written as 3, so that an
+# onnxembed that reads 2 still loads embedding exports, and says which format it reads for a reranker.
+RERANKER_FORMAT_VERSION = 3
+READABLE_FORMAT_VERSIONS = (1, 2, 3)
+EMBEDDING = "embedding"
+RERANKER = "reranker"
 
 
 @dataclass(frozen=True)
@@ -69,10 +76,17 @@ class Manifest:
     variants: dict[str, Variant] = field(default_factory=dict)
     dense: tuple[DenseLayer, ...] = ()  # applied in order after pooling, before Normalize
     add_special_tokens: bool = True  # False for StaticEmbedding, which tokenizes without them
+    task: str = EMBEDDING  # RERANKER: a cross-encoder; its graph gives LOGITS_OUTPUT and dim == num_labels
+    num_labels: int = 0  # rerankers: the classifier's outputs per pair
+    activation_fn: str = ""  # rerankers: the activation predict applies to the logits (a kernels.dense name)
     format_version: int = FORMAT_VERSION
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, ensure_ascii=False) + "\n"
+        raw = asdict(self)
+        if self.task == EMBEDDING:  # without the reranker's keys, so that a format-2 reader still loads it
+            for key in ("task", "num_labels", "activation_fn"):
+                del raw[key]
+        return json.dumps(raw, indent=2, ensure_ascii=False) + "\n"
 
     def write(self, model_dir: str | Path) -> Path:
         path = Path(model_dir) / MANIFEST_NAME

@@ -119,7 +119,10 @@ def _modernbert(model: Any, query_blocks: int) -> Iterator[None]:
     functions = modeling_modernbert.MODERNBERT_ATTENTION_FUNCTION
     eager = functions["eager"]
     functions["eager"] = _modernbert_attention
-    model._update_attention_mask = _modernbert_masks.__get__(model)
+    # the base model may sit inside a head (ModernBertForSequenceClassification.model)
+    bases: list[Any] = [module for module in model.modules() if isinstance(module, modeling_modernbert.ModernBertModel)]
+    for base in bases:
+        base._update_attention_mask = _modernbert_masks.__get__(base)
     attentions: list[Any] = [
         module for module in model.modules() if isinstance(module, modeling_modernbert.ModernBertAttention)
     ]
@@ -129,7 +132,8 @@ def _modernbert(model: Any, query_blocks: int) -> Iterator[None]:
         yield
     finally:
         functions["eager"] = eager
-        del model._update_attention_mask
+        for base in bases:
+            del base._update_attention_mask
         for attention in attentions:
             del attention.query_blocks
 

@@ -108,7 +108,7 @@ class SentenceTransformerConfig:
     static: bool = False  # a StaticEmbedding (transformer_dir is its folder), not a Transformer + Pooling
 
 
-def _read_json(path: Path) -> Any:
+def read_json(path: Path) -> Any:
     """The JSON value in ``path`` (an object, or a list for modules.json); ModelLoadError naming the file."""
     try:
         return json.loads(path.read_text(encoding="utf-8"))
@@ -143,7 +143,7 @@ def _check_module_order(modules: list[dict[str, Any]]) -> list[str]:
 
 def _dense_config(path: Path) -> DenseConfig:
     """A Dense module's config.json, refusing what onnxembed would not reproduce."""
-    config = _read_json(path / "config.json")
+    config = read_json(path / "config.json")
     for key in ("module_input_name", "module_output_name"):
         name = config.get(key)
         if name not in (None, "sentence_embedding"):
@@ -170,11 +170,12 @@ def _dense_config(path: Path) -> DenseConfig:
         raise ModelLoadError(f"{path / 'config.json'} lacks in_features/out_features: {error}") from error
 
 
-def _transformer_config(transformer_dir: Path) -> dict[str, Any]:
-    """The Transformer module's own config, under the first of sentence-transformers' file names found."""
+def transformer_module_config(transformer_dir: Path, task: str = "feature-extraction") -> dict[str, Any]:
+    """The Transformer module's own config, under the first of sentence-transformers' file names found;
+    ``task``: the transformer_task it must have (a CrossEncoder's is "sequence-classification")."""
     for name in TRANSFORMER_CONFIG_NAMES:
         if (transformer_dir / name).is_file():
-            config = _read_json(transformer_dir / name)
+            config = read_json(transformer_dir / name)
             if not isinstance(config, dict):
                 raise InvalidArgumentError(f"{transformer_dir / name} is not a JSON object")
             if config.get("processing_kwargs"):
@@ -188,9 +189,11 @@ def _transformer_config(transformer_dir: Path) -> dict[str, Any]:
                         f"{transformer_dir / name}: {key} {sorted(unknown)} change the model; "
                         "onnxembed does not apply them"
                     )
-            task = config.get("transformer_task", "feature-extraction")
-            if task != "feature-extraction":
-                raise UnsupportedModelError(f"{transformer_dir / name}: transformer_task {task!r} is not supported")
+            found = config.get("transformer_task", "feature-extraction")
+            if found != task:
+                raise UnsupportedModelError(
+                    f"{transformer_dir / name}: transformer_task {found!r} is not supported here; expected {task!r}"
+                )
             return config  # type: ignore[no-any-return]
     return {}
 
@@ -220,7 +223,7 @@ def pooling_modes_from_config(config: dict[str, Any]) -> tuple[str, ...]:
     return modes
 
 
-def _processor_kwargs(st_config: dict[str, Any]) -> dict[str, Any]:
+def processor_kwargs(st_config: dict[str, Any]) -> dict[str, Any]:
     """tokenizer_args (older name) or processor_kwargs, without trust_remote_code, as sentence-transformers
     passes them to AutoTokenizer/AutoProcessor."""
     kwargs = dict(st_config.get("processor_kwargs") or st_config.get("tokenizer_args") or {})
@@ -234,22 +237,22 @@ def read_sentence_transformer_config(root: Path) -> SentenceTransformerConfig:
     modules_path = root / "modules.json"
     if not modules_path.is_file():
         raise InvalidArgumentError(f"{modules_path} is missing: {root} is not a SentenceTransformer directory")
-    modules = _read_json(modules_path)
+    modules = read_json(modules_path)
     if not isinstance(modules, list) or not modules:
         raise InvalidArgumentError(f"{modules_path} does not list any module")
     kinds = _check_module_order(modules)
     static = kinds[0] == "StaticEmbedding"
 
     transformer_dir = root / str(modules[0].get("path", ""))
-    st_config = {} if static else _transformer_config(transformer_dir)
-    pooling_config = {} if static else _read_json(root / str(modules[1].get("path", "")) / "config.json")
+    st_config = {} if static else transformer_module_config(transformer_dir)
+    pooling_config = {} if static else read_json(root / str(modules[1].get("path", "")) / "config.json")
     dense = tuple(
         _dense_config(root / str(module.get("path", "")))
         for module, kind in zip(modules, kinds, strict=True)
         if kind == "Dense"
     )
     pipeline_path = root / "config_sentence_transformers.json"
-    pipeline_config = _read_json(pipeline_path) if pipeline_path.is_file() else {}
+    pipeline_config = read_json(pipeline_path) if pipeline_path.is_file() else {}
     prompts = _prompts(pipeline_config, pipeline_path)
     default_prompt_name = pipeline_config.get("default_prompt_name")
     if default_prompt_name is not None and default_prompt_name not in prompts:
@@ -273,7 +276,7 @@ def read_sentence_transformer_config(root: Path) -> SentenceTransformerConfig:
         similarity_fn_name=pipeline_config.get("similarity_fn_name"),
         truncate_dim=truncate_dim,
         modules=tuple(modules),
-        processor_kwargs=_processor_kwargs(st_config),
+        processor_kwargs=processor_kwargs(st_config),
         transformer_config=st_config,
         dense=dense,
         static=static,

@@ -66,10 +66,19 @@ def _resolve_base(adapter_dir: Path, adapter_config: dict[str, Any], base_model:
         ) from None
 
 
-def _check_architecture(model_dir: Path) -> str:
+def _check_architecture(model_dir: Path, classifier: bool = False) -> str:
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(str(model_dir))
+    if classifier:
+        from onnxembed.exporter.cross_encoder import CROSS_ENCODER_ARCHITECTURES
+
+        if config.model_type not in CROSS_ENCODER_ARCHITECTURES:
+            raise UnsupportedModelError(
+                f"CrossEncoder architecture {', '.join(getattr(config, 'architectures', None) or [])} (model_type "
+                f"{config.model_type!r}) is not supported; supported: {', '.join(CROSS_ENCODER_ARCHITECTURES.values())}"
+            )
+        return CROSS_ENCODER_ARCHITECTURES[config.model_type]
     if config.model_type not in SUPPORTED_ARCHITECTURES:
         architectures = ", ".join(getattr(config, "architectures", None) or [config.model_type])
         raise UnsupportedModelError(
@@ -87,8 +96,11 @@ def _check_architecture(model_dir: Path) -> str:
     return SUPPORTED_ARCHITECTURES[config.model_type]
 
 
-def load_encoder(st_config: SentenceTransformerConfig, base_model: str | Path | None = None) -> LoadedEncoder:
-    """Load the Transformer module of ``st_config`` as sentence-transformers would, on CPU in fp32."""
+def load_encoder(
+    st_config: SentenceTransformerConfig, base_model: str | Path | None = None, classifier: bool = False
+) -> LoadedEncoder:
+    """Load the Transformer module of ``st_config`` as sentence-transformers would, on CPU in fp32;
+    ``classifier``: with its sequence-classification head, as a CrossEncoder loads it."""
     import transformers
     from transformers import AutoTokenizer
 
@@ -103,7 +115,7 @@ def load_encoder(st_config: SentenceTransformerConfig, base_model: str | Path | 
             "r": adapter_config.get("r"),
             "lora_alpha": adapter_config.get("lora_alpha"),
         }
-    architecture = _check_architecture(weights_dir)
+    architecture = _check_architecture(weights_dir, classifier)
     # Eager attention traces to plain MatMul/Softmax, which onnxruntime's optimizer can fuse later. The class
     # is named, not AutoModel's choice: T5 checkpoints load as their encoder alone, as sentence-transformers does.
     model_class = getattr(transformers, architecture)

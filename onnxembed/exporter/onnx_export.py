@@ -30,11 +30,13 @@ _EXTERNAL_DATA_BYTES = 1_800_000_000
 
 
 class _TokenEmbeddings(torch.nn.Module):
-    """forward(input_ids, attention_mask[, token_type_ids]) -> (batch, seq, dim) token embeddings."""
+    """forward(input_ids, attention_mask[, token_type_ids]) -> (batch, seq, dim) token embeddings, or the
+    model's other ``output`` (a classifier's (batch, num_labels) logits)."""
 
-    def __init__(self, model: torch.nn.Module) -> None:
+    def __init__(self, model: torch.nn.Module, output: str = OUTPUT_NAME) -> None:
         super().__init__()
         self.model = model
+        self.output = output
         # Decoders and decoder-derived encoders (Gemma3) would otherwise build a key/value cache inside the graph.
         self.no_cache = "use_cache" in inspect.signature(model.forward).parameters
 
@@ -46,7 +48,7 @@ class _TokenEmbeddings(torch.nn.Module):
             inputs["token_type_ids"] = token_type_ids
         if self.no_cache:
             inputs["use_cache"] = False
-        return self.model(**inputs, return_dict=True).last_hidden_state  # type: ignore[no-any-return]
+        return getattr(self.model(**inputs, return_dict=True), self.output)  # type: ignore[no-any-return]
 
 
 def export_sample(input_names: tuple[str, ...], vocab_size: int, pad_token_id: int) -> tuple[torch.Tensor, ...]:
@@ -111,15 +113,17 @@ def export_onnx(
     external_data: bool | None = None,
     verified: bool = True,
     max_seq_length: int = 512,
+    output: str = OUTPUT_NAME,
 ) -> dict[str, Any]:
-    """Write ``out_file`` (and ``out_file.name + '_data'`` when external); return what was done."""
+    """Write ``out_file`` (and ``out_file.name + '_data'`` when external); return what was done. ``output``:
+    the model output the graph gives ("logits" for a classifier: (batch, num_labels))."""
     import onnx
 
     method = choose_exporter(exporter, verified, getattr(model.config, "model_type", None))
-    wrapper = _TokenEmbeddings(model).eval()
+    wrapper = _TokenEmbeddings(model, output).eval()
     sample = export_sample(input_names, int(model.config.vocab_size), pad_token_id)
     axes = {name: {0: "batch", 1: "sequence"} for name in input_names}
-    axes[OUTPUT_NAME] = {0: "batch", 1: "sequence"}
+    axes[output] = {0: "batch", 1: "sequence"} if output == OUTPUT_NAME else {0: "batch"}
     out_file.parent.mkdir(parents=True, exist_ok=True)
     lean = lean_attention(model, max_seq_length)
     with tempfile.TemporaryDirectory() as scratch, torch.no_grad(), lean as query_blocks:
@@ -130,7 +134,7 @@ def export_onnx(
                 sample,
                 str(traced),
                 input_names=list(input_names),
-                output_names=[OUTPUT_NAME],
+                output_names=[output],
                 dynamic_axes=axes,
                 opset_version=OPSET,
                 dynamo=False,
@@ -143,7 +147,7 @@ def export_onnx(
                 wrapper,
                 sample,
                 input_names=list(input_names),
-                output_names=[OUTPUT_NAME],
+                output_names=[output],
                 dynamic_shapes=shapes,
                 opset_version=OPSET,
                 dynamo=True,

@@ -12,6 +12,7 @@ import json
 import logging
 import shutil
 from dataclasses import dataclass
+from functools import partial
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -203,6 +204,28 @@ def export(
     if not 0.0 < int8_min_cosine <= 1.0:
         raise InvalidArgumentError(f"int8_min_cosine must be in (0, 1]; got {int8_min_cosine}")
     source = resolve_source(model_name_or_path)
+    from onnxembed.exporter.cross_encoder import is_cross_encoder
+
+    if is_cross_encoder(source):  # a reranker: its own job (rerank.py), with the same options
+        from onnxembed.exporter.rerank import export_reranker
+
+        if pool_in_graph:
+            raise UnsupportedModelError("--pool-in-graph: a reranker's graph has no pooling; it gives logits")
+        return export_reranker(
+            source,
+            Path(model_dir),
+            base_model=base_model,
+            exporter=exporter,
+            external_data=external_data,
+            overwrite=overwrite,
+            verify=verify,
+            atol=atol,
+            optimize=optimize,
+            target=target,
+            quantize=quantize,
+            fp16=fp16,
+            texts=partial(_calibration_texts, calibration_file),
+        )
     st_config = read_sentence_transformer_config(source)
     if pool_in_graph:
         from onnxembed.exporter.graph_pooling import can_pool_in_graph
@@ -248,10 +271,9 @@ def export(
     manifest = dataclasses.replace(manifest, variants=variants)
     manifest.write(out)
     if optimize or quantize or fp16 or pool_in_graph:
-        from onnxembed.exporter.calibration import read_calibration_file, sentences
         from onnxembed.exporter.variants import build_variants
 
-        texts = read_calibration_file(calibration_file) if calibration_file else sentences(1000)
+        texts = _calibration_texts(calibration_file)
         variants.update(
             build_variants(
                 out,
@@ -272,6 +294,12 @@ def export(
     manifest.write(out)
     logger.info("exported %s -> %s: %s", source, out, accuracy)
     return manifest
+
+
+def _calibration_texts(calibration_file: str | Path | None) -> list[str]:
+    from onnxembed.exporter.calibration import read_calibration_file, sentences
+
+    return read_calibration_file(calibration_file) if calibration_file else sentences(1000)
 
 
 def _export_static(st_config: SentenceTransformerConfig, source: Path, out: Path) -> _Written:

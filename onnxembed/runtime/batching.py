@@ -1,6 +1,7 @@
 """Cutting a list of texts into padded batches that cost the least compute.
 
-In scope: the order texts run in and where batches end. Not in scope: running them (encoder.py).
+In scope: the order texts (or a reranker's pairs) run in and where batches end. Not in scope: running them
+(encoder.py, reranker.py).
 
 Padding is wasted compute, so texts run longest first, sorted by their real token counts, and a batch
 holds at most ``batch_size`` texts and ``max_batch_tokens`` padded tokens; where batches end within those
@@ -14,13 +15,13 @@ results that depend on which texts share a batch; for them the batches are sente
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from typing import Any
 
 import numpy as np
 
-from onnxembed.runtime.tokenize import TextTokenizer
+from onnxembed.runtime.tokenize import Item, TextTokenizer
 
 DEFAULT_MAX_BATCH_TOKENS = {"CPUExecutionProvider": 1024}
 # On a GPU bigger batches keep the device busy; 32k tokens was within 10% of the best budget for each model
@@ -51,8 +52,18 @@ def default_run_cost(provider: str, quantized: bool) -> int:
     return CPU_RUN_COST["int8" if quantized else "float"]
 
 
+def _length(item: Item) -> int:
+    """sentence-transformers' sort key: a text's characters, a pair's characters summed."""
+    return len(item) if isinstance(item, str) else len(item[0]) + len(item[1])
+
+
+def with_prompt(prompt: str, item: Item) -> Item:
+    """The prompt before a text, or before a pair's first text (the query), as sentence-transformers puts it."""
+    return prompt + item if isinstance(item, str) else (prompt + item[0], item[1])
+
+
 def plan(
-    texts: list[str],
+    texts: Sequence[Item],
     tokenizer: TextTokenizer,
     prompt: str,
     batch_size: int,
@@ -69,13 +80,13 @@ def plan(
     batch up to the limits.
     """
     # Longest first by characters: sentence-transformers' key and sort (np.argsort's default kind).
-    order = np.argsort([-len(text) for text in texts])
+    order = np.argsort([-_length(text) for text in texts])
     if sentence_transformers_order:
 
         def in_sentence_transformers_order() -> Iterator[Batch]:
             for start in range(0, len(order), batch_size):
                 indices = order[start : start + batch_size]
-                yield indices, tokenizer.pad(tokenizer.encode([prompt + texts[i] for i in indices]))
+                yield indices, tokenizer.pad(tokenizer.encode([with_prompt(prompt, texts[i]) for i in indices]))
 
         return [in_sentence_transformers_order]
     # bigger budgets (GPUs) get bigger windows, so that lengths sort well, up to a bound on memory
@@ -96,7 +107,7 @@ def batches(*plan_args: Any, **plan_options: Any) -> Iterator[Batch]:
 
 def _window_batches(
     window: np.ndarray,
-    texts: list[str],
+    texts: Sequence[Item],
     tokenizer: TextTokenizer,
     prompt: str,
     batch_size: int,
@@ -104,7 +115,7 @@ def _window_batches(
     pad_multiple: int,
     run_cost: int = 0,
 ) -> Iterator[Batch]:
-    encodings = tokenizer.encode([prompt + texts[i] for i in window])
+    encodings = tokenizer.encode([with_prompt(prompt, texts[i]) for i in window])
     lengths = np.fromiter((len(encoding) for encoding in encodings), dtype=np.int64, count=len(encodings))
     by_tokens = np.argsort(-lengths, kind="stable")
     padded = (-(-lengths[by_tokens] // pad_multiple) * pad_multiple).tolist()  # longest first

@@ -1,7 +1,9 @@
 """Text to padded numpy arrays with the `tokenizers` library, as sentence-transformers tokenizes.
 
 In scope: loading tokenizer.json with the model's own max_seq_length (not the padding and truncation
-baked into tokenizer.json), padding a batch to its longest text, prompt lengths.
+baked into tokenizer.json), padding a batch to its longest text, prompt lengths, and (query, document)
+pairs for rerankers, which a CrossEncoder tokenizes as ``tokenizer(pairs, truncation="longest_first")``:
+the pair template of tokenizer.json, the two texts cut together to max_seq_length.
 Not in scope: choosing batches or running the model (see encoder.py).
 """
 
@@ -35,6 +37,8 @@ _CJK_IDEOGRAPH = re.compile(
 )
 # Normalizers that act on one character at a time, so a cut between two characters cannot change either.
 _PER_CHARACTER_NORMALIZERS = {"BertNormalizer", "Lowercase", "NFC", "NFD", "NFKC", "NFKD", "StripAccents"}
+# One input of the tokenizer: a text, or a (query, document) pair that a reranker reads together.
+Item = str | tuple[str, str]
 
 
 class TextTokenizer:
@@ -65,6 +69,8 @@ class TextTokenizer:
         # Single texts get one type id per template piece; when a probe's are all 0, every text's are, and
         # padding skips reading them (a Python list per text). Offsets are never used: skip computing them.
         self._zero_type_ids = not any(tokenizer.encode("probe text", add_special_tokens=True).type_ids)
+        # Pairs (BERT's template) give the second text type id 1; others (RoBERTa, ModernBERT) give 0 throughout.
+        self._zero_pair_type_ids = not any(tokenizer.encode("probe", "text", add_special_tokens=True).type_ids)
         self._encode_batch = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)
         self._add_special_tokens = manifest.add_special_tokens  # False for StaticEmbedding
         self._left_truncation = manifest.truncation_side == "left"
@@ -77,17 +83,52 @@ class TextTokenizer:
         counter.no_truncation()
         self._count_batch = getattr(counter, "encode_batch_fast", counter.encode_batch)
 
-    def encode(self, texts: Sequence[str]) -> list[Encoding]:
+    def encode(self, texts: Sequence[Item]) -> list[Encoding]:
         """Tokenize without padding; each Encoding keeps its own length. A text far over max_seq_length is
         first cut to a piece that gives the same tokens (see :meth:`_cut`): tokenizing all of it would cost
-        time and ~190 bytes a token for tokens that truncation drops."""
-        return self._encode_batch(self._cut(list(texts)), add_special_tokens=self._add_special_tokens)
+        time and ~190 bytes a token for tokens that truncation drops. A (query, document) pair is one input,
+        truncated longest first as sentence-transformers' CrossEncoder does."""
+        return self._encode_batch(self._cut_items(texts), add_special_tokens=self._add_special_tokens)
 
-    def over_limit(self, texts: Sequence[str]) -> list[bool]:
-        """Whether each text (prompt included) has more tokens than max_seq_length, special tokens included,
-        before truncation. Counts no more of a text than that answer needs."""
-        encodings = self._count_batch(self._cut(list(texts)), add_special_tokens=self._add_special_tokens)
+    def over_limit(self, texts: Sequence[Item]) -> list[bool]:
+        """Whether each text or pair (prompt included) has more tokens than max_seq_length, special tokens
+        included, before truncation. Counts no more of a text than that answer needs."""
+        encodings = self._count_batch(self._cut_items(texts), add_special_tokens=self._add_special_tokens)
         return [len(encoding.ids) > self._max_length for encoding in encodings]
+
+    def _cut_items(self, items: Sequence[Item]) -> list[Item]:
+        """:meth:`_cut` for texts and pairs. In a pair only a lone long text is cut, and kept whole unless its
+        piece still has more tokens than the other text: longest-first truncation then takes from the piece
+        exactly what it took from the whole text. When both texts are over max_seq_length the result depends
+        on which is longer (the odd token goes to it), which only whole texts can say."""
+        if all(isinstance(item, str) for item in items):
+            return list(self._cut(list(items)))  # type: ignore[arg-type]
+        budget = (self._max_length + CUT_MARGIN_TOKENS) * CHARS_PER_TOKEN
+        result: list[Item] = list(items)
+        lone: dict[int, int] = {}  # pair index -> which of its two texts is the only long one
+        for index, item in enumerate(items):
+            if not isinstance(item, str):
+                long = [len(text) > budget for text in item]
+                if long[0] != long[1]:
+                    lone[index] = 0 if long[0] else 1
+        if not lone:
+            return result
+        pieces = self._cut([items[index][side] for index, side in lone.items()])
+        cut = {
+            index: piece
+            for (index, side), piece in zip(lone.items(), pieces, strict=True)
+            if piece != items[index][side]
+        }
+        if not cut:
+            return result
+        others = [items[index][1 - lone[index]] for index in cut]
+        counts = self._count_batch([*cut.values(), *others], add_special_tokens=False)
+        for position, (index, piece) in enumerate(cut.items()):
+            if len(counts[position].ids) > len(counts[len(cut) + position].ids):
+                pair = list(items[index])
+                pair[lone[index]] = piece
+                result[index] = (pair[0], pair[1])
+        return result
 
     def _cut(self, texts: list[str]) -> list[str]:
         """``texts``, each long one cut before a space (U+0020) where the piece before it (after it, for left
@@ -144,7 +185,8 @@ class TextTokenizer:
         input_ids = np.full(real.shape, self._pad_token_id, dtype=np.int64)
         input_ids[real] = np.fromiter(chain.from_iterable(ids), dtype=np.int64, count=total)
         token_type_ids = np.zeros(real.shape, dtype=np.int64)
-        if not self._zero_type_ids:
+        pairs = bool(encodings) and encodings[0].n_sequences > 1
+        if not (self._zero_pair_type_ids if pairs else self._zero_type_ids):
             token_type_ids[real] = np.fromiter(chain.from_iterable(e.type_ids for e in encodings), np.int64, total)
         return {"input_ids": input_ids, "attention_mask": real.astype(np.int64), "token_type_ids": token_type_ids}
 

@@ -1,6 +1,7 @@
-"""``onnxembed serve``: an HTTP embedding server (OpenAI and text-embeddings-inference APIs) over one Encoder.
+"""``onnxembed serve``: an HTTP embedding server (OpenAI and text-embeddings-inference APIs) over one Encoder,
+and/or a reranker (TEI's /rerank, Cohere's and Jina's /v1/rerank and /v2/rerank) over one Reranker.
 
-In scope: loading the Encoder, running uvicorn, SIGTERM. Not in scope: routes (app.py), dynamic batching
+In scope: loading the models, running uvicorn, SIGTERM. Not in scope: routes (app.py), dynamic batching
 (batcher.py), request checks (parsing.py), metrics (metrics.py).
 
 Needs ``pip install onnxembed[serve]`` (starlette, uvicorn, orjson); importing this package imports none.
@@ -19,6 +20,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Literal
 
+from onnxembed.errors import InvalidArgumentError
 from onnxembed.serve.config import ServeConfig
 
 __all__ = ["ServeConfig", "serve", "worker_threads"]
@@ -84,8 +86,14 @@ def serve(
     request_timeout_s: float = 10.0,
     graceful_timeout_s: int | None = 30,
     log_level: Literal["warning", "info", "debug"] = "warning",
+    reranker: str | Path | None = None,
+    max_documents: int | None = None,
 ) -> None:
     """Serve the exported model at ``model_dir`` until SIGTERM or SIGINT. Blocks; returns after a clean shutdown.
+
+    ``model_dir`` is an embedding model or a reranker (a CrossEncoder export: then ``POST /`` is /rerank);
+    ``reranker`` serves a reranker beside an embedding model, on the same worker threads. A rerank request may
+    hold ``max_documents`` documents (413 past it; default 1000, or ``max_queue`` when that is smaller).
 
     Limits are those of :class:`ServeConfig`; ``max_inputs`` defaults to 2048 (OpenAI's), or ``max_queue``
     when that is smaller. ``workers`` inference threads run the model batches of the waiting requests on one
@@ -101,7 +109,8 @@ def serve(
     except ImportError as error:
         hint = "pip install 'onnxembed[serve]'"
         raise ImportError(f"onnxembed serve needs starlette, uvicorn and orjson: {hint} ({error})") from error
-    from onnxembed.runtime import Encoder
+    from onnxembed.manifest import RERANKER, Manifest
+    from onnxembed.runtime import Encoder, Reranker
     from onnxembed.runtime.session import resolve_provider
     from onnxembed.serve.protocol import guarded_protocol
 
@@ -109,8 +118,18 @@ def serve(
     max_inputs = max_inputs if max_inputs is not None else min(2048, max_queue)
     if max_queue_chars is None:
         max_queue_chars = max(32 << 20, min(max_body_bytes, max_inputs * max_input_chars))
+    max_documents = max_documents if max_documents is not None else min(1000, max_queue)
+    main_is_reranker = Manifest.read(model_dir).task == RERANKER
+    if main_is_reranker and reranker is not None:
+        raise InvalidArgumentError(f"{model_dir} is a reranker already; --reranker goes beside an embedding model")
+    reranker_dir = model_dir if main_is_reranker else reranker
+    name = model_name or Path(model_dir).resolve().name
     config = ServeConfig(
-        model_name=model_name or Path(model_dir).resolve().name,
+        model_name=name,
+        reranker_name=None
+        if reranker_dir is None
+        else (name if main_is_reranker else Path(reranker_dir).resolve().name),
+        max_documents=max_documents,
         api_key=api_key,
         max_batch_tokens=max_batch_tokens,
         batch_wait_ms=batch_wait_ms,
@@ -127,10 +146,13 @@ def serve(
     )
     if api_key is None and not _loopback(host):
         logger.warning("serving on %s without an API key: anyone who can reach it may use it", host)
-    encoder = Encoder(model_dir, provider=provider, threads=threads, variant=variant)
+    encoder = None if main_is_reranker else Encoder(model_dir, provider=provider, threads=threads, variant=variant)
+    # beside an embedding model the reranker takes its own best variant ("auto"): --variant names the model's
+    rerank_variant = variant if main_is_reranker else "auto"
+    scorer = None if reranker_dir is None else Reranker(reranker_dir, provider, threads, rerank_variant)
     server = uvicorn.Server(
         uvicorn.Config(
-            build_app(encoder, config),
+            build_app(encoder, config, scorer),
             host=host,
             port=port,
             # h11 with deadlines and a connection cap (protocol.py); 4 bodies' worth of discarding at most

@@ -1,5 +1,7 @@
 """The HTTP API on Starlette: OpenAI's /v1/embeddings, text-embeddings-inference's /embed and /similarity,
-/v1/models, /health, /metrics; ``POST /`` answers as /embed (text-embeddings-inference's clients).
+/v1/models, /health, /metrics; ``POST /`` answers as /embed (text-embeddings-inference's clients). With a
+reranker (alone, or beside the embedding model) also /rerank, /v1/rerank and /v2/rerank (rerank.py); ``POST /``
+answers as /rerank when the reranker is the served model.
 
 In scope: routes, turning errors into ``{"error": {"message", "type"}}``, the token limit check
 (only texts cut at max_seq_length are recounted), per-request post-processing of the workers' rows
@@ -52,7 +54,7 @@ from starlette.types import Receive
 
 from onnxembed.errors import InvalidArgumentError
 from onnxembed.kernels import normalize
-from onnxembed.runtime import Encoder
+from onnxembed.runtime import Encoder, Reranker
 from onnxembed.serve.batcher import Batcher, Embedded, QueueFull, ShuttingDown
 from onnxembed.serve.config import ApiError, ClientGone, ServeConfig
 from onnxembed.serve.gate import DISCONNECTED, Gate, error_response
@@ -70,17 +72,27 @@ class VectorsResponse(JSONResponse):
 
 
 class EmbeddingService:
-    """What the routes share: the Encoder, its batcher, limits, metrics."""
+    """What the routes share: the Encoder and/or the Reranker, one batcher for both, limits, metrics."""
 
-    def __init__(self, encoder: Encoder, config: ServeConfig) -> None:
-        self.encoder = encoder
+    def __init__(self, encoder: Encoder | None, config: ServeConfig, reranker: Reranker | None = None) -> None:
+        if encoder is None and reranker is None:
+            raise InvalidArgumentError("the server needs an embedding model, a reranker or both")
+        self._encoder = encoder
+        self.reranker = reranker
         self.config = config
         self.metrics = Metrics()
         self.batcher: Batcher | None = None
 
+    @property
+    def encoder(self) -> Encoder:
+        """The embedding model (the embedding routes are mounted only with one)."""
+        if self._encoder is None:
+            raise ApiError(404, "this server serves a reranker only; it has no embedding model", "not_found")
+        return self._encoder
+
     def start(self) -> None:
         self.batcher = Batcher(
-            self.encoder,
+            self._encoder if self._encoder is not None else self.reranker,  # type: ignore[arg-type]
             self.config.max_queue,
             self.config.max_run_texts,
             self.config.max_batch_tokens,
@@ -229,8 +241,11 @@ async def tei_similarity(request: Request) -> Response:
 
 async def models(request: Request) -> Response:
     service: EmbeddingService = request.app.state.service
-    model = {"id": service.config.model_name, "object": "model", "created": 0, "owned_by": "onnxembed"}
-    return JSONResponse({"object": "list", "data": [model]})
+    names = [service.config.model_name]
+    if service.config.reranker_name not in (None, service.config.model_name):
+        names.append(service.config.reranker_name)  # type: ignore[arg-type]
+    data = [{"id": name, "object": "model", "created": 0, "owned_by": "onnxembed"} for name in names]
+    return JSONResponse({"object": "list", "data": data})
 
 
 async def health(request: Request) -> Response:
@@ -267,20 +282,37 @@ async def _server_error(request: Request, error: Exception) -> Response:
     return error_response(500, f"internal error: {type(error).__name__}: {error}", "server_error")
 
 
-ROUTES = [
-    Route("/", tei_embed, methods=["POST"]),
+EMBEDDING_ROUTES = [
     Route("/v1/embeddings", openai_embeddings, methods=["POST"]),
     Route("/embed", tei_embed, methods=["POST"]),
     Route("/similarity", tei_similarity, methods=["POST"]),
+]
+COMMON_ROUTES = [
     Route("/v1/models", models, methods=["GET"]),
     Route("/health", health, methods=["GET"]),
     Route("/metrics", metrics, methods=["GET"]),
 ]
+ROUTES = [Route("/", tei_embed, methods=["POST"]), *EMBEDDING_ROUTES, *COMMON_ROUTES]
 
 
-def build_app(encoder: Encoder, config: ServeConfig) -> Starlette:
-    """The ASGI app. Its lifespan starts the batcher's workers and, on shutdown, drains and stops it."""
-    service = EmbeddingService(encoder, config)
+def _routes(embedding: bool, reranking: bool) -> list[Route]:
+    """The routes of the models served; ``POST /`` is the embedding model's /embed, else the reranker's /rerank."""
+    from onnxembed.serve.rerank import cohere_rerank, tei_rerank
+
+    rerank = [
+        Route("/rerank", tei_rerank, methods=["POST"]),
+        Route("/v1/rerank", cohere_rerank, methods=["POST"]),
+        Route("/v2/rerank", cohere_rerank, methods=["POST"]),
+    ]
+    root = Route("/", tei_embed if embedding else tei_rerank, methods=["POST"])
+    return [root, *(EMBEDDING_ROUTES if embedding else []), *(rerank if reranking else []), *COMMON_ROUTES]
+
+
+def build_app(encoder: Encoder | None, config: ServeConfig, reranker: Reranker | None = None) -> Starlette:
+    """The ASGI app for an embedding model, a reranker, or both (one batcher and worker pool for both). Its
+    lifespan starts the batcher's workers and, on shutdown, drains and stops it."""
+    service = EmbeddingService(encoder, config, reranker)
+    routes = _routes(encoder is not None, reranker is not None)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -291,7 +323,7 @@ def build_app(encoder: Encoder, config: ServeConfig) -> Starlette:
             await run_in_threadpool(service.stop, config.drain_timeout_s)
 
     app = Starlette(
-        routes=ROUTES,
+        routes=routes,
         lifespan=lifespan,
         exception_handlers={
             ApiError: _api_error,
@@ -302,5 +334,5 @@ def build_app(encoder: Encoder, config: ServeConfig) -> Starlette:
         },
     )
     app.state.service = service
-    app.add_middleware(Gate, service=service, paths={route.path for route in ROUTES})
+    app.add_middleware(Gate, service=service, paths={route.path for route in routes})
     return app

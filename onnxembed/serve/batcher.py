@@ -6,6 +6,9 @@ whichever worker is free, handing each request exactly its own rows through a fu
 batch is done, draining on close.
 Not in scope: HTTP and per-request post-processing (normalize, dimensions) — app.py does that on the rows.
 
+One pool of workers serves every model of the server: an embedding model's texts and a reranker's (query,
+document) pairs queue together, and a take is cut into batches per model and prompt (each model's own plan).
+
 How the workers share the work: they pull model batches from one queue of planned batches. A worker that
 finds that queue empty takes every waiting request (up to ``max_run_texts``), plans them and puts the
 batches on the queue, so the other workers join in on them at once. There is no artificial wait to fill a
@@ -22,6 +25,7 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -29,8 +33,11 @@ from typing import NamedTuple
 import numpy as np
 
 from onnxembed.errors import OnnxEmbedError
-from onnxembed.runtime import Encoder
+from onnxembed.runtime import Encoder, Reranker
+from onnxembed.runtime.tokenize import Item
 from onnxembed.serve.metrics import Metrics
+
+Model = Encoder | Reranker  # both plan batches (_batches) and run one (_embed_batch) the same way
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +46,7 @@ class Embedded(NamedTuple):
     """What a request gets back: its rows, and the tokens the model read for each text (after truncation,
     prompt and special tokens included; its attention mask's row sums)."""
 
-    rows: np.ndarray  # (texts, dim) float32
+    rows: np.ndarray  # (texts, dim) float32: embeddings, or a reranker's (pairs, num_labels) logits
     tokens: np.ndarray  # (texts,) int64
 
 
@@ -53,10 +60,15 @@ class ShuttingDown(OnnxEmbedError):
 
 @dataclass
 class _Job:
-    texts: list[str]
+    texts: Sequence[Item]  # texts, or (query, document) pairs for a reranker
     prompt: str
     future: Future[Embedded]
+    model: Model
     chars: int = 0
+
+
+def _chars(item: Item) -> int:
+    return len(item) if isinstance(item, str) else len(item[0]) + len(item[1])
 
 
 @dataclass
@@ -67,6 +79,7 @@ class _Take:
 
     jobs: list[_Job]
     prompt: str
+    model: Model
     rows: np.ndarray  # (texts of all jobs, dim), filled batch by batch
     tokens: np.ndarray  # (texts of all jobs,) tokens the model read, filled batch by batch
     owner: np.ndarray  # text -> index of its job
@@ -76,14 +89,15 @@ class _Take:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
-    def of(cls, jobs: list[_Job], prompt: str, dim: int) -> _Take:
+    def of(cls, jobs: list[_Job], prompt: str, model: Model) -> _Take:
         counts = [len(job.texts) for job in jobs]
         offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         owner = np.repeat(np.arange(len(jobs)), counts)
         total = int(offsets[-1])
-        return cls(jobs, prompt, np.empty((total, dim), np.float32), np.zeros(total, np.int64), owner, offsets, counts)
+        rows = np.empty((total, model.dim), np.float32)
+        return cls(jobs, prompt, model, rows, np.zeros(total, np.int64), owner, offsets, counts)
 
-    def texts(self) -> list[str]:
+    def texts(self) -> list[Item]:
         return [text for job in self.jobs for text in job.texts]
 
     def wanted(self, indices: np.ndarray) -> bool:
@@ -128,7 +142,7 @@ class Batcher:
 
     def __init__(
         self,
-        encoder: Encoder,
+        encoder: Model,
         max_queue: int,
         max_run_texts: int,
         max_batch_tokens: int | None = None,
@@ -172,19 +186,23 @@ class Batcher:
         """Whether every worker thread still runs (a dead one would leave its share of the queue waiting)."""
         return all(thread.is_alive() for thread in self._threads)
 
-    def submit(self, texts: list[str], prompt: str) -> Future[Embedded]:
-        """Queue texts (all run with ``prompt``, "" for none); raises QueueFull or ShuttingDown."""
+    def submit(
+        self, texts: Sequence[Item], prompt: str, model: Model | None = None, chars: int | None = None
+    ) -> Future[Embedded]:
+        """Queue texts (all run with ``prompt``, "" for none) for ``model`` (default: the ``encoder`` the batcher
+        was made with), or a reranker's pairs; ``chars``: the characters they hold (default: counted; a
+        reranker's pairs share one query string). Raises QueueFull or ShuttingDown."""
         future: Future[Embedded] = Future()
         with self._cond:
             if self._closed:
                 raise ShuttingDown("the server is shutting down")
             if self._queued + len(texts) > self.max_queue:
                 raise QueueFull(f"{self._queued} texts are queued (limit {self.max_queue}); retry later")
-            chars = sum(map(len, texts))
+            chars = sum(map(_chars, texts)) if chars is None else chars
             if self.max_queue_chars is not None and self._queued_chars + chars > self.max_queue_chars:
                 limit = self.max_queue_chars
                 raise QueueFull(f"{self._queued_chars} characters are queued (limit {limit}); retry later")
-            self._jobs.append(_Job(texts, prompt, future, chars))
+            self._jobs.append(_Job(texts, prompt, future, self._encoder if model is None else model, chars))
             self._queued += len(texts)
             self._queued_chars += chars
             self._cond.notify()
@@ -233,7 +251,7 @@ class Batcher:
                 continue
             started = time.perf_counter()
             try:
-                embeddings = self._encoder._embed_batch(arrays, prompt=take.prompt)
+                embeddings = take.model._embed_batch(arrays, prompt=take.prompt)
                 tokens = arrays["attention_mask"].sum(axis=1, dtype=np.int64)
                 if self._metrics is not None:
                     self._metrics.observe_batch(len(indices), int(tokens.sum()), time.perf_counter() - started)
@@ -290,21 +308,22 @@ class Batcher:
         return taken
 
     def _plan(self, jobs: list[_Job]) -> list[Run]:
-        """The model batches of the taken requests, one take per prompt. A request whose client went away
-        may have cancelled its future; after this it cannot."""
-        by_prompt: dict[str, list[_Job]] = {}
+        """The model batches of the taken requests, one take per model and prompt. A request whose client went
+        away may have cancelled its future; after this it cannot."""
+        by_prompt: dict[tuple[int, str], list[_Job]] = {}
         for job in jobs:
             if not job.future.set_running_or_notify_cancel():
                 continue
             if job.texts:
-                by_prompt.setdefault(job.prompt, []).append(job)
+                by_prompt.setdefault((id(job.model), job.prompt), []).append(job)
             else:  # nothing to run: no batch would ever answer it
-                job.future.set_result(Embedded(np.empty((0, self._encoder.dim), np.float32), np.empty(0, np.int64)))
+                job.future.set_result(Embedded(np.empty((0, job.model.dim), np.float32), np.empty(0, np.int64)))
         runs: list[Run] = []
-        for prompt, group in by_prompt.items():
-            take = _Take.of(group, prompt, self._encoder.dim)
+        for (_, prompt), group in by_prompt.items():
+            model = group[0].model
+            take = _Take.of(group, prompt, model)
             try:
-                batches = self._encoder._batches(take.texts(), prompt, self._max_batch_tokens)
+                batches = model._batches(take.texts(), prompt, self._max_batch_tokens)  # type: ignore[arg-type]
                 runs.extend((take, indices, arrays) for indices, arrays in batches)
             except Exception as error:  # e.g. a prompt this variant cannot leave out of its pooling
                 logger.exception("planning %d texts failed", len(take.owner))

@@ -36,6 +36,8 @@ class ServeConfig:
     max_connections: int = 1024  # open connections; beyond it a new one gets 503 and is closed
     request_timeout_s: float = 10.0  # to send a request's headers and body; then the connection is closed
     drain_timeout_s: float | None = 30.0  # on shutdown, to finish the queued texts; then they get 503
+    max_documents: int = 1000  # documents in one rerank request (Cohere's advice); beyond it 413
+    reranker_name: str | None = None  # the served reranker's name, when there is one
 
     def __post_init__(self) -> None:
         for name in (
@@ -49,6 +51,7 @@ class ServeConfig:
             "max_queue_chars",
             "max_concurrent_requests",
             "max_connections",
+            "max_documents",
         ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -56,6 +59,11 @@ class ServeConfig:
         if self.max_inputs > self.max_queue:
             raise InvalidArgumentError(
                 f"max_inputs ({self.max_inputs}) must be <= max_queue ({self.max_queue}): a request that big never fits"
+            )
+        if self.reranker_name is not None and self.max_documents > self.max_queue:
+            raise InvalidArgumentError(
+                f"max_documents ({self.max_documents}) must be <= max_queue ({self.max_queue}): a rerank request that "
+                "big never fits"
             )
         if self.max_inputs < 2:  # /similarity's source sentence counts among its inputs
             raise InvalidArgumentError(f"max_inputs must be at least 2 (a /similarity pair); got {self.max_inputs}")

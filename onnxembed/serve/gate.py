@@ -20,7 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from onnxembed.serve.parsing import DISCARD_BODIES, discard_body
 
 OPEN_PATHS = ("/health",)  # answered without the API key, for load balancers
-BODY_PATHS = ("/", "/v1/embeddings", "/embed", "/similarity")
+BODY_PATHS = ("/", "/v1/embeddings", "/embed", "/similarity", "/rerank", "/v1/rerank", "/v2/rerank")
 DISCONNECTED = 499  # nginx's "client closed request": what a route answers a client that is gone
 
 
