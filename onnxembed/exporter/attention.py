@@ -138,12 +138,15 @@ def _modernbert(model: Any, query_blocks: int) -> Iterator[None]:
             del attention.query_blocks
 
 
-_FAMILIES = {"modernbert": _modernbert}
+def _modernbert_patchable() -> bool:
+    """transformers 4.x dispatches ModernBERT's attention through its own table, which this patches; 5.x
+    goes through the shared attention interface and builds other masks, and keeps its eager attention."""
+    from transformers.models.modernbert import modeling_modernbert
+
+    return hasattr(modeling_modernbert, "MODERNBERT_ATTENTION_FUNCTION")
 
 
-def families() -> tuple[str, ...]:
-    """The model_types whose attention is exported one head at a time."""
-    return tuple(_FAMILIES)
+_FAMILIES = {"modernbert": (_modernbert, _modernbert_patchable)}
 
 
 def query_blocks(max_seq_length: int) -> int:
@@ -155,10 +158,11 @@ def query_blocks(max_seq_length: int) -> int:
 def lean_attention(model: Any, max_seq_length: int) -> Iterator[int]:
     """Within the block, ``model`` (eager attention) runs the one-head-at-a-time attention when its family
     has one; yields the query blocks per head (0: the family's own attention)."""
-    patch = _FAMILIES.get(getattr(model.config, "model_type", ""))
-    if patch is None or model.config._attn_implementation != "eager":
+    family = _FAMILIES.get(getattr(model.config, "model_type", ""))
+    if family is None or model.config._attn_implementation != "eager" or not family[1]():
         yield 0
         return
+    patch = family[0]
     blocks = query_blocks(max_seq_length)
     with patch(model, blocks):
         yield blocks

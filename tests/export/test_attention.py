@@ -65,6 +65,8 @@ def test_modernbert_graph_holds_one_block_of_scores_at_a_time(
     from onnxembed.exporter import attention
     from tests.replicas import MIXED_TEXTS
 
+    if not attention._modernbert_patchable():
+        pytest.skip("transformers 5.x: ModernBERT keeps its eager attention (its attention table is gone)")
     blocks = 1
     if block_tokens is not None:
         monkeypatch.setattr(attention, "QUERY_BLOCK_TOKENS", block_tokens)
