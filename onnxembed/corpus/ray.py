@@ -77,6 +77,8 @@ class EmbedBatches:
         ids = batch.column(self.id_column).to_pylist() if self.id_column else [None] * len(texts)
         # A batch from embed-corpus carries the driver's read/id checks in "error"; others are checked here.
         read_errors = batch.column("error").to_pylist() if "error" in batch.column_names else [None] * len(texts)
+        # The driver has already made its rows' ids storable; ids read by the cluster are checked here.
+        from_driver = "error" in batch.column_names
         ids_check = IdCheck() if self.id_column else None
         errors = [
             read_error or (ids_check.error(row_id) if ids_check else None) or text_error(text)
@@ -86,7 +88,7 @@ class EmbedBatches:
         embeddings = embed_rows(self.encoder, texts, errors, self.batch_size, self.precision)
         self._raise_first_bad(ids, errors)
         valid = np.array([error is None for error in errors], dtype=bool)
-        if ids_check is not None and not valid.all():
+        if ids_check is not None and not from_driver and not valid.all():
             index = batch.column_names.index(self.id_column)
             stored = pa.array(storable_ids(ids, errors, ids_check), type=batch.schema.field(index).type)
             batch = batch.set_column(index, self.id_column, stored)
@@ -204,6 +206,7 @@ def _file_dataset(
 
     _ID_TYPES.update({str: pa.string(), int: pa.int64()})
     if file.format == "parquet" and id_column is not None:
+        check_parquet_id_kind(file.path, id_column, ids_check)
         ds = ray.data.read_parquet(str(file.path), columns=[id_column, text_column])
         ds = ds.rename_columns({id_column: "id", text_column: "text"}) if id_column != "id" else ds
         return ds.select_columns(["id", "text"])
@@ -218,6 +221,26 @@ def _file_dataset(
     if not refs:
         refs = [ray.put(pa.table({"id": pa.array([], pa.int64()), "text": pa.array([], pa.string())}))]
     return ray.data.from_arrow_refs(refs)
+
+
+def check_parquet_id_kind(path: Path, id_column: str, ids_check: IdCheck) -> None:
+    """The cluster reads these ids, not the driver: check their column's type against the job's id kind
+    before any row is embedded (an output id column holds one type), and let it set the kind when first."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    id_type = pq.read_schema(path).field(id_column).type
+    is_string = pa.types.is_string(id_type) or pa.types.is_large_string(id_type)
+    kind = str if is_string else int if pa.types.is_integer(id_type) else None
+    if kind is None:
+        raise CorpusError(f"{path}: id column {id_column!r} is {id_type}; ids are strings or integers")
+    if ids_check.kind is None:
+        ids_check.kind = kind
+    elif kind is not ids_check.kind:
+        raise CorpusError(
+            f"{path}: id column {id_column!r} holds {kind.__name__} ids ({id_type}); this job's ids are "
+            f"{ids_check.kind.__name__} (one output id column holds one type): embed it in a job of its own"
+        )
 
 
 def _seed_id_kind(ids_check: IdCheck, folder: Path) -> None:

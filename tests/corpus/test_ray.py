@@ -143,3 +143,46 @@ def test_cli_ray_jsonl_bad_rows_rerun_and_model_change(
     (model / "onnxembed.json").write_text((model / "onnxembed.json").read_text() + "\n")
     assert main([*args[:3], "--model", str(model), *args[5:], "--on-error", "skip"]) == 1
     assert "the model changed" in capsys.readouterr().err
+
+
+def test_parquet_ids_of_another_kind_are_refused_before_embedding(tmp_path: Path) -> None:
+    """Parquet ids are read by the cluster, not checked row by row in the driver: a file whose id column has
+    another type than the job's ids is refused by name up front (pyarrow could not merge the parts later)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from onnxembed.corpus.inputs import CorpusError
+    from onnxembed.corpus.ray import check_parquet_id_kind
+    from onnxembed.corpus.rows import IdCheck
+
+    ints, strings, floats = tmp_path / "ints.parquet", tmp_path / "strings.parquet", tmp_path / "floats.parquet"
+    pq.write_table(pa.table({"id": pa.array([1, 2], pa.int64()), "text": ["a", "b"]}), ints)
+    pq.write_table(pa.table({"id": ["x", "y"], "text": ["a", "b"]}), strings)
+    pq.write_table(pa.table({"id": [1.5, 2.5], "text": ["a", "b"]}), floats)
+
+    check = IdCheck()
+    check_parquet_id_kind(ints, "id", check)
+    assert check.kind is int  # the first file sets the job's kind; a JSONL id of another kind is a bad row
+    assert check.error("x") == "id is str; this job's ids are int"
+    with pytest.raises(CorpusError, match="strings.parquet.*holds str ids.*this job's ids are int"):
+        check_parquet_id_kind(strings, "id", check)
+    with pytest.raises(CorpusError, match="floats.parquet.*is double; ids are strings or integers"):
+        check_parquet_id_kind(floats, "id", IdCheck())
+
+
+def test_cli_ray_batch_of_only_bad_rows_keeps_their_ids(
+    ray_cluster: Any, tiny_export: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Every row of the block is bad: the report still names each by the id the driver read."""
+    import json
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    rows = [{"id": "x-1", "text": None}, {"id": "x-2", "text": 5}, {"id": "x-3", "text": "a \udc00 b"}]
+    (folder / "bad.jsonl").write_text("\n".join(json.dumps(row) for row in rows) + "\n")
+    output = tmp_path / "out"
+    args = ["embed-corpus", str(folder), str(output), "--model", str(tiny_export), "--ray", "--no-progress"]
+    assert main([*args, "--on-error", "skip"]) == 0
+    capsys.readouterr()
+    report = [json.loads(line) for line in (output / "_errors.jsonl").read_text().splitlines()]
+    assert [record["id"] for record in report] == ["x-1", "x-2", "x-3"]
