@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from onnxruntime import OrtValue
 
-from onnxembed._checks import positive_int
+from onnxembed._checks import one_of_inputs, positive_int
 from onnxembed.errors import ArgumentTypeError, InvalidArgumentError
 from onnxembed.kernels import exclude_prompt, normalize, pool, similarity, similarity_pairwise
 from onnxembed.kernels.dense import dense
@@ -225,7 +225,7 @@ class Encoder:
             >>> embeddings.shape, embeddings.dtype
             ((2, 384), dtype('float32'))
         """
-        sentences = _one_of_inputs(inputs, sentences)
+        sentences = one_of_inputs(inputs, sentences, "a str or an iterable of str")
         single = isinstance(sentences, str)
         texts: list[str] = [sentences] if isinstance(sentences, str) else _checked_texts(sentences)
         max_batch_tokens = positive_int(
@@ -318,7 +318,7 @@ class Encoder:
             >>> for block in encoder.encode_iter(open("corpus.txt"), chunk_size=4096):
             ...     index.add(block)
         """
-        sentences = _one_of_inputs(inputs, sentences)
+        sentences = one_of_inputs(inputs, sentences, "a str or an iterable of str")
         chunk_size = positive_int(chunk_size, "chunk_size")
         if precision in ("int8", "uint8"):
             raise InvalidArgumentError(
@@ -522,17 +522,6 @@ class Encoder:
 
 def _checked_truncate_dim(truncate_dim: int | None) -> int | None:
     return None if truncate_dim is None else positive_int(truncate_dim, "truncate_dim")
-
-
-def _one_of_inputs(inputs: Any, sentences: Any) -> Any:
-    """``inputs``, or ``sentences`` (its older name): exactly one of them."""
-    if sentences is None:
-        if inputs is None:
-            raise ArgumentTypeError("inputs must be a str or an iterable of str; got NoneType")
-        return inputs
-    if inputs is not None:
-        raise ArgumentTypeError("give the texts once: as inputs or as sentences, not both")
-    return sentences
 
 
 def _checked_texts(sentences: Iterable[str]) -> list[str]:

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from onnxembed._checks import positive_int
+from onnxembed._checks import one_of_inputs, positive_int
 from onnxembed.errors import ArgumentTypeError, InvalidArgumentError, ModelLoadError
 from onnxembed.kernels.dense import DENSE_ACTIVATIONS, activate
 from onnxembed.manifest import LOGITS_OUTPUT, MODEL_INPUTS, RERANKER, Manifest
@@ -163,7 +163,7 @@ class Reranker:
             ArgumentTypeError: A pair that is not two strings.
             InvalidArgumentError: An unknown prompt name or activation, a bad number, convert_to_tensor.
         """
-        inputs = _one_of(inputs, sentences)
+        inputs = one_of_inputs(inputs, sentences, "a (query, document) pair or a list of pairs")
         single = _is_single_pair(inputs)
         pairs = _checked_pairs([inputs] if single else inputs)
         batch_size = positive_int(batch_size, "batch_size")
@@ -349,16 +349,6 @@ def _finish(logits: np.ndarray, activation: Callable[[np.ndarray], np.ndarray], 
         wide = np.exp(wide - wide.max(axis=1, keepdims=True))
         scores = (wide / wide.sum(axis=1, keepdims=True)).astype(np.float32)
     return np.asarray(scores, dtype=np.float32)
-
-
-def _one_of(inputs: Any, sentences: Any) -> Any:
-    if sentences is None:
-        if inputs is None:
-            raise ArgumentTypeError("inputs must be a (query, document) pair or a list of pairs; got NoneType")
-        return inputs
-    if inputs is not None:
-        raise ArgumentTypeError("give the pairs once: as inputs or as sentences, not both")
-    return sentences
 
 
 def _is_single_pair(inputs: Any) -> bool:
