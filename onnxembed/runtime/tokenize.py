@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,10 @@ TOKENIZER_FILE = "tokenizer.json"
 CHARS_PER_TOKEN = 8
 # Tokens a cut piece keeps beyond max_seq_length, so the cut is never next to a token that truncation keeps.
 CUT_MARGIN_TOKENS = 16
+# Texts still long after cutting (no space to cut at, or a tokenizer that merges across spaces) are tokenized
+# in groups of about this many characters: a full encoding costs ~95 bytes a character (byte-level BPE on
+# text without spaces), all of it kept in its overflow until the encoding is dropped.
+LONG_GROUP_CHARS = 1_000_000
 # Pre-tokenizers that end every word at a space (ByteLevel only with its regex; Metaspace only when it splits).
 _SPACE_SPLITTERS = {"Whitespace", "WhitespaceSplit", "BertPreTokenizer", "ByteLevel", "Metaspace"}
 # The CJK ideograph ranges BERT's normalizer (handle_chinese_chars) surrounds with spaces: each is a word of
@@ -39,6 +44,23 @@ _CJK_IDEOGRAPH = re.compile(
 _PER_CHARACTER_NORMALIZERS = {"BertNormalizer", "Lowercase", "NFC", "NFD", "NFKC", "NFKD", "StripAccents"}
 # One input of the tokenizer: a text, or a (query, document) pair that a reranker reads together.
 Item = str | tuple[str, str]
+
+
+@dataclass(frozen=True)
+class Truncated:
+    """What padding reads of an Encoding (token ids, type ids, how many texts), without the Encoding's
+    overflow: the tokens truncation dropped, which a tokenizers Encoding keeps until it is freed."""
+
+    ids: list[int]
+    type_ids: list[int]
+    n_sequences: int
+
+    @classmethod
+    def of(cls, encoding: Encoding) -> Truncated:
+        return cls(encoding.ids, encoding.type_ids, encoding.n_sequences)
+
+    def __len__(self) -> int:
+        return len(self.ids)
 
 
 class TextTokenizer:
@@ -83,18 +105,57 @@ class TextTokenizer:
         counter.no_truncation()
         self._count_batch = getattr(counter, "encode_batch_fast", counter.encode_batch)
 
-    def encode(self, texts: Sequence[Item]) -> list[Encoding]:
-        """Tokenize without padding; each Encoding keeps its own length. A text far over max_seq_length is
+    def encode(self, texts: Sequence[Item]) -> list[Encoding | Truncated]:
+        """Tokenize without padding; each encoding keeps its own length. A text far over max_seq_length is
         first cut to a piece that gives the same tokens (see :meth:`_cut`): tokenizing all of it would cost
-        time and ~190 bytes a token for tokens that truncation drops. A (query, document) pair is one input,
-        truncated longest first as sentence-transformers' CrossEncoder does."""
-        return self._encode_batch(self._cut_items(texts), add_special_tokens=self._add_special_tokens)
+        time and ~190 bytes a token for tokens that truncation drops. One that cannot be cut is tokenized
+        whole, a few at a time, and only its kept tokens are held (:class:`Truncated`). A (query, document)
+        pair is one input, truncated longest first as sentence-transformers' CrossEncoder does."""
+        items = self._cut_items(texts)
+        long = self._long(items)
+        if not any(long):
+            return self._encode_batch(items, add_special_tokens=self._add_special_tokens)
+        encodings: list[Any] = [None] * len(items)
+        short = [index for index, is_long in enumerate(long) if not is_long]
+        for group in [short, *self._groups(items, long)]:
+            batch = self._encode_batch([items[index] for index in group], add_special_tokens=self._add_special_tokens)
+            for index, encoding in zip(group, batch, strict=True):
+                encodings[index] = encoding if group is short else Truncated.of(encoding)
+        return encodings
 
     def over_limit(self, texts: Sequence[Item]) -> list[bool]:
         """Whether each text or pair (prompt included) has more tokens than max_seq_length, special tokens
-        included, before truncation. Counts no more of a text than that answer needs."""
-        encodings = self._count_batch(self._cut_items(texts), add_special_tokens=self._add_special_tokens)
-        return [len(encoding.ids) > self._max_length for encoding in encodings]
+        included, before truncation. Counts no more of a text than that answer needs, and holds the full
+        count of a long text only while it counts it."""
+        items = self._cut_items(texts)
+        over = [False] * len(items)
+        long = self._long(items)
+        short = [index for index, is_long in enumerate(long) if not is_long]
+        for group in [short, *self._groups(items, long)]:
+            counts = self._count_batch([items[index] for index in group], add_special_tokens=self._add_special_tokens)
+            for index, encoding in zip(group, counts, strict=True):
+                over[index] = len(encoding.ids) > self._max_length
+        return over
+
+    def _long(self, items: Sequence[Item]) -> list[bool]:
+        """Whether each item is still longer than a cut piece could be (it had nowhere to cut)."""
+        budget = (self._max_length + CUT_MARGIN_TOKENS) * CHARS_PER_TOKEN
+        return [_characters(item) > budget for item in items]
+
+    @staticmethod
+    def _groups(items: Sequence[Item], long: list[bool]) -> list[list[int]]:
+        """The indices of the long items, in order, in groups of about LONG_GROUP_CHARS characters."""
+        groups: list[list[int]] = []
+        size = LONG_GROUP_CHARS
+        for index, is_long in enumerate(long):
+            if not is_long:
+                continue
+            if size >= LONG_GROUP_CHARS:
+                groups.append([])
+                size = 0
+            groups[-1].append(index)
+            size += _characters(items[index])
+        return groups
 
     def _cut_items(self, items: Sequence[Item]) -> list[Item]:
         """:meth:`_cut` for texts and pairs. In a pair only a lone long text is cut, and kept whole unless its
@@ -164,7 +225,7 @@ class TextTokenizer:
                     budgets[index] = 2 * len(piece)
         return texts
 
-    def pad(self, encodings: Sequence[Encoding], multiple_of: int = 1) -> dict[str, np.ndarray]:
+    def pad(self, encodings: Sequence[Encoding | Truncated], multiple_of: int = 1) -> dict[str, np.ndarray]:
         """Pad encodings to the longest one, rounded up to ``multiple_of`` (repeating shapes suit a GPU):
         input_ids, attention_mask, token_type_ids, each (batch, seq) int64.
 
@@ -201,6 +262,10 @@ class TextTokenizer:
             if len(self._prompt_lengths) < 64:  # a model has a few prompts; callers may send any
                 self._prompt_lengths[prompt] = length
         return length
+
+
+def _characters(item: Item) -> int:
+    return len(item) if isinstance(item, str) else len(item[0]) + len(item[1])
 
 
 def _splits_at_spaces(pre_tokenizer: dict[str, Any] | None) -> bool:

@@ -68,17 +68,33 @@ def _byte_level_bpe(path: Path) -> None:
     tokenizer.save(str(path / TOKENIZER_FILE))
 
 
+def _spaceless_bpe(path: Path) -> None:
+    """A Gemma-style BPE: spaces become ▁ in the normalizer, no pre-tokenizer, so merges may cross spaces and
+    no text is ever cut."""
+    from tokenizers import Tokenizer, models, normalizers, processors, trainers
+
+    tokenizer = Tokenizer(models.BPE(byte_fallback=True))
+    tokenizer.normalizer = normalizers.Replace(" ", "▁")
+    tokenizer.train_from_iterator(CORPUS, trainers.BpeTrainer(vocab_size=500, special_tokens=["<bos>", "<eos>"]))
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="<bos> $A <eos>", pair="<bos> $A <eos> $B <eos>", special_tokens=[("<bos>", 0), ("<eos>", 1)]
+    )
+    tokenizer.save(str(path / TOKENIZER_FILE))
+
+
 def _tokenizers(export: Path, tmp_path: Path, kind: str) -> tuple[Path, Manifest]:
     folder = tmp_path / kind
     folder.mkdir()
     if kind == "bpe":
         _byte_level_bpe(folder)
+    elif kind == "spaceless-bpe":
+        _spaceless_bpe(folder)
     else:
         shutil.copy(export / TOKENIZER_FILE, folder / TOKENIZER_FILE)
     return folder, Manifest.read(export)
 
 
-@pytest.mark.parametrize("kind", ["wordpiece", "unigram", "bpe"])
+@pytest.mark.parametrize("kind", ["wordpiece", "unigram", "bpe", "spaceless-bpe"])
 @pytest.mark.parametrize("side", ["right", "left"])
 @pytest.mark.parametrize("max_seq_length", [8, 128])
 def test_cut_texts_give_the_same_token_ids(
@@ -102,13 +118,41 @@ def test_cut_texts_give_the_same_token_ids(
     for index, (expected, actual) in enumerate(zip(whole, cut, strict=True)):
         assert actual.ids == expected.ids, index
         assert actual.type_ids == expected.type_ids, index
-    assert len(tokenizer._cut(texts[:1])[0]) < len(texts[0])  # it did cut
+    assert (len(tokenizer._cut(texts[:1])[0]) < len(texts[0])) == (kind != "spaceless-bpe")  # it did cut
     # text without spaces is cut only where BERT's normalizer makes each ideograph a word
     chinese = "短" * 20_000
     assert (len(tokenizer._cut([chinese])[0]) < len(chinese)) == (kind == "wordpiece")
     counter = TextTokenizer(folder, dataclasses.replace(manifest, max_seq_length=2**31 - 1))
     exact = [len(encoding.ids) for encoding in counter.encode(texts)]
     assert tokenizer.over_limit(texts) == [count > max_seq_length for count in exact]
+
+
+@pytest.mark.parametrize("kind", ["spaceless-bpe", "bpe"])
+def test_texts_that_cannot_be_cut_are_held_truncated(
+    kind: str, chinese_bert: Replica, exports_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A text with nowhere to cut is tokenized whole, but with at most LONG_GROUP_CHARS of others at a time,
+    and only its kept tokens are held afterwards: a body of them costs one group's full encodings, not all."""
+    from onnxembed.runtime import tokenize
+
+    folder, manifest = _tokenizers(exported(chinese_bert, exports_dir), tmp_path, kind)
+    tokenizer = TextTokenizer(folder, dataclasses.replace(manifest, max_seq_length=32))
+    monkeypatch.setattr(tokenize, "LONG_GROUP_CHARS", 25_000)
+    calls: list[int] = []
+    encode_batch = tokenizer._encode_batch
+
+    def counting(items: list[str], add_special_tokens: bool) -> list[object]:
+        calls.append(sum(map(len, items)))
+        return encode_batch(items, add_special_tokens=add_special_tokens)
+
+    texts = ["x" * 10_000, "short", "ab" * 6_000, *("y" * 9_000 for _ in range(6)), "短" * 11_000]
+    whole = encode_batch(texts, add_special_tokens=True)
+    monkeypatch.setattr(tokenizer, "_encode_batch", counting)
+    encodings = tokenizer.encode(texts)
+    assert [encoding.ids for encoding in encodings] == [encoding.ids for encoding in whole]
+    assert len(encodings[0]) == 32
+    assert all(isinstance(encoding, tokenize.Truncated) for index, encoding in enumerate(encodings) if index != 1)
+    assert len(calls) >= 4 and max(calls) < 25_000 + 12_000, calls  # a group ends once past the bound
 
 
 def test_model_without_a_limit_keeps_the_whole_text(chinese_bert: Replica, exports_dir: Path) -> None:
