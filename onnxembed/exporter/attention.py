@@ -19,6 +19,8 @@ from typing import Any
 
 import torch
 
+from onnxembed.exporter.config import DECODER_MODEL_TYPES
+
 # Query rows per block of one head's scores at the model's max_seq_length: a model that takes 8,192 tokens
 # computes each head in 4 blocks, (batch, 2048, 8192) floats (64 MiB a text) at a time.
 QUERY_BLOCK_TOKENS = 2048
@@ -33,6 +35,7 @@ def heads_one_at_a_time(
     scale: float,
     num_heads: int,
     query_blocks: int = 1,
+    causal_window: int | None = None,
 ) -> torch.Tensor:
     """softmax(q k^T * scale + key_bias) v, one head and one block of query rows at a time.
 
@@ -40,7 +43,9 @@ def heads_one_at_a_time(
     multiple of kv_heads (grouped-query attention); key_bias (batch, 1, 1, seq) float, 0 for real keys and
     the dtype's min for padding; outside_window (seq, seq) bool, True where a key is beyond a query's
     window, or None; query_blocks: how many row blocks each head's scores are computed in (the graph's
-    largest tensor is then (batch, seq / query_blocks, seq)). Returns (batch, heads, seq, head_dim).
+    largest tensor is then (batch, seq / query_blocks, seq)); causal_window: None for bidirectional
+    attention, else causal, and with a window of that many keys when it is not 0 (a decoder's sliding layer).
+    Returns (batch, heads, seq, head_dim).
 
     Equals eager attention on every real query row: a masked score there is exp(min - max) = 0 either way.
     """
@@ -53,18 +58,34 @@ def heads_one_at_a_time(
     seq = query.shape[2]
     # Block bounds are computed from the traced length, so they follow whatever length the graph is run at.
     bounds = [(seq * block) // query_blocks for block in range(query_blocks + 1)]
+    blocks = list(zip(bounds[:-1], bounds[1:], strict=True))
+    # A causal block's mask is (block rows, seq) bool, built once per block and shared by every head.
+    hidden = [None if causal_window is None else _causal_block(start, end, seq, causal_window) for start, end in blocks]
     outputs = []
     for head in range(num_heads):
         rows = []
-        for start, end in zip(bounds[:-1], bounds[1:], strict=True):
+        for (start, end), future in zip(blocks, hidden, strict=True):
             scores = torch.matmul(query[:, head, start:end], key[:, head // group].transpose(1, 2))
             scores = scores + bias
             if outside_window is not None:
                 scores = scores.masked_fill(outside_window[start:end], lowest)
+            if future is not None:
+                scores = scores.masked_fill(future, lowest)
             probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
             rows.append(torch.matmul(probs, value[:, head // group]))
         outputs.append(rows[0] if query_blocks == 1 else torch.cat(rows, dim=1))
     return torch.stack(outputs, dim=1)
+
+
+def _causal_block(start: Any, end: Any, seq: Any, window: int) -> torch.Tensor:
+    """(end - start, seq) bool: True where a key is after its query, or (window > 0) window or more keys
+    before it, as transformers' causal and sliding-window masks hide them."""
+    keys = torch.arange(seq)[None, :]
+    queries = torch.arange(start, end)[:, None]
+    hidden = keys > queries
+    if window:
+        hidden = hidden | (keys <= queries - window)
+    return hidden
 
 
 def padding_bias(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -146,7 +167,82 @@ def _modernbert_patchable() -> bool:
     return hasattr(modeling_modernbert, "MODERNBERT_ATTENTION_FUNCTION")
 
 
-_FAMILIES = {"modernbert": (_modernbert, _modernbert_patchable)}
+def _decoder_attention(
+    module: Any,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    sliding_window: int | None = None,
+    **_kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """In place of a decoder's eager_attention_forward: attention_mask is the padding bias that
+    _padding_bias_only gave; causality (and the sliding window) is built per query block."""
+    if attention_mask is None:
+        raise RuntimeError("the lean decoder attention needs the padding bias; none was given")
+    output = heads_one_at_a_time(
+        query,
+        key,
+        value,
+        attention_mask,
+        None,
+        scaling,
+        query.shape[1],
+        module.query_blocks,
+        causal_window=sliding_window or 0,
+    )
+    return output.transpose(1, 2).contiguous(), None
+
+
+def _padding_bias_only(config: Any, *args: Any, attention_mask: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+    # In place of transformers' create_causal_mask: a (batch, 1, 1, seq) bias, not a (batch, 1, seq, seq) mask.
+    embeds = kwargs.get("input_embeds", kwargs.get("inputs_embeds"))
+    dtype = embeds.dtype if embeds is not None else torch.float32
+    return padding_bias(attention_mask, dtype)
+
+
+_MASK_FACTORIES = ("create_causal_mask", "create_sliding_window_causal_mask")
+
+
+@contextlib.contextmanager
+def _decoder(model: Any, query_blocks: int) -> Iterator[None]:
+    import importlib
+
+    model_type = model.config.model_type
+    modeling = importlib.import_module(f"transformers.models.{model_type}.modeling_{model_type}")
+    saved = {
+        name: getattr(modeling, name)
+        for name in ("eager_attention_forward", *_MASK_FACTORIES)
+        if hasattr(modeling, name)
+    }
+    attentions = [module for module in model.modules() if hasattr(module, "num_key_value_groups")]
+    setattr(modeling, "eager_attention_forward", _decoder_attention)  # noqa: B010 (a module of any family)
+    for name in _MASK_FACTORIES:
+        if name in saved:
+            setattr(modeling, name, _padding_bias_only)
+    for attention in attentions:
+        attention.query_blocks = query_blocks
+    try:
+        yield
+    finally:
+        for name, function in saved.items():
+            setattr(modeling, name, function)
+        for attention in attentions:
+            del attention.query_blocks
+
+
+def _decoder_patchable() -> bool:
+    """The decoders build their masks through module-level functions and dispatch eager attention through a
+    module-level eager_attention_forward (transformers 4.57 and 5.x alike); both are what this patches."""
+    return True
+
+
+_FAMILIES = {
+    "modernbert": (_modernbert, _modernbert_patchable),
+    **{model_type: (_decoder, _decoder_patchable) for model_type in DECODER_MODEL_TYPES},
+}
 
 
 def query_blocks(max_seq_length: int) -> int:
