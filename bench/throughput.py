@@ -13,8 +13,8 @@ ratio to sentence-transformers is taken per round and its median reported. Corpo
 (bench/corpus.py), short sentences and long paragraphs. Rates are the median round, each round the median of
 --repeats timed runs after a warm-up run. Utilisation is 2 x non-embedding parameters x tokens/s against the
 best of a numpy and an onnxruntime 2048x2048 float32 matmul, and against onnxruntime's int8 dynamic-quantized
-2048x2048 MatMul (bench/peaks.py), both measured before and after; the header names the CPU and its flags. Prints Markdown; writes JSON and a
-PNG chart when asked. Asserts nothing about time.
+2048x2048 MatMul (bench/peaks.py), both measured before and after; the header names the CPU and its flags.
+Prints Markdown; writes JSON and a PNG chart when asked. Asserts nothing about time.
 """
 
 from __future__ import annotations
