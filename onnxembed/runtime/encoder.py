@@ -155,7 +155,7 @@ class Encoder:
 
     def _cpu_settings(self, read_profile: bool) -> tuple[EngineSettings, Path | None]:
         """The tuned settings for this variant when a profile holds for it, else the CPU's defaults."""
-        found = find_profile(self.model_dir) if read_profile else None
+        found = find_profile(self.model_dir, stacklevel=3) if read_profile else None  # the warning names Encoder()
         tuned = tuned_settings(found[1], self.variant) if found else None
         if found is None or tuned is None:
             return default_settings(), None

@@ -116,9 +116,10 @@ def _write_atomic(path: Path, text: str) -> None:
         raise
 
 
-def find_profile(model_dir: str | Path) -> tuple[Path, dict[str, Any]] | None:
+def find_profile(model_dir: str | Path, stacklevel: int = 2) -> tuple[Path, dict[str, Any]] | None:
     """The profile that holds for this model, CPU and onnxruntime: beside the model, else in the cache.
-    A profile that holds for another is ignored with a warning that says which and how to redo it."""
+    A profile that holds for another is ignored with a warning that says which and how to redo it
+    (``stacklevel`` as warnings.warn's, counted from the caller)."""
     sha = model_sha(model_dir)
     cpu = cpu_info()
     for path in (Path(model_dir) / PROFILE_NAME, cached_profile_path(sha, cpu)):
@@ -133,14 +134,14 @@ def find_profile(model_dir: str | Path) -> tuple[Path, dict[str, Any]] | None:
             return path, profile
         warnings.warn(
             f"ignoring the tuning profile {path}: {reason}; the defaults apply (rerun `onnxembed tune {model_dir}`)",
-            stacklevel=3,
+            stacklevel=stacklevel + 1,
         )
     return None
 
 
 def _mismatch(profile: dict[str, Any], sha: str, cpu: CpuInfo) -> str | None:
     if profile.get("format") != PROFILE_FORMAT:
-        return f"format {profile.get('format')!r}, this onnxembed reads {PROFILE_FORMAT}"
+        return f"it has format {profile.get('format')!r}, this onnxembed reads {PROFILE_FORMAT}"
     if profile["model_sha"] != sha:
         return "it was measured on another export of the model (model sha differs)"
     if profile["cpu"]["key"] != cpu.key:
