@@ -214,12 +214,13 @@ def _stage(
     for encoder, trial in zip(encoders, trials, strict=True):
         for texts in sample.values():
             _encode(encoder, trial.settings, texts)
-    for _ in range(rounds):
+    for round_index in range(rounds):
         for encoder, trial in zip(encoders, trials, strict=True):
             trial.sentences_s.append(_encode(encoder, trial.settings, sample["sentences"]))
             trial.paragraphs_s.append(_encode(encoder, trial.settings, sample["paragraphs"]))
             for text in sample["sentences"][:LATENCY_CALLS]:
                 trial.latency_s.append(_encode(encoder, trial.settings, [text]))
+        report(f"{variant}: round {round_index + 1}/{rounds} of {len(trials)} trials done")
     for trial in trials:
         sentences, paragraphs = trial.rates(sample)
         report(
