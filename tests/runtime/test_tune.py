@@ -119,7 +119,7 @@ def test_explicit_arguments_win(model_dir: Path, monkeypatch: pytest.MonkeyPatch
         encoder = Encoder(model_dir, provider="cpu", **options)
         assert len(encoder._sessions) == 1 and encoder._runner is None, options
     assert len(Encoder(model_dir, provider="cpu", profile=False)._sessions) == 1
-    encoder = Encoder(model_dir, provider="cpu", threads=1)  # what `onnxembed serve` builds on CPU
+    encoder = Encoder(model_dir, provider="cpu", threads=1, sessions=1)  # what `onnxembed serve` builds on CPU
     planned: list[tuple[int, int]] = []
     real_plan = encoder._plan
 
