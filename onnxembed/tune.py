@@ -35,6 +35,7 @@ MIN_GAIN = 1.03
 MAX_LATENCY_LOSS = 1.10
 BUDGETS = (1024, 2048, 4096)
 LATENCY_CALLS = 30
+BUSY_LOAD_PER_CORE = 0.75
 # The variants a CPU Encoder may load; the others (fp16, GPU-fused) are for GPUs.
 CPU_VARIANTS = ("fp32", "optimized", "int8")
 
@@ -127,6 +128,9 @@ def tune(
     cpu = cpu_info()
     started, load_start = time.time(), os.getloadavg()
     report(f"tuning {model_dir} on {cpu.describe()}; load average {load_start[0]:.2f}")
+    if load_start[0] > BUSY_LOAD_PER_CORE * cpu.cores:
+        # other processes' threads preempt onnxruntime's, which wait on each other: the choice would be theirs
+        report(f"note: load average {load_start[0]:.2f} on {cpu.cores} cores: others are using this machine")
     results = {
         name: _tune_variant(Path(model_dir), name, cpu.cores, rounds, throughput_only, sample, report)
         for name in chosen
