@@ -35,6 +35,7 @@ import numpy as np
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
+sys.path.insert(0, str(ROOT))  # this checkout's onnxembed, before an installed one
 sys.path.insert(0, str(BENCH))
 from corpus import paragraphs, sentences  # noqa: E402
 from peaks import matmul_peaks  # noqa: E402
