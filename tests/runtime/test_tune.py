@@ -12,7 +12,7 @@ import re
 import shutil
 import tempfile
 import warnings
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -192,3 +192,17 @@ def test_tune_refuses_what_it_cannot_tune(model_dir: Path) -> None:
     with pytest.raises(InvalidArgumentError, match="rounds must be a positive int"):
         tune(model_dir, rounds=0, sample=SAMPLE)
     assert not (model_dir / PROFILE_NAME).exists()
+
+
+def test_the_cpu_key_tells_cpus_apart_by_what_picks_the_kernels() -> None:
+    here = cpu_info()
+    assert here.cores >= 1 and here.key == cpu_info().key
+    others = [
+        replace(here, cores=here.cores + 1),
+        replace(here, flags=(*here.flags, "avx512_vnni") if "avx512_vnni" not in here.flags else ()),
+        replace(here, vendor="GenuineIntel" if here.vendor != "GenuineIntel" else "AuthenticAMD"),
+        replace(here, model=here.model + "0"),
+    ]
+    assert len({here.key, *(other.key for other in others)}) == 1 + len(others)
+    # caches are recorded, not keyed: vendor, family and model already name the part
+    assert replace(here, cache_bytes={"L3": 1}).key == here.key
