@@ -126,10 +126,12 @@ def _onnxembed_loader(variant: str) -> Callable[[str, str], tuple[Encode, dict[s
         def encode(texts: list[str], batch_size: int) -> np.ndarray:
             return encoder.encode(texts, batch_size=batch_size)
 
+        # a tuning profile beside the export changes the engine (onnxembed tune): the table names it
+        engine = encoder.settings.describe() + (" (tuned)" if encoder.profile_path else " (default)")
         info = {
             "max_length": encoder.max_seq_length,
             "threads": None,
-            "versions": {"onnxembed": onnxembed.__version__, "onnxruntime": onnxruntime.__version__},
+            "versions": {"onnxembed": onnxembed.__version__, "onnxruntime": onnxruntime.__version__, "engine": engine},
         }
         return encode, info
 

@@ -12,8 +12,9 @@ up to a third over minutes (int8 MiniLM paragraphs ran 120-128 then 88-92 texts/
 ratio to sentence-transformers is taken per round and its median reported. Corpora: stdlib docstrings
 (bench/corpus.py), short sentences and long paragraphs. Rates are the median round, each round the median of
 --repeats timed runs after a warm-up run. Utilisation is 2 x non-embedding parameters x tokens/s against the
-best of a numpy and an onnxruntime 2048x2048 float32 matmul, measured before
-and after. Prints Markdown; writes JSON and a PNG chart when asked. Asserts nothing about time.
+best of a numpy and an onnxruntime 2048x2048 float32 matmul, and against onnxruntime's int8 dynamic-quantized
+2048x2048 MatMul (bench/peaks.py), both measured before and after; the header names the CPU and its flags.
+Prints Markdown; writes JSON and a PNG chart when asked. Asserts nothing about time.
 """
 
 from __future__ import annotations
@@ -34,8 +35,12 @@ import numpy as np
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
+sys.path.insert(0, str(ROOT))  # this checkout's onnxembed, before an installed one
 sys.path.insert(0, str(BENCH))
 from corpus import paragraphs, sentences  # noqa: E402
+from peaks import matmul_peaks  # noqa: E402
+
+from onnxembed.runtime.cpu import cpu_info  # noqa: E402
 
 SYSTEMS = ("st", "st-onnx", "fastembed", "onnxembed", "onnxembed-int8")
 FASTEMBED_SETUP = (
@@ -45,28 +50,15 @@ LATENCY_CALLS = 200
 MIB = 1024 * 1024
 
 
-def matmul_peak(size: int = 2048, rounds: int = 5, calls: int = 5) -> dict[str, float]:
-    """Best float32 GFLOP/s of a size x size matmul in numpy (its BLAS) and in onnxruntime (MLAS), all threads."""
-    import onnxruntime as ort
-    from onnx import TensorProto, helper
+def matmul_peak() -> dict[str, float]:
+    """The fp32 peaks only (numpy, onnxruntime), for the scripts that compare against fp32 alone (rerank.py)."""
+    peaks = matmul_peaks()
+    return {name: peaks[name] for name in ("numpy", "onnxruntime")}
 
-    rng = np.random.default_rng(0)
-    a = rng.standard_normal((size, size), dtype=np.float32)
-    b = rng.standard_normal((size, size), dtype=np.float32)
-    tensors = [helper.make_tensor_value_info(name, TensorProto.FLOAT, [size, size]) for name in "abc"]
-    graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["c"])], "matmul", tensors[:2], tensors[2:])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    runs = {"numpy": lambda: a @ b, "onnxruntime": lambda: session.run(None, {"a": a, "b": b})}
-    best = dict.fromkeys(runs, float("inf"))
-    for _ in range(rounds):  # alternate, so a burst of load elsewhere does not hit one side only
-        for name, matmul in runs.items():
-            matmul()
-            for _ in range(calls):
-                start = time.perf_counter()
-                matmul()
-                best[name] = min(best[name], time.perf_counter() - start)
-    return {name: 2 * size**3 / seconds / 1e9 for name, seconds in best.items()}
+
+def _cpu_name() -> str:
+    """The CPU's line (bench/peaks.py): model name, vendor, family and model numbers, cores, kernel flags."""
+    return cpu_info().describe()
 
 
 def non_embedding_parameters(onnx_path: Path) -> int:
@@ -207,6 +199,7 @@ def add_rates(
     """Rates, tokens, FLOP/s, utilisation, memory and cosines for each system that ran."""
     parameters = results["model"]["non_embedding_parameters"]
     peak = results["peak_gflops"]["used"]
+    int8_peak = results["peak_gflops"]["onnxruntime_int8"]
     baseline = results["systems"].get("st", {})
     for name, system in results["systems"].items():
         if system["status"] != "ok":
@@ -233,6 +226,7 @@ def add_rates(
                 tokens_per_s=tokens / seconds,
                 gflops=2 * parameters * tokens / seconds / 1e9,
                 utilisation=2 * parameters * tokens / seconds / 1e9 / peak,
+                utilisation_int8=2 * parameters * tokens / seconds / 1e9 / int8_peak,
                 cosine_min=float(cosines.min()),
                 cosine_mean=float(cosines.mean()),
             )
@@ -250,14 +244,16 @@ def markdown(results: dict[str, Any]) -> str:
         f"max_seq_length {model['max_seq_length']}; batch size {settings['batch_size']}, "
         f"{settings['rounds']} rounds (the systems in turn), each the median of {settings['repeats']} runs after a "
         "warm-up; rates are the median round, x st the median of the per-round ratios",
-        f"machine: {machine['cpu']}, {machine['cores']} cores; fp32 matmul peak {peak['used']:.1f} GFLOP/s "
+        f"machine: {machine['cpu']}; fp32 matmul peak {peak['used']:.1f} GFLOP/s "
         f"({peak['used_source']}; numpy {peak['numpy']:.1f}, onnxruntime {peak['onnxruntime']:.1f}); "
+        f"onnxruntime int8 dynamic-quantized MatMul peak {peak['onnxruntime_int8']:.1f} GOP/s "
+        f"({peak['onnxruntime_int8'] / peak['onnxruntime']:.2f}x its fp32); "
         f"load average {machine['loadavg_start'][0]:.2f} at start, {machine['loadavg_end'][0]:.2f} at end",
         f"corpora (tokens at max_seq_length): {corpora}",
         "",
-        "| corpus | system | sentences/s | x st | spread | others' CPU | tokens/s | GFLOP/s | of peak "
-        "| peak RSS MiB | min cos | mean cos |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| corpus | system | sentences/s | x st | spread | others' CPU | tokens/s | GFLOP/s | of fp32 peak "
+        "| of int8 peak | peak RSS MiB | min cos | mean cos |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for corpus, info in results["corpora"].items():
         for name, system in results["systems"].items():
@@ -275,13 +271,14 @@ def markdown(results: dict[str, Any]) -> str:
                 f"{run['tokens_per_s']:,.0f}",
                 f"{run['gflops']:.1f}",
                 f"{run['utilisation']:.0%}",
+                f"{run['utilisation_int8']:.0%}",
                 f"{run['peak_rss_bytes'] / MIB:.0f}",
                 *cosines,
             ]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append(
             f"| {corpus} | *fp32 matmul peak* | {info['hardware_limit_sentences_per_s']:.1f} | | | | "
-            f"{info['hardware_limit_sentences_per_s'] * info['mean_tokens']:,.0f} | {peak['used']:.1f} | 100% | | | |"
+            f"{info['hardware_limit_sentences_per_s'] * info['mean_tokens']:,.0f} | {peak['used']:.1f} | 100% | | | | |"
         )
     lines += [
         "",
@@ -347,7 +344,7 @@ def main() -> None:
     loadavg_start = os.getloadavg()
     if loadavg_start[0] > 1.5:
         print(f"note: load average {loadavg_start[0]:.2f}: others are using this machine", file=sys.stderr)
-    peak_start = matmul_peak()
+    peak_start = matmul_peaks()
 
     results: dict[str, Any] = {
         "model": {
@@ -398,9 +395,9 @@ def main() -> None:
                     results["systems"][name] = {"status": "failed", "note": str(error)}
                     continue
                 system["loadavg_after"] = os.getloadavg()
-        peak_end = matmul_peak()
+        peak_end = matmul_peaks()
         peaks = {name: max(peak_start[name], peak_end[name]) for name in peak_start}
-        source = max(peaks, key=peaks.__getitem__)
+        source = max(("numpy", "onnxruntime"), key=peaks.__getitem__)  # the fp32 ceiling
         results["peak_gflops"] = {
             **peaks,
             "start": peak_start,
@@ -409,7 +406,8 @@ def main() -> None:
             "used_source": f"{source} 2048x2048 float32 matmul, best of 25 before and after",
         }
         results["machine"] = {
-            "cpu": _cpu_name(),
+            "cpu": cpu_info().describe(),
+            "cpu_info": cpu_info().to_dict(),
             "cores": os.cpu_count(),
             "python": platform.python_version(),
             "loadavg_start": loadavg_start,
@@ -438,23 +436,6 @@ def _model_name(src: Path) -> str:
     """The source directory's name, with its parent's when it is a generic one (a package's model/)."""
     src = src.resolve()
     return f"{src.parent.name}/{src.name}" if src.name in {"model", "models", "snapshot"} else src.name
-
-
-def _cpu_name() -> str:
-    """The CPU's model name with its family and model numbers: a virtual machine may say only "AMD EPYC",
-    and hosts of one name can be generations apart (family 25: Zen 3/4, 26: Zen 5)."""
-    fields: dict[str, str] = {}
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                key, _, value = line.partition(":")
-                fields.setdefault(key.strip(), value.strip())
-    except OSError:
-        return platform.processor() or "unknown CPU"
-    name = fields.get("model name", platform.processor() or "unknown CPU")
-    if "cpu family" in fields and "model" in fields:
-        name += f" (family {fields['cpu family']}, model {fields['model']})"
-    return name
 
 
 if __name__ == "__main__":

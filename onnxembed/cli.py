@@ -1,4 +1,4 @@
-"""The ``onnxembed`` command: export, encode, info, serve, embed-corpus, rerank.
+"""The ``onnxembed`` command: export, encode, info, serve, embed-corpus, rerank, tune.
 
 Errors become one line on stderr and exit code 1 (2 for usage errors, from argparse); ``-v`` adds the traceback.
 """
@@ -16,7 +16,7 @@ from typing import TextIO
 
 import numpy as np
 
-from onnxembed import cli_rerank
+from onnxembed import cli_rerank, cli_tune
 from onnxembed.manifest import RERANKER, Manifest
 
 _BATCH_HELP = "texts per batch at most (default: 32 on CPU; on a GPU the token budget alone)"
@@ -137,6 +137,7 @@ def _build_parser() -> argparse.ArgumentParser:
     )
 
     cli_rerank.add_parser(commands)
+    cli_tune.add_parser(commands)
 
     corpus = commands.add_parser("embed-corpus", help="embed Parquet/JSONL/text into Parquet, locally or on Ray")
     corpus.add_argument("input", help="a .parquet, .jsonl or .txt file (one text per line), or a folder of them")
@@ -425,6 +426,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "serve": _run_serve,
         "embed-corpus": _run_embed_corpus,
         "rerank": cli_rerank.run,
+        "tune": cli_tune.run,
     }
     try:
         commands[args.command](args)

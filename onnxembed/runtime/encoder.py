@@ -27,6 +27,7 @@ from onnxembed.kernels.quantization import PRECISIONS, Precision, quantize_embed
 from onnxembed.manifest import MODEL_INPUTS, POOLED_OUTPUT, RERANKER, Manifest, ModelLoadError
 from onnxembed.runtime.batching import Batch, default_max_batch_tokens, default_run_cost, plan
 from onnxembed.runtime.pipeline import OverlappedRunner, run_serial
+from onnxembed.runtime.profile import EngineSettings, default_settings, find_profile, tuned_settings
 from onnxembed.runtime.session import create_session, resolve_provider
 from onnxembed.runtime.tokenize import TextTokenizer
 from onnxembed.runtime.variants import choose_variant
@@ -41,7 +42,7 @@ OVERLAP_DEPTH = 4
 # another thread would only add latency.
 OVERLAP_MIN_TEXTS = 32
 # sentence-transformers' default; on CPU also the best measured with the 1,024-token budget.
-DEFAULT_CPU_BATCH_SIZE = 32
+DEFAULT_CPU_BATCH_SIZE = EngineSettings().batch_size
 
 
 class Encoder:
@@ -53,17 +54,22 @@ class Encoder:
         model_dir: A directory written by ``onnxembed export``.
         provider: "auto" (CUDA when onnxruntime has it, else CPU), "cpu", "cuda" or an onnxruntime
             provider name.
-        threads: Intra-op threads per session (None: onnxruntime's default, one per core).
+        threads: Intra-op threads per session (None: the tuning profile's, else onnxruntime's default, one
+            per core).
         variant: "auto" (the fastest variant whose accuracy the export accepted for this provider), a variant
             of the manifest ("fp32", "int8", "fp16", "optimized", "fp16-pooled", ...) or a graph file name;
             ``.variant`` says which was loaded.
         truncate_dim: Keep the first dimensions of every embedding (Matryoshka models; None: the model's own
             setting).
         overlap: Tokenize and pad the next batches on other threads while the model runs (None: on for GPU
-            providers, off on CPU, where both would compete for the same cores).
-        sessions: Sessions run side by side (needs ``overlap``); on CPU, ``sessions=os.cpu_count(),
-            threads=1`` suits batch jobs (docs/performance.md).
+            providers; on CPU the tuning profile's, else off, where both would compete for the same cores).
+        sessions: Sessions run side by side (needs ``overlap``; None: the tuning profile's, else 1); on CPU,
+            ``sessions=os.cpu_count(), threads=1`` suits batch jobs (docs/performance.md).
         io_binding: Copy each batch to the device on the tokenizing thread and bind it (GPU only).
+        profile: On CPU, read the settings ``onnxembed tune`` measured for this model, CPU and onnxruntime
+            (``.profile_path`` says which file; one measured elsewhere is ignored with a warning). Its sessions,
+            threads and overlap apply when none of the three is given, its token budget and batch size when
+            ``encode`` is not given them. Loading never measures anything.
 
     Raises:
         ModelLoadError: ``model_dir`` is not a complete export.
@@ -85,8 +91,9 @@ class Encoder:
         truncate_dim: int | None = None,
         *,
         overlap: bool | None = None,
-        sessions: int = 1,
+        sessions: int | None = None,
         io_binding: bool = False,
+        profile: bool = True,
     ) -> None:
         self.model_dir = Path(model_dir)
         self.manifest = Manifest.read(self.model_dir)
@@ -100,8 +107,11 @@ class Encoder:
         self.provider = resolve_provider(provider)
         self.variant, variant_file = choose_variant(self.manifest, self.model_dir, variant, self.provider)
         on_cpu = self.provider == "CPUExecutionProvider"
+        self.settings, self.profile_path = self._cpu_settings(on_cpu and profile)
+        if on_cpu and threads is None and overlap is None and sessions is None:
+            threads, overlap, sessions = self.settings.threads, self.settings.overlap, self.settings.sessions
         self._overlap = (not on_cpu) if overlap is None else bool(overlap)
-        sessions = positive_int(sessions, "sessions")
+        sessions = positive_int(sessions if sessions is not None else 1, "sessions")
         if sessions > 1 and not self._overlap:
             raise InvalidArgumentError("sessions > 1 runs sessions side by side and needs overlap=True")
         self._io_binding = bool(io_binding)
@@ -142,6 +152,15 @@ class Encoder:
         self._run_cost = default_run_cost(self.provider, quantized=self.variant.startswith("int8"))
         if self._static_table is not None:
             self._run_cost = 0  # no session run to amortize: batches sorted by length and filled pad least
+
+    def _cpu_settings(self, read_profile: bool) -> tuple[EngineSettings, Path | None]:
+        """The tuned settings for this variant when a profile holds for it, else the CPU's defaults."""
+        found = find_profile(self.model_dir, stacklevel=3) if read_profile else None  # the warning names Encoder()
+        tuned = tuned_settings(found[1], self.variant) if found else None
+        if found is None or tuned is None:
+            return default_settings(), None
+        logger.info("%s: %s from %s", self.variant, tuned.describe(), found[0])
+        return tuned, found[0]
 
     @property
     def dim(self) -> int:
@@ -229,8 +248,7 @@ class Encoder:
         single = isinstance(sentences, str)
         texts: list[str] = [sentences] if isinstance(sentences, str) else _checked_texts(sentences)
         max_batch_tokens = positive_int(
-            max_batch_tokens if max_batch_tokens is not None else default_max_batch_tokens(self.provider),
-            "max_batch_tokens",
+            max_batch_tokens if max_batch_tokens is not None else self._default_max_batch_tokens(), "max_batch_tokens"
         )
         batch_size = positive_int(
             batch_size if batch_size is not None else self._default_batch_size(max_batch_tokens), "batch_size"
@@ -380,7 +398,7 @@ class Encoder:
         calling thread: (indices into ``texts``, padded input arrays). For loops that run batches themselves
         (the server's workers); :meth:`_embed_batch` turns each into embeddings."""
         self._excluded_prompt_length(prompt)  # a pooled variant that cannot leave the prompt out fails here
-        max_batch_tokens = max_batch_tokens if max_batch_tokens is not None else default_max_batch_tokens(self.provider)
+        max_batch_tokens = max_batch_tokens if max_batch_tokens is not None else self._default_max_batch_tokens()
         for job in self._plan(texts, self._default_batch_size(max_batch_tokens), max_batch_tokens, prompt):
             yield from job()
 
@@ -391,10 +409,15 @@ class Encoder:
         rows = self._embed(self._session, arrays, arrays["attention_mask"], self._excluded_prompt_length(prompt))
         return rows[:, : self.dim]
 
+    def _default_max_batch_tokens(self) -> int:
+        on_cpu = self.provider == "CPUExecutionProvider"
+        return self.settings.max_batch_tokens if on_cpu else default_max_batch_tokens(self.provider)
+
     def _default_batch_size(self, max_batch_tokens: int) -> int:
         # Left-padded models run sentence-transformers' own batches of 32 (see batching.py) everywhere.
-        capped = self.provider == "CPUExecutionProvider" or self.manifest.padding_side == "left"
-        return DEFAULT_CPU_BATCH_SIZE if capped else max_batch_tokens
+        if self.manifest.padding_side == "left":
+            return DEFAULT_CPU_BATCH_SIZE
+        return self.settings.batch_size if self.provider == "CPUExecutionProvider" else max_batch_tokens
 
     def _excluded_prompt_length(self, prompt: str) -> int | None:
         """Tokens of ``prompt`` that pooling leaves out (include_prompt=False), else None."""

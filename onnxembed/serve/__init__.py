@@ -146,7 +146,10 @@ def serve(
     )
     if api_key is None and not _loopback(host):
         logger.warning("serving on %s without an API key: anyone who can reach it may use it", host)
-    encoder = None if main_is_reranker else Encoder(model_dir, provider=provider, threads=threads, variant=variant)
+    # sessions=1: the workers are the server's engine; a tuning profile gives it only its token budget
+    encoder = None
+    if not main_is_reranker:
+        encoder = Encoder(model_dir, provider=provider, threads=threads, variant=variant, sessions=1)
     # beside an embedding model the reranker takes its own best variant ("auto"): --variant names the model's
     rerank_variant = variant if main_is_reranker else "auto"
     scorer = None if reranker_dir is None else Reranker(reranker_dir, provider, threads, rerank_variant)
