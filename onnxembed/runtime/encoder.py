@@ -24,7 +24,7 @@ from onnxembed.errors import ArgumentTypeError, InvalidArgumentError
 from onnxembed.kernels import exclude_prompt, normalize, pool, similarity, similarity_pairwise
 from onnxembed.kernels.dense import dense
 from onnxembed.kernels.quantization import PRECISIONS, Precision, quantize_embeddings
-from onnxembed.manifest import MODEL_INPUTS, POOLED_OUTPUT, RERANKER, Manifest, ModelLoadError
+from onnxembed.manifest import MODEL_INPUTS, POOLED_OUTPUT, RERANKER, SPARSE, Manifest, ModelLoadError
 from onnxembed.runtime.batching import Batch, default_max_batch_tokens, default_run_cost, plan
 from onnxembed.runtime.pipeline import OverlappedRunner, run_serial
 from onnxembed.runtime.session import create_session, resolve_provider
@@ -93,6 +93,10 @@ class Encoder:
         if self.manifest.task == RERANKER:
             raise ModelLoadError(
                 f"{self.model_dir} is a reranker (CrossEncoder) export; load it with onnxembed.Reranker"
+            )
+        if self.manifest.task == SPARSE:
+            raise ModelLoadError(
+                f"{self.model_dir} is a sparse (SPLADE) SparseEncoder export; load it with onnxembed.SparseEncoder"
             )
         self.truncate_dim = _checked_truncate_dim(
             truncate_dim if truncate_dim is not None else self.manifest.truncate_dim
