@@ -172,14 +172,14 @@ def _score_chunk(queries: np.ndarray, chunk: SparseMatrix) -> np.ndarray:
     nnz = chunk.indices.shape[0]
     if nnz == 0 or rows == 0:
         return scores
-    starts = chunk.indptr[:-1]
-    empty = starts == chunk.indptr[1:]
-    starts = np.minimum(starts, nnz - 1)  # reduceat needs valid positions; empty rows are zeroed below
+    # reduceat over the non-empty rows only: each sums to the next one's start, which is its own end (the rows
+    # between are empty), and the last to the end of the terms
+    filled = np.flatnonzero(chunk.indptr[1:] > chunk.indptr[:-1])
+    starts = chunk.indptr[filled]
     step = max(1, _SCORE_ELEMENTS // nnz)
     for first in range(0, queries.shape[0], step):
         products = queries[first : first + step, chunk.indices] * chunk.values
-        scores[first : first + step] = np.add.reduceat(products, starts, axis=1)
-    scores[:, empty] = 0.0
+        scores[first : first + step, filled] = np.add.reduceat(products, starts, axis=1)
     return scores
 
 
