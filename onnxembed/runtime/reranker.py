@@ -70,7 +70,9 @@ class Reranker:
         self.model_dir = Path(model_dir)
         self.manifest = Manifest.read(self.model_dir)
         if self.manifest.task != RERANKER:
-            kind, loader = ("a sparse", "SparseEncoder") if self.manifest.task == "sparse" else ("an embedding", "Encoder")
+            kind, loader = (
+                ("a sparse", "SparseEncoder") if self.manifest.task == "sparse" else ("an embedding", "Encoder")
+            )
             raise ModelLoadError(
                 f"{self.model_dir} is {kind} model export, not a reranker; load it with onnxembed.{loader}"
             )

@@ -176,7 +176,7 @@ class SparseEncoder:
         """
         inputs = one_of_inputs(inputs, sentences, "a str or an iterable of str")
         single = isinstance(inputs, str)
-        texts = [inputs] if single else _checked_texts(inputs)
+        texts = [inputs] if isinstance(inputs, str) else _checked_texts(inputs)
         batch_size = positive_int(batch_size, "batch_size")
         if max_active_dims is not None:
             max_active_dims = positive_int(max_active_dims, "max_active_dims")

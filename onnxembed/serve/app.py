@@ -91,7 +91,9 @@ class EmbeddingService:
         """The embedding model (the embedding routes are mounted only with one)."""
         if self._encoder is None:
             raise ApiError(404, "this server serves a reranker only; it has no embedding model", "not_found")
-        return self._encoder
+        # a SparseEncoder has what embed() and the batcher use (dim, max_seq_length, _tokenizer, _batches); the
+        # dense-only routes are not mounted for it (_routes)
+        return cast(Encoder, self._encoder)
 
     def start(self) -> None:
         self.batcher = Batcher(
@@ -318,7 +320,9 @@ def _routes(embedding: bool, reranking: bool, sparse: bool = False) -> list[Rout
     return [root, *embedding_routes, *(rerank if reranking else []), *COMMON_ROUTES]
 
 
-def build_app(encoder: Encoder | SparseEncoder | None, config: ServeConfig, reranker: Reranker | None = None) -> Starlette:
+def build_app(
+    encoder: Encoder | SparseEncoder | None, config: ServeConfig, reranker: Reranker | None = None
+) -> Starlette:
     """The ASGI app for an embedding model, a reranker, or both (one batcher and worker pool for both). Its
     lifespan starts the batcher's workers and, on shutdown, drains and stops it."""
     service = EmbeddingService(encoder, config, reranker)
