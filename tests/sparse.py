@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from tests.replicas import BERT_SPECIALS, CORPUS, MIXED_TEXTS, Replica, bert_fast, tiny_bert_config, wordpiece
-from tests.rerankers import louder
+from tests.rerankers import _once, exported_reranker, louder
 
 SPARSE_FIXTURES = ["bert_splade", "inference_free_splade"]
 BERT_SPLADE_PROMPTS = {"query": "query: ", "document": ""}
@@ -76,38 +76,18 @@ def build_inference_free_splade(out: Path) -> Replica:
     return Replica("inference-free-splade", out)
 
 
-_BUILT: dict[str, Replica] = {}
-
-
-def _once(name: str, build: Any, out: Path) -> Replica:
-    if name not in _BUILT:  # once per run: a second build would train another tokenizer (see tests/rerankers.py)
-        _BUILT[name] = build(out)
-    return _BUILT[name]
-
-
 @pytest.fixture(scope="session")
 def bert_splade(replicas_dir: Path) -> Replica:
-    return _once("bert", build_bert_splade, replicas_dir / "bert-splade")
+    return _once("bert-splade", build_bert_splade, replicas_dir / "bert-splade")
 
 
 @pytest.fixture(scope="session")
 def inference_free_splade(replicas_dir: Path) -> Replica:
-    return _once("inference-free", build_inference_free_splade, replicas_dir / "inference-free-splade")
+    return _once("inference-free-splade", build_inference_free_splade, replicas_dir / "inference-free-splade")
 
 
-_EXPORTS: dict[str, Path] = {}
-
-
-def exported_sparse(replica: Replica, exports_dir: Path, **options: Any) -> Path:
-    """Export a sparse replica once per run (per options); later calls reuse the directory."""
-    from onnxembed import export
-
-    key = replica.name + "".join(f"-{name}={value}" for name, value in sorted(options.items()))
-    if key not in _EXPORTS:
-        out = exports_dir / key
-        export(replica.path, out, **options)
-        _EXPORTS[key] = out
-    return _EXPORTS[key]
+# the rerankers' helpers serve any replica: each export once per run (per options), keyed by the replica's name
+exported_sparse = exported_reranker
 
 
 def assert_same_vectors(expected: Any, actual: Any, atol: float = 1e-4) -> None:

@@ -71,7 +71,6 @@ def export_reranker(
     """Export the CrossEncoder at ``source`` to ``out`` (see :func:`onnxembed.export`); ``texts``: a function
     returning the calibration texts (called only when variants are asked for)."""
     from onnxembed.exporter.load import load_encoder
-    from onnxembed.exporter.onnx_export import export_onnx
     from onnxembed.exporter.pipeline import ONNX_FILE, _prepare_out_dir, _versions
 
     config = read_cross_encoder_config(source)
@@ -90,23 +89,18 @@ def export_reranker(
     model.config.save_pretrained(str(out))
     _write_cross_encoder_files(config, out, loaded.max_seq_length, activation)
     onnx_file = out / ONNX_FILE
-    args = (model, input_names, tokenizer.pad_token_id, onnx_file)
-    length = loaded.max_seq_length
-    trace = export_onnx(*args, exporter, external_data, verified=verify, output=LOGITS_OUTPUT, max_seq_length=length)
-    graph_diff = None
-    if verify:
-        try:
-            graph_diff = verify_logits_graph(
-                model, onnx_file, input_names, tokenizer.pad_token_id, loaded.max_seq_length
-            )
-        except ExportVerificationError as error:
-            if exporter != "auto" or trace["exporter"] != "torchscript":
-                raise
-            logger.warning("the TorchScript graph failed verification (%s); exporting with dynamo", error)
-            trace = export_onnx(*args, "dynamo", external_data, output=LOGITS_OUTPUT, max_seq_length=length)
-            graph_diff = verify_logits_graph(
-                model, onnx_file, input_names, tokenizer.pad_token_id, loaded.max_seq_length
-            )
+    trace, graph_diff = trace_and_verify(
+        model,
+        input_names,
+        tokenizer.pad_token_id,
+        onnx_file,
+        loaded.max_seq_length,
+        LOGITS_OUTPUT,
+        exporter=exporter,
+        external_data=external_data,
+        verify=verify,
+        atol=1e-4,
+    )
     manifest = Manifest(
         dim=num_labels,
         pooling_modes=(),
@@ -206,6 +200,39 @@ def _write_cross_encoder_files(config: CrossEncoderConfig, out: Path, max_seq_le
         "default_prompt_name": config.default_prompt_name,
     }
     (out / "config_sentence_transformers.json").write_text(json.dumps(pipeline, indent=2) + "\n", encoding="utf-8")
+
+
+def trace_and_verify(
+    model: Any,
+    input_names: tuple[str, ...],
+    pad_token_id: int,
+    onnx_file: Path,
+    max_seq_length: int,
+    output: str,
+    *,
+    exporter: Any,
+    external_data: bool | None,
+    verify: bool,
+    atol: float,
+) -> tuple[dict[str, Any], float | None]:
+    """Trace ``model``'s ``output`` ((batch, n)) to ``onnx_file`` and check it against torch (see
+    :func:`verify_logits_graph`); a TorchScript graph that fails is exported again with dynamo ("auto" only).
+    Returns what export_onnx did and the max abs difference (None unverified). Rerankers and sparse encoders."""
+    from onnxembed.exporter.onnx_export import export_onnx
+
+    args = (model, input_names, pad_token_id, onnx_file)
+    trace = export_onnx(*args, exporter, external_data, verified=verify, output=output, max_seq_length=max_seq_length)
+    if not verify:
+        return trace, None
+    check = (model, onnx_file, input_names, pad_token_id, max_seq_length, atol, output)
+    try:
+        return trace, verify_logits_graph(*check)
+    except ExportVerificationError as error:
+        if exporter != "auto" or trace["exporter"] != "torchscript":
+            raise
+        logger.warning("the TorchScript graph failed verification (%s); exporting with dynamo", error)
+        trace = export_onnx(*args, "dynamo", external_data, output=output, max_seq_length=max_seq_length)
+        return trace, verify_logits_graph(*check)
 
 
 def verify_logits_graph(

@@ -100,9 +100,8 @@ def export_sparse(
     """Export the SparseEncoder at ``source`` to ``out`` (see :func:`onnxembed.export`); ``texts``: a function
     returning the calibration texts (called only when variants are asked for)."""
     from onnxembed.exporter.load import load_encoder
-    from onnxembed.exporter.onnx_export import export_onnx
     from onnxembed.exporter.pipeline import ONNX_FILE, _prepare_out_dir, _versions
-    from onnxembed.exporter.rerank import _keep_faithful_tokenizer, verify_logits_graph
+    from onnxembed.exporter.rerank import _keep_faithful_tokenizer, trace_and_verify
     from onnxembed.exporter.verify import VERIFY_TEXTS
 
     config = read_sparse_encoder_config(source)
@@ -123,19 +122,18 @@ def export_sparse(
     static_route = _write_static_route(config, out, faithful) if config.static_route else None
     onnx_file = out / ONNX_FILE
     length = loaded.max_seq_length
-    args = (graph, input_names, tokenizer.pad_token_id, onnx_file)
-    trace = export_onnx(*args, exporter, external_data, verified=verify, output=POOLED_OUTPUT, max_seq_length=length)
-    graph_diff = None
-    if verify:
-        check = (graph, onnx_file, input_names, tokenizer.pad_token_id, length, max(atol, 1e-4), POOLED_OUTPUT)
-        try:
-            graph_diff = verify_logits_graph(*check)
-        except ExportVerificationError as error:
-            if exporter != "auto" or trace["exporter"] != "torchscript":
-                raise
-            logger.warning("the TorchScript graph failed verification (%s); exporting with dynamo", error)
-            trace = export_onnx(*args, "dynamo", external_data, output=POOLED_OUTPUT, max_seq_length=length)
-            graph_diff = verify_logits_graph(*check)
+    trace, graph_diff = trace_and_verify(
+        graph,
+        input_names,
+        tokenizer.pad_token_id,
+        onnx_file,
+        length,
+        POOLED_OUTPUT,
+        exporter=exporter,
+        external_data=external_data,
+        verify=verify,
+        atol=max(atol, 1e-4),
+    )
     splade = {"pooling_strategy": config.pooling_strategy, "activation_function": config.activation_function}
     manifest = Manifest(
         dim=int(model.config.vocab_size),

@@ -14,13 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from onnxembed.errors import InvalidArgumentError, UnsupportedModelError
+from onnxembed.errors import UnsupportedModelError
 from onnxembed.exporter.config import (
     SentenceTransformerConfig,
-    _prompts,
     module_kind,
     processor_kwargs,
     read_json,
+    read_pipeline_config,
     transformer_module_config,
 )
 
@@ -150,14 +150,7 @@ def read_sparse_encoder_config(root: Path) -> SparseEncoderConfig:
     transformer = transformer_module_config(transformer_dir, FILL_MASK_TASK)
     if transformer.get("module_output_name", "token_embeddings") != "token_embeddings":
         raise UnsupportedModelError(f"{transformer_dir}: module_output_name {transformer['module_output_name']!r}")
-    pipeline_path = root / "config_sentence_transformers.json"
-    pipeline = read_json(pipeline_path) if pipeline_path.is_file() else {}
-    prompts = _prompts(pipeline, pipeline_path)
-    default_prompt_name = pipeline.get("default_prompt_name")
-    if default_prompt_name is not None and default_prompt_name not in prompts:
-        raise InvalidArgumentError(
-            f"default_prompt_name {default_prompt_name!r} is not one of the prompts {list(prompts)}"
-        )
+    pipeline, prompts, default_prompt_name = read_pipeline_config(root)
     st_config = SentenceTransformerConfig(
         root=root,
         transformer_dir=transformer_dir,

@@ -22,12 +22,11 @@ import numpy as np
 from onnxembed._checks import one_of_inputs, positive_int, resolve_prompt
 from onnxembed.errors import ArgumentTypeError, InvalidArgumentError, ModelLoadError
 from onnxembed.kernels.sparse import SparseEmbedding, SparseMatrix, as_sparse_matrix, sparse_dot_score, sparse_rows
-from onnxembed.manifest import MODEL_INPUTS, POOLED_OUTPUT, SPARSE, Manifest
+from onnxembed.manifest import POOLED_OUTPUT, SPARSE, Manifest
 from onnxembed.runtime.batching import Batch, default_max_batch_tokens, default_run_cost, plan, with_prompt
 from onnxembed.runtime.encoder import _checked_texts
-from onnxembed.runtime.session import create_session, resolve_provider
+from onnxembed.runtime.session import open_graph, resolve_provider
 from onnxembed.runtime.tokenize import TextTokenizer
-from onnxembed.runtime.variants import choose_variant
 from onnxembed.runtime.weights import read_safetensors
 
 # sentence-transformers' default batch size for encode.
@@ -73,15 +72,9 @@ class SparseEncoder:
                 f"onnxembed.{'Reranker' if self.manifest.task == 'reranker' else 'Encoder'}"
             )
         self.provider = resolve_provider(provider)
-        self.variant, variant_file = choose_variant(self.manifest, self.model_dir, variant, self.provider)
-        self._session = create_session(self.model_dir / variant_file, self.provider, threads)
-        self._input_names = [graph_input.name for graph_input in self._session.get_inputs()]
-        unknown = [name for name in self._input_names if name not in MODEL_INPUTS]
-        if unknown:
-            raise ModelLoadError(f"{variant_file} takes inputs {unknown} that onnxembed cannot feed")
-        outputs = [output.name for output in self._session.get_outputs()]
-        if POOLED_OUTPUT not in outputs:
-            raise ModelLoadError(f"{variant_file} has no output {POOLED_OUTPUT!r} (outputs: {outputs})")
+        self.variant, self._session, self._input_names = open_graph(
+            self.model_dir, self.manifest, variant, self.provider, threads, POOLED_OUTPUT
+        )
         self._tokenizer = TextTokenizer(self.model_dir, self.manifest)
         self._pad_multiple = 1 if self.provider == "CPUExecutionProvider" else 8
         self._run_cost = default_run_cost(self.provider, quantized=self.variant.startswith("int8"))
