@@ -17,6 +17,7 @@ import shutil
 import statistics
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -124,32 +125,49 @@ def export_reranker(
         activation_fn=activation,
         format_version=RERANKER_FORMAT_VERSION,
     )
+
+    def checked() -> dict[str, Any]:
+        return {"logits_max_abs_diff": graph_diff, **verify_predict(source, out, atol)}
+
+    def variants() -> dict[str, Variant]:
+        return build_reranker_variants(
+            out,
+            model.config.num_attention_heads,
+            model.config.hidden_size,
+            manifest.padding_side == "right",
+            texts(),
+            optimize=optimize,
+            target=target,
+            quantize_int8=quantize == "int8",
+            fp16=fp16,
+        )
+
+    return finish_export(out, manifest, checked if verify else None, variants if optimize or quantize or fp16 else None)
+
+
+def finish_export(
+    out: Path,
+    manifest: Manifest,
+    verify: Callable[[], dict[str, Any]] | None,
+    build_variants: Callable[[], dict[str, Variant]] | None,
+) -> Manifest:
+    """The steps after the graph, for rerankers and sparse encoders: write the manifest, check the whole pipeline
+    with ``verify`` (a failure removes the manifest, so that the directory does not load), record the fp32
+    accuracy, build and measure the variants, write the manifest again."""
     manifest.write(out)
     accuracy: dict[str, Any] = {}
-    if verify:
+    if verify is not None:
         try:
-            accuracy = {"logits_max_abs_diff": graph_diff, **verify_predict(source, out, atol)}
+            accuracy = verify()
         except Exception:
             (out / MANIFEST_NAME).unlink(missing_ok=True)
             raise
-    variants = {"fp32": Variant(ONNX_FILE, "fp32", accuracy)}
-    if optimize or quantize or fp16:
-        variants.update(
-            build_reranker_variants(
-                out,
-                model.config.num_attention_heads,
-                model.config.hidden_size,
-                manifest.padding_side == "right",
-                texts(),
-                optimize=optimize,
-                target=target,
-                quantize_int8=quantize == "int8",
-                fp16=fp16,
-            )
-        )
+    variants = {"fp32": dataclasses.replace(manifest.variants["fp32"], accuracy=accuracy)}
+    if build_variants is not None:
+        variants.update(build_variants())
     manifest = dataclasses.replace(manifest, variants=variants)
     manifest.write(out)
-    logger.info("exported reranker %s -> %s: %s", source, out, accuracy)
+    logger.info("exported %s %s -> %s: %s", manifest.task, manifest.source.get("path"), out, accuracy)
     return manifest
 
 

@@ -12,7 +12,6 @@ documents ranked by dot product (Spearman's rank correlation against fp32) and e
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 import logging
 import statistics
@@ -28,7 +27,6 @@ import torch
 from onnxembed.errors import ExportVerificationError, InvalidArgumentError, UnsupportedModelError
 from onnxembed.exporter.sparse_config import SparseEncoderConfig, read_sparse_encoder_config
 from onnxembed.manifest import (
-    MANIFEST_NAME,
     MODEL_INPUTS,
     POOLED_OUTPUT,
     SPARSE,
@@ -101,7 +99,7 @@ def export_sparse(
     returning the calibration texts (called only when variants are asked for)."""
     from onnxembed.exporter.load import load_encoder
     from onnxembed.exporter.pipeline import ONNX_FILE, _prepare_out_dir, _versions
-    from onnxembed.exporter.rerank import _keep_faithful_tokenizer, trace_and_verify
+    from onnxembed.exporter.rerank import _keep_faithful_tokenizer, finish_export, trace_and_verify
     from onnxembed.exporter.verify import VERIFY_TEXTS
 
     config = read_sparse_encoder_config(source)
@@ -159,33 +157,24 @@ def export_sparse(
         static_route=static_route,
         format_version=SPARSE_FORMAT_VERSION,
     )
-    manifest.write(out)
-    accuracy: dict[str, Any] = {}
-    if verify:
-        try:
-            accuracy = {"graph_max_abs_diff": graph_diff, **verify_encode(source, out, atol)}
-        except Exception:
-            (out / MANIFEST_NAME).unlink(missing_ok=True)
-            raise
-    variants = {"fp32": Variant(ONNX_FILE, "fp32", accuracy)}
-    if optimize or quantize or fp16:
-        variants.update(
-            build_sparse_variants(
-                out,
-                model.config.num_attention_heads,
-                model.config.hidden_size,
-                manifest.padding_side == "right",
-                texts(),
-                optimize=optimize,
-                target=target,
-                quantize_int8=quantize == "int8",
-                fp16=fp16,
-            )
+
+    def checked() -> dict[str, Any]:
+        return {"graph_max_abs_diff": graph_diff, **verify_encode(source, out, atol)}
+
+    def variants() -> dict[str, Variant]:
+        return build_sparse_variants(
+            out,
+            model.config.num_attention_heads,
+            model.config.hidden_size,
+            manifest.padding_side == "right",
+            texts(),
+            optimize=optimize,
+            target=target,
+            quantize_int8=quantize == "int8",
+            fp16=fp16,
         )
-    manifest = dataclasses.replace(manifest, variants=variants)
-    manifest.write(out)
-    logger.info("exported sparse encoder %s -> %s: %s", source, out, accuracy)
-    return manifest
+
+    return finish_export(out, manifest, checked if verify else None, variants if optimize or quantize or fp16 else None)
 
 
 def _write_static_route(config: SparseEncoderConfig, out: Path, texts: list[str]) -> StaticRoute:
