@@ -342,7 +342,8 @@ def _modules_line(manifest: Manifest) -> str:
         return f"Transformer ({manifest.architecture}, {manifest.num_labels} label(s)) -> {manifest.activation_fn}"
     if manifest.task == SPARSE:
         splade = manifest.splade
-        line = f"MLMTransformer ({manifest.architecture}) -> SpladePooling ({splade.get('pooling_strategy')}, "
+        masked_lm = manifest.architecture.removesuffix("+SpladePooling")
+        line = f"MLMTransformer ({masked_lm}) -> SpladePooling ({splade.get('pooling_strategy')}, "
         line += f"{splade.get('activation_function')}; {manifest.dim} terms)"
         route = manifest.static_route
         return line if route is None else f"{line}; {'/'.join(route.tasks)}: SparseStaticEmbedding (inference-free)"

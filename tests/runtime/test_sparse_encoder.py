@@ -112,3 +112,12 @@ def test_bad_input(bert_splade: Replica, exports_dir: Path, tiny_export: Path) -
         Encoder(out)
     with pytest.raises(ModelLoadError, match="not a sparse encoder; load it with onnxembed.Encoder"):
         SparseEncoder(tiny_export)
+
+
+def test_info_describes_the_sparse_pipeline(inference_free_splade: Replica, exports_dir: Path, capsys: Any) -> None:
+    from onnxembed.cli import main
+
+    assert main(["info", str(exported_sparse(inference_free_splade, exports_dir))]) == 0
+    printed = capsys.readouterr().out
+    assert "MLMTransformer (BertForMaskedLM) -> SpladePooling (sum, log1p_relu" in printed
+    assert "query: SparseStaticEmbedding (inference-free)" in printed
