@@ -9,7 +9,6 @@ variant against fp32 (Spearman's rank correlation per query, overlap of the top 
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 import json
 import logging
@@ -17,7 +16,6 @@ import shutil
 import statistics
 import time
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +28,9 @@ from onnxembed.exporter.cross_encoder import (
     read_cross_encoder_config,
     resolve_activation,
 )
+from onnxembed.exporter.head_export import finish_export, trace_and_verify
 from onnxembed.manifest import (
     LOGITS_OUTPUT,
-    MANIFEST_NAME,
     MODEL_INPUTS,
     RERANKER,
     RERANKER_FORMAT_VERSION,
@@ -145,32 +143,6 @@ def export_reranker(
     return finish_export(out, manifest, checked if verify else None, variants if optimize or quantize or fp16 else None)
 
 
-def finish_export(
-    out: Path,
-    manifest: Manifest,
-    verify: Callable[[], dict[str, Any]] | None,
-    build_variants: Callable[[], dict[str, Variant]] | None,
-) -> Manifest:
-    """The steps after the graph, for rerankers and sparse encoders: write the manifest, check the whole pipeline
-    with ``verify`` (a failure removes the manifest, so that the directory does not load), record the fp32
-    accuracy, build and measure the variants, write the manifest again."""
-    manifest.write(out)
-    accuracy: dict[str, Any] = {}
-    if verify is not None:
-        try:
-            accuracy = verify()
-        except Exception:
-            (out / MANIFEST_NAME).unlink(missing_ok=True)
-            raise
-    variants = {"fp32": dataclasses.replace(manifest.variants["fp32"], accuracy=accuracy)}
-    if build_variants is not None:
-        variants.update(build_variants())
-    manifest = dataclasses.replace(manifest, variants=variants)
-    manifest.write(out)
-    logger.info("exported %s %s -> %s: %s", manifest.task, manifest.source.get("path"), out, accuracy)
-    return manifest
-
-
 def _keep_faithful_tokenizer(
     tokenizer: Any, source: Path, saved: Path, texts: list[str] | None = None, add_special_tokens: bool = True
 ) -> None:
@@ -218,70 +190,6 @@ def _write_cross_encoder_files(config: CrossEncoderConfig, out: Path, max_seq_le
         "default_prompt_name": config.default_prompt_name,
     }
     (out / "config_sentence_transformers.json").write_text(json.dumps(pipeline, indent=2) + "\n", encoding="utf-8")
-
-
-def trace_and_verify(
-    model: Any,
-    input_names: tuple[str, ...],
-    pad_token_id: int,
-    onnx_file: Path,
-    max_seq_length: int,
-    output: str,
-    *,
-    exporter: Any,
-    external_data: bool | None,
-    verify: bool,
-    atol: float,
-) -> tuple[dict[str, Any], float | None]:
-    """Trace ``model``'s ``output`` ((batch, n)) to ``onnx_file`` and check it against torch (see
-    :func:`verify_logits_graph`); a TorchScript graph that fails is exported again with dynamo ("auto" only).
-    Returns what export_onnx did and the max abs difference (None unverified). Rerankers and sparse encoders."""
-    from onnxembed.exporter.onnx_export import export_onnx
-
-    args = (model, input_names, pad_token_id, onnx_file)
-    trace = export_onnx(*args, exporter, external_data, verified=verify, output=output, max_seq_length=max_seq_length)
-    if not verify:
-        return trace, None
-    check = (model, onnx_file, input_names, pad_token_id, max_seq_length, atol, output)
-    try:
-        return trace, verify_logits_graph(*check)
-    except ExportVerificationError as error:
-        if exporter != "auto" or trace["exporter"] != "torchscript":
-            raise
-        logger.warning("the TorchScript graph failed verification (%s); exporting with dynamo", error)
-        trace = export_onnx(*args, "dynamo", external_data, output=output, max_seq_length=max_seq_length)
-        return trace, verify_logits_graph(*check)
-
-
-def verify_logits_graph(
-    model: Any,
-    onnx_file: Path,
-    input_names: tuple[str, ...],
-    pad_token_id: int,
-    max_len: int,
-    atol: float = 1e-4,
-    output: str = LOGITS_OUTPUT,
-) -> float:
-    """Max abs difference of the graph's ``output`` ((batch, n): a classifier's logits, a sparse encoder's
-    vectors) from torch's on padded batches unlike the export sample."""
-    import onnxruntime as ort
-    import torch
-
-    from onnxembed.exporter.verify import _graph_batches, attention_reach
-
-    session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
-    worst = 0.0
-    batches = _graph_batches(input_names, model.config.vocab_size, pad_token_id, max_len, attention_reach(model.config))
-    with torch.no_grad():
-        for batch in batches:
-            expected = getattr(model(**{name: torch.from_numpy(array) for name, array in batch.items()}), output)
-            (actual,) = session.run([output], batch)
-            worst = max(worst, float(np.abs(actual - expected.numpy()).max()))
-    if not worst <= atol:
-        raise ExportVerificationError(
-            f"{onnx_file} disagrees with the torch model on padded batches: max abs diff {worst:.3g} > {atol:g}"
-        )
-    return worst
 
 
 def verification_pairs() -> list[tuple[str, str]]:

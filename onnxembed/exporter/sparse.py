@@ -97,9 +97,10 @@ def export_sparse(
 ) -> Manifest:
     """Export the SparseEncoder at ``source`` to ``out`` (see :func:`onnxembed.export`); ``texts``: a function
     returning the calibration texts (called only when variants are asked for)."""
+    from onnxembed.exporter.head_export import finish_export, trace_and_verify
     from onnxembed.exporter.load import load_encoder
     from onnxembed.exporter.pipeline import ONNX_FILE, _prepare_out_dir, _versions
-    from onnxembed.exporter.rerank import _keep_faithful_tokenizer, finish_export, trace_and_verify
+    from onnxembed.exporter.rerank import _keep_faithful_tokenizer
     from onnxembed.exporter.verify import VERIFY_TEXTS
 
     config = read_sparse_encoder_config(source)
