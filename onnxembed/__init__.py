@@ -1,6 +1,7 @@
 """onnxembed: SentenceTransformer models exported to ONNX, encoded without torch.
 
-``Encoder`` runs an exported model (onnxruntime + tokenizers + numpy), ``Reranker`` an exported CrossEncoder;
+``Encoder`` runs an exported model (onnxruntime + tokenizers + numpy), ``Reranker`` an exported CrossEncoder,
+``SparseEncoder`` an exported SparseEncoder (SPLADE);
 ``export(model_name_or_path, model_dir)`` makes either (needs ``pip install onnxembed[export]``). Importing this
 package does no work and never imports torch: onnxruntime is imported when ``Encoder`` or ``Reranker`` is first
 used, torch when ``export`` is called.
@@ -24,7 +25,7 @@ from onnxembed.exporter.pipeline import export
 from onnxembed.manifest import Manifest
 
 if TYPE_CHECKING:
-    from onnxembed.runtime import Encoder, Reranker
+    from onnxembed.runtime import Encoder, Reranker, SparseEncoder
 
 try:
     __version__ = metadata.version("onnxembed")
@@ -41,6 +42,7 @@ __all__ = [
     "OnnxEmbedError",
     "OutputExistsError",
     "Reranker",
+    "SparseEncoder",
     "UnsupportedModelError",
     "__version__",
     "export",
@@ -48,7 +50,7 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("Encoder", "Reranker"):
+    if name in ("Encoder", "Reranker", "SparseEncoder"):
         from onnxembed import runtime
 
         return getattr(runtime, name)

@@ -26,3 +26,26 @@ def one_of_inputs(inputs: Any, sentences: Any, expected: str) -> Any:
     if inputs is not None:
         raise ArgumentTypeError("give the inputs once: as inputs or as sentences, not both")
     return sentences
+
+
+def resolve_prompt(prompts: dict[str, str], default_prompt_name: str | None, prompt_name: Any, prompt: Any) -> str:
+    """The prompt text as sentence-transformers picks it: ``prompt`` wins over ``prompt_name`` (with a warning
+    when both are given), else the named prompt, else the model's default prompt, else none ("")."""
+    if prompt is not None:
+        if not isinstance(prompt, str):
+            raise ArgumentTypeError(f"prompt must be a str; got {type(prompt).__name__}")
+        if prompt_name is not None:
+            import warnings
+
+            warnings.warn(
+                f"both prompt and prompt_name={prompt_name!r} given; using prompt, as sentence-transformers does",
+                stacklevel=3,
+            )
+        return prompt
+    name = prompt_name if prompt_name is not None else default_prompt_name
+    if name is None:
+        return ""
+    if name not in prompts:
+        known = ", ".join(repr(key) for key in prompts) or "none"
+        raise InvalidArgumentError(f"prompt_name {name!r} is not one of the model's prompts: {known}")
+    return prompts[name]

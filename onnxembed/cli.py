@@ -17,7 +17,7 @@ from typing import TextIO
 import numpy as np
 
 from onnxembed import cli_rerank, cli_tune
-from onnxembed.manifest import RERANKER, Manifest
+from onnxembed.manifest import RERANKER, SPARSE, Manifest
 
 _BATCH_HELP = "texts per batch at most (default: 32 on CPU; on a GPU the token budget alone)"
 
@@ -89,7 +89,9 @@ def _build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser(
         "serve", help="HTTP server: OpenAI /v1/embeddings, TEI /embed, /similarity and /rerank, Cohere /v2/rerank"
     )
-    serve.add_argument("model_dir", help="directory written by `onnxembed export` (an embedding model or a reranker)")
+    serve.add_argument(
+        "model_dir", help="directory written by `onnxembed export` (an embedding model, a reranker or a sparse model)"
+    )
     serve.add_argument(
         "--reranker", metavar="DIR", help="also serve this reranker export (/rerank, /v1 and /v2/rerank)"
     )
@@ -196,6 +198,12 @@ def _run_export(args: argparse.Namespace) -> None:
     print(f"exported {args.model_name_or_path} -> {args.model_dir} ({manifest.architecture}, dim {manifest.dim})")
     if manifest.task == RERANKER:
         print("\n".join(cli_rerank.export_summary(manifest)))
+    elif manifest.task == SPARSE and accuracy:
+        print(
+            f"verified against sentence-transformers {accuracy['sentence_transformers']}: max abs diff "
+            f"{accuracy.get('query_max_abs_diff', float('nan')):.2e} (queries), "
+            f"{accuracy.get('document_max_abs_diff', float('nan')):.2e} (documents)"
+        )
     elif "min_cosine" in accuracy:
         print(
             f"verified against sentence-transformers {accuracy['sentence_transformers']}: min cosine "
@@ -214,7 +222,7 @@ def _run_export(args: argparse.Namespace) -> None:
 
 
 def _accuracy_summary(accuracy: dict) -> str:
-    if "mean_spearman" in accuracy:  # a reranker's variant, measured on ranking
+    if "mean_spearman" in accuracy:  # a reranker's or sparse encoder's variant, measured on ranking
         return cli_rerank.ranking_summary(accuracy)
     if "mean_cosine" not in accuracy:
         return str(accuracy.get("measured", ""))
@@ -323,6 +331,8 @@ def _print_supported() -> None:
     print(f"  modules:     {', '.join(SUPPORTED_MODULES)}")
     print(f"  pooling:     {', '.join(POOLING_MODES)} (and concatenations)")
     print(f"  Dense:       activations {', '.join(TORCH_ACTIVATIONS)}")
+    print("  sparse:      SparseEncoder: MLMTransformer -> SpladePooling (max/sum, relu/log1p_relu); inference-free")
+    print("               Router (SparseStaticEmbedding queries); SparseAutoEncoder (CSR) is refused")
     print("  other architectures and modules are refused by name")
 
 
@@ -331,6 +341,13 @@ def _modules_line(manifest: Manifest) -> str:
     (768 -> 3072, identity) -> Normalize'."""
     if manifest.task == RERANKER:
         return f"Transformer ({manifest.architecture}, {manifest.num_labels} label(s)) -> {manifest.activation_fn}"
+    if manifest.task == SPARSE:
+        splade = manifest.splade
+        masked_lm = manifest.architecture.removesuffix("+SpladePooling")
+        line = f"MLMTransformer ({masked_lm}) -> SpladePooling ({splade.get('pooling_strategy')}, "
+        line += f"{splade.get('activation_function')}; {manifest.dim} terms)"
+        route = manifest.static_route
+        return line if route is None else f"{line}; {'/'.join(route.tasks)}: SparseStaticEmbedding (inference-free)"
     if manifest.architecture == "StaticEmbedding":
         parts = ["StaticEmbedding (mean of token vectors)"]
     else:

@@ -25,9 +25,14 @@ FORMAT_VERSION = 2
 # 3 added rerankers (task, num_labels, activation_fn). Only reranker exports are written as 3, so that an
 # onnxembed that reads 2 still loads embedding exports, and says which format it reads for a reranker.
 RERANKER_FORMAT_VERSION = 3
-READABLE_FORMAT_VERSIONS = (1, 2, 3)
+# 4 added sparse encoders (SPLADE: task "sparse", splade, static_route); written only for them, as 3 for rerankers.
+SPARSE_FORMAT_VERSION = 4
+READABLE_FORMAT_VERSIONS = (1, 2, 3, 4)
 EMBEDDING = "embedding"
 RERANKER = "reranker"
+SPARSE = "sparse"
+_RERANKER_KEYS = ("task", "num_labels", "activation_fn")
+_SPARSE_KEYS = ("splade", "static_route")
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,17 @@ class DenseLayer:
     out_features: int
     bias: bool
     activation: str  # one of onnxembed.kernels.DENSE_ACTIVATIONS
+
+
+@dataclass(frozen=True)
+class StaticRoute:
+    """An inference-free sparse model's query side: a per-token weight table that the runtime reads with numpy
+    (sentence-transformers' SparseStaticEmbedding): a text's vector is the weight of each token it holds."""
+
+    path: str  # folder in the model directory: tokenizer.json and model.safetensors ("weight": (vocab,) float32)
+    max_seq_length: int  # tokens read per text (special tokens are not added)
+    tasks: tuple[str, ...]  # encode tasks routed to the table ("query"); the others run the graph
+    default: bool = False  # encode() without a task is routed to the table
 
 
 @dataclass(frozen=True)
@@ -79,12 +95,20 @@ class Manifest:
     task: str = EMBEDDING  # RERANKER: a cross-encoder; its graph gives LOGITS_OUTPUT and dim == num_labels
     num_labels: int = 0  # rerankers: the classifier's outputs per pair
     activation_fn: str = ""  # rerankers: the activation predict applies to the logits (a kernels.dense name)
+    # sparse: the SpladePooling the graph carries ({"pooling_strategy", "activation_function"}); its output is
+    # POOLED_OUTPUT, (batch, vocabulary) float32, and dim is the vocabulary size
+    splade: dict[str, str] = field(default_factory=dict)
+    static_route: StaticRoute | None = None  # sparse, inference-free: the query side's table
     format_version: int = FORMAT_VERSION
 
     def to_json(self) -> str:
         raw = asdict(self)
-        if self.task == EMBEDDING:  # without the reranker's keys, so that a format-2 reader still loads it
-            for key in ("task", "num_labels", "activation_fn"):
+        # without the keys of later kinds, so that a reader of an earlier format still loads what it can
+        if self.task != SPARSE:
+            for key in _SPARSE_KEYS:
+                del raw[key]
+        if self.task == EMBEDDING:
+            for key in _RERANKER_KEYS:
                 del raw[key]
         return json.dumps(raw, indent=2, ensure_ascii=False) + "\n"
 
@@ -111,6 +135,9 @@ class Manifest:
                 )
             raw["variants"] = {name: Variant(**variant) for name, variant in raw.get("variants", {}).items()}
             raw["dense"] = tuple(DenseLayer(**layer) for layer in raw.get("dense", ()))
+            if raw.get("static_route") is not None:
+                route = raw["static_route"]
+                raw["static_route"] = StaticRoute(**{**route, "tasks": tuple(route["tasks"])})
             for key in ("pooling_modes", "input_names"):
                 raw[key] = tuple(raw[key])
             return cls(**raw)

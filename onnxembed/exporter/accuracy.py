@@ -46,3 +46,11 @@ def rate(encoder: Any, texts: list[str], repeats: int = 3) -> float:
         encoder.encode(texts)
         timings.append(time.perf_counter() - start)
     return len(texts) / statistics.median(timings)
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman's rank correlation of two score vectors (ties ranked in input order; 1.0 for constant ones)."""
+    ranks = [np.argsort(np.argsort(x, kind="stable"), kind="stable").astype(np.float64) for x in (a, b)]
+    ra, rb = (r - r.mean() for r in ranks)
+    denominator = float(np.sqrt((ra * ra).sum() * (rb * rb).sum()))
+    return float((ra * rb).sum() / denominator) if denominator else 1.0

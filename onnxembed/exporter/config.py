@@ -209,6 +209,20 @@ def _prompts(pipeline_config: dict[str, Any], path: Path) -> dict[str, str]:
     return prompts
 
 
+def read_pipeline_config(root: Path) -> tuple[dict[str, Any], dict[str, str], str | None]:
+    """config_sentence_transformers.json ({} when absent), its prompts (see _prompts) and default_prompt_name,
+    checked to name one of them."""
+    path = root / "config_sentence_transformers.json"
+    pipeline_config = read_json(path) if path.is_file() else {}
+    prompts = _prompts(pipeline_config, path)
+    default_prompt_name = pipeline_config.get("default_prompt_name")
+    if default_prompt_name is not None and default_prompt_name not in prompts:
+        raise InvalidArgumentError(
+            f"default_prompt_name {default_prompt_name!r} is not one of the prompts {list(prompts)}"
+        )
+    return pipeline_config, prompts, default_prompt_name
+
+
 def pooling_modes_from_config(config: dict[str, Any]) -> tuple[str, ...]:
     """Pooling modes from a 1_Pooling/config.json, in concatenation order."""
     if "pooling_mode" in config:
@@ -252,13 +266,7 @@ def read_sentence_transformer_config(root: Path) -> SentenceTransformerConfig:
         if kind == "Dense"
     )
     pipeline_path = root / "config_sentence_transformers.json"
-    pipeline_config = read_json(pipeline_path) if pipeline_path.is_file() else {}
-    prompts = _prompts(pipeline_config, pipeline_path)
-    default_prompt_name = pipeline_config.get("default_prompt_name")
-    if default_prompt_name is not None and default_prompt_name not in prompts:
-        raise InvalidArgumentError(
-            f"default_prompt_name {default_prompt_name!r} is not one of the prompts {list(prompts)}"
-        )
+    pipeline_config, prompts, default_prompt_name = read_pipeline_config(root)
     truncate_dim = pipeline_config.get("truncate_dim")
     if truncate_dim is not None and (type(truncate_dim) is not int or truncate_dim < 1):
         raise InvalidArgumentError(f"{pipeline_path}: truncate_dim must be a positive integer; got {truncate_dim!r}")

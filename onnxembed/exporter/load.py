@@ -66,10 +66,19 @@ def _resolve_base(adapter_dir: Path, adapter_config: dict[str, Any], base_model:
         ) from None
 
 
-def _check_architecture(model_dir: Path, classifier: bool = False) -> str:
+def _check_architecture(model_dir: Path, classifier: bool = False, masked_lm: bool = False) -> str:
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(str(model_dir))
+    if masked_lm:
+        from onnxembed.exporter.sparse_config import MASKED_LM_ARCHITECTURES
+
+        if config.model_type not in MASKED_LM_ARCHITECTURES:
+            raise UnsupportedModelError(
+                f"masked-LM architecture {', '.join(getattr(config, 'architectures', None) or [])} (model_type "
+                f"{config.model_type!r}) is not supported; supported: {', '.join(MASKED_LM_ARCHITECTURES.values())}"
+            )
+        return MASKED_LM_ARCHITECTURES[config.model_type]
     if classifier:
         from onnxembed.exporter.cross_encoder import CROSS_ENCODER_ARCHITECTURES
 
@@ -97,10 +106,14 @@ def _check_architecture(model_dir: Path, classifier: bool = False) -> str:
 
 
 def load_encoder(
-    st_config: SentenceTransformerConfig, base_model: str | Path | None = None, classifier: bool = False
+    st_config: SentenceTransformerConfig,
+    base_model: str | Path | None = None,
+    classifier: bool = False,
+    masked_lm: bool = False,
 ) -> LoadedEncoder:
     """Load the Transformer module of ``st_config`` as sentence-transformers would, on CPU in fp32;
-    ``classifier``: with its sequence-classification head, as a CrossEncoder loads it."""
+    ``classifier``: with its sequence-classification head, as a CrossEncoder loads it; ``masked_lm``: with its
+    masked-LM head (vocabulary logits), as a SparseEncoder's fill-mask Transformer loads it."""
     import transformers
     from transformers import AutoTokenizer
 
@@ -115,7 +128,7 @@ def load_encoder(
             "r": adapter_config.get("r"),
             "lora_alpha": adapter_config.get("lora_alpha"),
         }
-    architecture = _check_architecture(weights_dir, classifier)
+    architecture = _check_architecture(weights_dir, classifier, masked_lm)
     # Eager attention traces to plain MatMul/Softmax, which onnxruntime's optimizer can fuse later. The class
     # is named, not AutoModel's choice: T5 checkpoints load as their encoder alone, as sentence-transformers does.
     model_class = getattr(transformers, architecture)

@@ -145,7 +145,7 @@ def export(
     pool_in_graph: bool = False,
     calibration_file: str | Path | None = None,
 ) -> Manifest:
-    """Export a SentenceTransformer model to an onnxembed model directory and verify it.
+    """Export a SentenceTransformer, CrossEncoder or SparseEncoder model to an onnxembed model directory and verify it.
 
     Reads local files only: a directory, or a model name already in the local Hugging Face cache (no network).
     The directory written also loads in ``SentenceTransformer(model_dir, backend="onnx")`` where
@@ -205,13 +205,22 @@ def export(
         raise InvalidArgumentError(f"int8_min_cosine must be in (0, 1]; got {int8_min_cosine}")
     source = resolve_source(model_name_or_path)
     from onnxembed.exporter.cross_encoder import is_cross_encoder
+    from onnxembed.exporter.sparse_config import is_sparse_encoder
 
-    if is_cross_encoder(source):  # a reranker: its own job (rerank.py), with the same options
-        from onnxembed.exporter.rerank import export_reranker
+    # rerankers and sparse encoders have their own jobs (rerank.py, sparse.py), with the same options
+    job: Any = None
+    if is_sparse_encoder(source):
+        from onnxembed.exporter.sparse import export_sparse as job
 
+        kind = "a sparse encoder's graph pools itself (SPLADE)"
+    elif is_cross_encoder(source):
+        from onnxembed.exporter.rerank import export_reranker as job
+
+        kind = "a reranker's graph has no pooling; it gives logits"
+    if job is not None:
         if pool_in_graph:
-            raise UnsupportedModelError("--pool-in-graph: a reranker's graph has no pooling; it gives logits")
-        return export_reranker(
+            raise UnsupportedModelError(f"--pool-in-graph: {kind}")
+        return job(  # type: ignore[no-any-return]
             source,
             Path(model_dir),
             base_model=base_model,

@@ -9,7 +9,6 @@ variant against fp32 (Spearman's rank correlation per query, overlap of the top 
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 import json
 import logging
@@ -29,9 +28,9 @@ from onnxembed.exporter.cross_encoder import (
     read_cross_encoder_config,
     resolve_activation,
 )
+from onnxembed.exporter.head_export import finish_export, trace_and_verify
 from onnxembed.manifest import (
     LOGITS_OUTPUT,
-    MANIFEST_NAME,
     MODEL_INPUTS,
     RERANKER,
     RERANKER_FORMAT_VERSION,
@@ -71,7 +70,6 @@ def export_reranker(
     """Export the CrossEncoder at ``source`` to ``out`` (see :func:`onnxembed.export`); ``texts``: a function
     returning the calibration texts (called only when variants are asked for)."""
     from onnxembed.exporter.load import load_encoder
-    from onnxembed.exporter.onnx_export import export_onnx
     from onnxembed.exporter.pipeline import ONNX_FILE, _prepare_out_dir, _versions
 
     config = read_cross_encoder_config(source)
@@ -90,23 +88,18 @@ def export_reranker(
     model.config.save_pretrained(str(out))
     _write_cross_encoder_files(config, out, loaded.max_seq_length, activation)
     onnx_file = out / ONNX_FILE
-    args = (model, input_names, tokenizer.pad_token_id, onnx_file)
-    length = loaded.max_seq_length
-    trace = export_onnx(*args, exporter, external_data, verified=verify, output=LOGITS_OUTPUT, max_seq_length=length)
-    graph_diff = None
-    if verify:
-        try:
-            graph_diff = verify_logits_graph(
-                model, onnx_file, input_names, tokenizer.pad_token_id, loaded.max_seq_length
-            )
-        except ExportVerificationError as error:
-            if exporter != "auto" or trace["exporter"] != "torchscript":
-                raise
-            logger.warning("the TorchScript graph failed verification (%s); exporting with dynamo", error)
-            trace = export_onnx(*args, "dynamo", external_data, output=LOGITS_OUTPUT, max_seq_length=length)
-            graph_diff = verify_logits_graph(
-                model, onnx_file, input_names, tokenizer.pad_token_id, loaded.max_seq_length
-            )
+    trace, graph_diff = trace_and_verify(
+        model,
+        input_names,
+        tokenizer.pad_token_id,
+        onnx_file,
+        loaded.max_seq_length,
+        LOGITS_OUTPUT,
+        exporter=exporter,
+        external_data=external_data,
+        verify=verify,
+        atol=1e-4,
+    )
     manifest = Manifest(
         dim=num_labels,
         pooling_modes=(),
@@ -130,48 +123,46 @@ def export_reranker(
         activation_fn=activation,
         format_version=RERANKER_FORMAT_VERSION,
     )
-    manifest.write(out)
-    accuracy: dict[str, Any] = {}
-    if verify:
-        try:
-            accuracy = {"logits_max_abs_diff": graph_diff, **verify_predict(source, out, atol)}
-        except Exception:
-            (out / MANIFEST_NAME).unlink(missing_ok=True)
-            raise
-    variants = {"fp32": Variant(ONNX_FILE, "fp32", accuracy)}
-    if optimize or quantize or fp16:
-        variants.update(
-            build_reranker_variants(
-                out,
-                model.config.num_attention_heads,
-                model.config.hidden_size,
-                manifest.padding_side == "right",
-                texts(),
-                optimize=optimize,
-                target=target,
-                quantize_int8=quantize == "int8",
-                fp16=fp16,
-            )
+
+    def checked() -> dict[str, Any]:
+        return {"logits_max_abs_diff": graph_diff, **verify_predict(source, out, atol)}
+
+    def variants() -> dict[str, Variant]:
+        return build_reranker_variants(
+            out,
+            model.config.num_attention_heads,
+            model.config.hidden_size,
+            manifest.padding_side == "right",
+            texts(),
+            optimize=optimize,
+            target=target,
+            quantize_int8=quantize == "int8",
+            fp16=fp16,
         )
-    manifest = dataclasses.replace(manifest, variants=variants)
-    manifest.write(out)
-    logger.info("exported reranker %s -> %s: %s", source, out, accuracy)
-    return manifest
+
+    return finish_export(out, manifest, checked if verify else None, variants if optimize or quantize or fp16 else None)
 
 
-def _keep_faithful_tokenizer(tokenizer: Any, source: Path, saved: Path) -> None:
+def _keep_faithful_tokenizer(
+    tokenizer: Any, source: Path, saved: Path, texts: list[str] | None = None, add_special_tokens: bool = True
+) -> None:
     """transformers 5.24 re-saves a WordPiece tokenizer.json under other ids than the tokenizer it loaded (the
     tokens are the same; XLM-R's it saves right): where the saved file does not give the loaded tokenizer's ids
-    on the verification pairs and the source's file does, the source's file is kept."""
+    on the verification pairs (or ``texts``) and the source's file does, the source's file is kept."""
     from tokenizers import Tokenizer
 
     if not source.is_file():
         return
-    pairs = verification_pairs()[:24]
-    expected = tokenizer([query for query, _ in pairs], [doc for _, doc in pairs], truncation=False)["input_ids"]
+    items: list[Any] = verification_pairs()[:24] if texts is None else texts
+    if texts is None:
+        queries, documents = [query for query, _ in items], [document for _, document in items]
+        expected = tokenizer(queries, documents, truncation=False)["input_ids"]
+    else:
+        expected = tokenizer(texts, truncation=False, add_special_tokens=add_special_tokens)["input_ids"]
 
     def ids(path: Path) -> list[list[int]]:
-        return [encoding.ids for encoding in Tokenizer.from_file(str(path)).encode_batch(pairs)]
+        encodings = Tokenizer.from_file(str(path)).encode_batch(items, add_special_tokens=add_special_tokens)
+        return [encoding.ids for encoding in encodings]
 
     if ids(saved) != list(map(list, expected)) and ids(source) == list(map(list, expected)):
         shutil.copyfile(source, saved)
@@ -199,30 +190,6 @@ def _write_cross_encoder_files(config: CrossEncoderConfig, out: Path, max_seq_le
         "default_prompt_name": config.default_prompt_name,
     }
     (out / "config_sentence_transformers.json").write_text(json.dumps(pipeline, indent=2) + "\n", encoding="utf-8")
-
-
-def verify_logits_graph(
-    model: Any, onnx_file: Path, input_names: tuple[str, ...], pad_token_id: int, max_len: int, atol: float = 1e-4
-) -> float:
-    """Max abs difference of the graph's logits from torch's on padded batches unlike the export sample."""
-    import onnxruntime as ort
-    import torch
-
-    from onnxembed.exporter.verify import _graph_batches, attention_reach
-
-    session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
-    worst = 0.0
-    batches = _graph_batches(input_names, model.config.vocab_size, pad_token_id, max_len, attention_reach(model.config))
-    with torch.no_grad():
-        for batch in batches:
-            expected = model(**{name: torch.from_numpy(array) for name, array in batch.items()}).logits.numpy()
-            (actual,) = session.run([LOGITS_OUTPUT], batch)
-            worst = max(worst, float(np.abs(actual - expected).max()))
-    if not worst <= atol:
-        raise ExportVerificationError(
-            f"{onnx_file} disagrees with the torch classifier on padded batches: max abs diff {worst:.3g} > {atol:g}"
-        )
-    return worst
 
 
 def verification_pairs() -> list[tuple[str, str]]:
@@ -286,21 +253,16 @@ def ranking_set(
     return sets
 
 
-def _spearman(a: np.ndarray, b: np.ndarray) -> float:
-    ranks = [np.argsort(np.argsort(x, kind="stable"), kind="stable").astype(np.float64) for x in (a, b)]
-    ra, rb = (r - r.mean() for r in ranks)
-    denominator = float(np.sqrt((ra * ra).sum() * (rb * rb).sum()))
-    return float((ra * rb).sum() / denominator) if denominator else 1.0
-
-
 def compare_rankings(reference: list[np.ndarray], candidate: list[np.ndarray], k: int = 10) -> dict[str, float]:
     """Per query (each label's column of a (documents, labels) array on its own): Spearman's rank correlation
     of the candidate's scores with the reference's, and the overlap of their top ``k`` documents."""
+    from onnxembed.exporter.accuracy import spearman as spearman_of
+
     spearman, overlap, worst = [], [], 0.0
     for ref, cand in zip(reference, candidate, strict=True):
         worst = max(worst, float(np.abs(ref - cand).max()))
         for label in range(ref.shape[1]):
-            spearman.append(_spearman(ref[:, label], cand[:, label]))
+            spearman.append(spearman_of(ref[:, label], cand[:, label]))
             top = min(k, len(ref))
             ours, theirs = (set(np.argsort(-x[:, label], kind="stable")[:top].tolist()) for x in (ref, cand))
             overlap.append(len(ours & theirs) / top)
@@ -346,8 +308,7 @@ def build_reranker_variants(
     fp16: bool,
 ) -> dict[str, Variant]:
     """Write the requested variants into out/onnx; each measured on held-out ranking against fp32."""
-    from onnxembed.exporter import quantize
-    from onnxembed.exporter.variants import _try_measure
+    from onnxembed.exporter.variants import build_ranked_variants
     from onnxembed.runtime import Reranker
 
     calibration, held_out = texts[: len(texts) // 2], texts[len(texts) // 2 :]
@@ -355,7 +316,6 @@ def build_reranker_variants(
     fp32 = Reranker(out, provider="cpu", variant="fp32")
     reference = _scores(fp32, sets)
     fp32_rate = _rate(fp32, sets)
-    fp32_file = out / "onnx" / "model.onnx"
 
     def measured(file: str, **extra: Any) -> dict[str, Any]:
         reranker = Reranker(out, provider="cpu", variant=file)
@@ -364,54 +324,21 @@ def build_reranker_variants(
         accuracy["speedup_vs_fp32"] = _rate(reranker, sets) / fp32_rate
         return {**accuracy, **extra}
 
-    variants: dict[str, Variant] = {}
-    if optimize:
-        file = quantize.OPTIMIZED_FILE[target]
-        quantize.optimize(fp32_file, out / file, target, num_heads, hidden_size, right_padded)
-        name = "optimized" if target == "cpu" else "optimized-gpu"
-        variants[name] = Variant(file, "fp32" if target == "cpu" else "fp16", _try_measure(measured, file))
-    if fp16:
-        quantize.to_fp16(fp32_file, out / quantize.FP16_FILE)
-        variants["fp16"] = Variant(quantize.FP16_FILE, "fp16", _try_measure(measured, quantize.FP16_FILE))
-    if quantize_int8:
-        feeds = [
-            {name: arrays[name] for name in fp32._input_names}
-            for _, arrays in fp32._batches([(q, d) for q, docs in ranking_set(calibration, 8) for d in docs])
-        ]
-        variants["int8"] = _choose_int8(out, fp32_file, measured, feeds)
-    return variants
+    def feeds() -> list[dict[str, Any]]:
+        pairs = [(query, document) for query, documents in ranking_set(calibration, 8) for document in documents]
+        return [{name: arrays[name] for name in fp32._input_names} for _, arrays in fp32._batches(pairs)]
 
-
-def _choose_int8(out: Path, fp32_file: Path, measured: Any, feeds: list[dict[str, Any]]) -> Variant:
-    """INT8_RECIPES fastest first; keep the first whose ranking meets the budget (else the last, not accepted)."""
-    from onnxembed.exporter import quantize
-
-    file = quantize.int8_file_name()
-    tried = []
-    for recipe in quantize.INT8_RECIPES:
-        candidate = out / "onnx" / f"int8_candidate_{recipe.name}.onnx"
-        how = quantize.quantize_int8(fp32_file, candidate, recipe, feeds)
-        accuracy = measured(str(candidate.relative_to(out)), **how)
-        tried.append({key: accuracy[key] for key in ("recipe", "mean_spearman", "top10_overlap", "speedup_vs_fp32")})
-        logger.info("int8 %s: %s", recipe.name, accuracy)
-        accepted = (
-            accuracy["mean_spearman"] >= INT8_MIN_MEAN_SPEARMAN and accuracy["top10_overlap"] >= INT8_MIN_TOP10_OVERLAP
-        )
-        if accepted or recipe is quantize.INT8_RECIPES[-1]:
-            candidate.replace(out / file)
-            break
-        candidate.unlink()
-    if not accepted:
-        warnings.warn(
-            f"no int8 recipe met mean Spearman >= {INT8_MIN_MEAN_SPEARMAN} and top-10 overlap >= "
-            f"{INT8_MIN_TOP10_OVERLAP} (last: {accuracy['mean_spearman']:.4f}, {accuracy['top10_overlap']:.3f}); "
-            f"kept {file} but Reranker(variant='auto') will not choose it",
-            stacklevel=3,
-        )
-    accuracy.update(
-        budget_mean_spearman=INT8_MIN_MEAN_SPEARMAN,
-        budget_top10_overlap=INT8_MIN_TOP10_OVERLAP,
-        accepted=accepted,
-        tried=tried,
+    return build_ranked_variants(
+        out,
+        num_heads,
+        hidden_size,
+        right_padded,
+        measured,
+        feeds,
+        optimize=optimize,
+        target=target,
+        quantize_int8=quantize_int8,
+        fp16=fp16,
+        budget=(INT8_MIN_MEAN_SPEARMAN, INT8_MIN_TOP10_OVERLAP),
+        runtime="Reranker",
     )
-    return Variant(file, "int8", accuracy)

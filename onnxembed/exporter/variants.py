@@ -1,6 +1,7 @@
 """Build the faster variants an export asks for, measure each against fp32, and record what was chosen.
 
-In scope: --optimize, --quantize int8 (with its accuracy budget), --fp16, --pool-in-graph; the calibration
+In scope: --optimize, --quantize int8 (with its accuracy budget), --fp16, --pool-in-graph, for embedding models
+(cosine to fp32) and for models measured on ranking (rerankers, sparse encoders); the calibration
 split (half to calibrate, half held out to measure, so the recorded accuracy is not measured on the text it
 was tuned on). Not in scope: how a variant is made (quantize.py) or measured (accuracy.py).
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -146,4 +148,71 @@ def _choose_int8(out: Path, fp32_file: Path, measured: Any, calibration: list[st
             stacklevel=3,
         )
     accuracy.update(budget_p1_cosine=budget, accepted=accepted, tried=tried)
+    return Variant(file, "int8", accuracy)
+
+
+def build_ranked_variants(
+    out: Path,
+    num_heads: int,
+    hidden_size: int,
+    right_padded: bool,
+    measured: Callable[..., dict[str, Any]],
+    feeds: Callable[[], list[dict[str, Any]]],
+    *,
+    optimize: bool,
+    target: Target,
+    quantize_int8: bool,
+    fp16: bool,
+    budget: tuple[float, float],
+    runtime: str,
+) -> dict[str, Variant]:
+    """The variants of a model measured on ranking (a reranker, a sparse encoder): ``measured(file, **extra)``
+    gives a graph's accuracy against fp32 with "mean_spearman", "top10_overlap" and "speedup_vs_fp32";
+    ``feeds()`` the calibration batches; ``budget`` int8's (mean Spearman, top-10 overlap) floor."""
+    fp32_file = out / "onnx" / "model.onnx"
+    variants: dict[str, Variant] = {}
+    if optimize:
+        file = quantize.OPTIMIZED_FILE[target]
+        quantize.optimize(fp32_file, out / file, target, num_heads, hidden_size, right_padded)
+        name = "optimized" if target == "cpu" else "optimized-gpu"
+        variants[name] = Variant(file, "fp32" if target == "cpu" else "fp16", _try_measure(measured, file))
+    if fp16:
+        quantize.to_fp16(fp32_file, out / quantize.FP16_FILE)
+        variants["fp16"] = Variant(quantize.FP16_FILE, "fp16", _try_measure(measured, quantize.FP16_FILE))
+    if quantize_int8:
+        variants["int8"] = _choose_ranked_int8(out, fp32_file, measured, feeds(), budget, runtime)
+    return variants
+
+
+def _choose_ranked_int8(
+    out: Path,
+    fp32_file: Path,
+    measured: Callable[..., dict[str, Any]],
+    feeds: list[dict[str, Any]],
+    budget: tuple[float, float],
+    runtime: str,
+) -> Variant:
+    """INT8_RECIPES fastest first; keep the first whose ranking meets the budget (else the last, not accepted)."""
+    min_spearman, min_overlap = budget
+    file = quantize.int8_file_name()
+    tried = []
+    for recipe in quantize.INT8_RECIPES:
+        candidate = out / "onnx" / f"int8_candidate_{recipe.name}.onnx"
+        how = quantize.quantize_int8(fp32_file, candidate, recipe, feeds)
+        accuracy = measured(str(candidate.relative_to(out)), **how)
+        tried.append({key: accuracy[key] for key in ("recipe", "mean_spearman", "top10_overlap", "speedup_vs_fp32")})
+        logger.info("int8 %s: %s", recipe.name, accuracy)
+        accepted = accuracy["mean_spearman"] >= min_spearman and accuracy["top10_overlap"] >= min_overlap
+        if accepted or recipe is quantize.INT8_RECIPES[-1]:
+            candidate.replace(out / file)
+            break
+        candidate.unlink()
+    if not accepted:
+        warnings.warn(
+            f"no int8 recipe met mean Spearman >= {min_spearman} and top-10 overlap >= {min_overlap} (last: "
+            f"{accuracy['mean_spearman']:.4f}, {accuracy['top10_overlap']:.3f}); kept {file} but "
+            f"{runtime}(variant='auto') will not choose it",
+            stacklevel=3,
+        )
+    accuracy.update(budget_mean_spearman=min_spearman, budget_top10_overlap=min_overlap, accepted=accepted, tried=tried)
     return Variant(file, "int8", accuracy)

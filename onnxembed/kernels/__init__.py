@@ -1,4 +1,5 @@
-"""Pure-numpy kernels: pooling, Dense layers, normalization, similarity, search and embedding quantization.
+"""Pure-numpy kernels: pooling, Dense layers, normalization, similarity, search, embedding quantization and
+sparse (SPLADE) vectors.
 
 Imports numpy only.
 """
@@ -8,6 +9,7 @@ from onnxembed.kernels.pooling import POOLING_MODES, exclude_prompt, normalize, 
 from onnxembed.kernels.quantization import PRECISIONS, quantize_embeddings
 from onnxembed.kernels.search import paraphrase_mining_embeddings, semantic_search, semantic_search_binary
 from onnxembed.kernels.similarity import SIMILARITY_FNS, cos_sim, dot_score, similarity, similarity_pairwise
+from onnxembed.kernels.sparse import SparseEmbedding, SparseMatrix, sparse_dot_score, sparse_search
 
 __all__ = [
     "DENSE_ACTIVATIONS",
@@ -24,6 +26,10 @@ __all__ = [
     "quantize_embeddings",
     "semantic_search",
     "semantic_search_binary",
+    "sparse_dot_score",
+    "sparse_search",
+    "SparseEmbedding",
+    "SparseMatrix",
     "similarity",
     "similarity_pairwise",
 ]

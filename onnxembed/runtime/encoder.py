@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import warnings
 from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 from itertools import islice
@@ -19,12 +18,12 @@ from typing import Any
 import numpy as np
 from onnxruntime import OrtValue
 
-from onnxembed._checks import one_of_inputs, positive_int
+from onnxembed._checks import one_of_inputs, positive_int, resolve_prompt
 from onnxembed.errors import ArgumentTypeError, InvalidArgumentError
 from onnxembed.kernels import exclude_prompt, normalize, pool, similarity, similarity_pairwise
 from onnxembed.kernels.dense import dense
 from onnxembed.kernels.quantization import PRECISIONS, Precision, quantize_embeddings
-from onnxembed.manifest import MODEL_INPUTS, POOLED_OUTPUT, RERANKER, Manifest, ModelLoadError
+from onnxembed.manifest import MODEL_INPUTS, POOLED_OUTPUT, RERANKER, SPARSE, Manifest, ModelLoadError
 from onnxembed.runtime.batching import Batch, default_max_batch_tokens, default_run_cost, plan
 from onnxembed.runtime.pipeline import OverlappedRunner, run_serial
 from onnxembed.runtime.profile import EngineSettings, default_settings, find_profile, tuned_settings
@@ -100,6 +99,10 @@ class Encoder:
         if self.manifest.task == RERANKER:
             raise ModelLoadError(
                 f"{self.model_dir} is a reranker (CrossEncoder) export; load it with onnxembed.Reranker"
+            )
+        if self.manifest.task == SPARSE:
+            raise ModelLoadError(
+                f"{self.model_dir} is a sparse (SPLADE) SparseEncoder export; load it with onnxembed.SparseEncoder"
             )
         self.truncate_dim = _checked_truncate_dim(
             truncate_dim if truncate_dim is not None else self.manifest.truncate_dim
@@ -257,7 +260,7 @@ class Encoder:
             raise InvalidArgumentError(f"precision {precision!r} is not supported; choose from {PRECISIONS}")
         truncate_dim = _checked_truncate_dim(truncate_dim if truncate_dim is not None else self.truncate_dim)
         dim = self._output_dim(truncate_dim)
-        prompt_text = self._resolve_prompt(prompt_name, prompt)
+        prompt_text = resolve_prompt(self.manifest.prompts, self.manifest.default_prompt_name, prompt_name, prompt)
         embeddings = np.empty((len(texts), dim), dtype=np.float32)
         if texts:
             prompt_length = self._excluded_prompt_length(prompt_text or "")
@@ -459,24 +462,6 @@ class Encoder:
         for weight, bias, activation in self._dense:
             pooled = dense(pooled, weight, bias, activation)
         return normalize(pooled) if self.manifest.normalize else pooled
-
-    def _resolve_prompt(self, prompt_name: str | None, prompt: str | None) -> str | None:
-        if prompt is not None:
-            if not isinstance(prompt, str):
-                raise ArgumentTypeError(f"prompt must be a str; got {type(prompt).__name__}")
-            if prompt_name is not None:
-                warnings.warn(
-                    f"both prompt and prompt_name={prompt_name!r} given; using prompt, as sentence-transformers does",
-                    stacklevel=3,
-                )
-            return prompt
-        name = prompt_name if prompt_name is not None else self.manifest.default_prompt_name
-        if name is None:
-            return None
-        if name not in self.manifest.prompts:
-            known = ", ".join(repr(key) for key in self.manifest.prompts) or "none"
-            raise InvalidArgumentError(f"prompt_name {name!r} is not one of the model's prompts: {known}")
-        return self.manifest.prompts[name]
 
     def _encode_into(
         self,

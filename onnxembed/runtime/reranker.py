@@ -18,11 +18,10 @@ import numpy as np
 from onnxembed._checks import one_of_inputs, positive_int
 from onnxembed.errors import ArgumentTypeError, InvalidArgumentError, ModelLoadError
 from onnxembed.kernels.dense import DENSE_ACTIVATIONS, activate
-from onnxembed.manifest import LOGITS_OUTPUT, MODEL_INPUTS, RERANKER, Manifest
+from onnxembed.manifest import LOGITS_OUTPUT, RERANKER, Manifest
 from onnxembed.runtime.batching import Batch, default_max_batch_tokens, default_run_cost, plan
-from onnxembed.runtime.session import create_session, resolve_provider
+from onnxembed.runtime.session import open_graph, resolve_provider
 from onnxembed.runtime.tokenize import TextTokenizer
-from onnxembed.runtime.variants import choose_variant
 
 logger = logging.getLogger(__name__)
 
@@ -70,19 +69,16 @@ class Reranker:
         self.model_dir = Path(model_dir)
         self.manifest = Manifest.read(self.model_dir)
         if self.manifest.task != RERANKER:
+            kind, loader = (
+                ("a sparse", "SparseEncoder") if self.manifest.task == "sparse" else ("an embedding", "Encoder")
+            )
             raise ModelLoadError(
-                f"{self.model_dir} is an embedding model export, not a reranker; load it with onnxembed.Encoder"
+                f"{self.model_dir} is {kind} model export, not a reranker; load it with onnxembed.{loader}"
             )
         self.provider = resolve_provider(provider)
-        self.variant, variant_file = choose_variant(self.manifest, self.model_dir, variant, self.provider)
-        self._session = create_session(self.model_dir / variant_file, self.provider, threads)
-        self._input_names = [graph_input.name for graph_input in self._session.get_inputs()]
-        unknown = [name for name in self._input_names if name not in MODEL_INPUTS]
-        if unknown:
-            raise ModelLoadError(f"{variant_file} takes inputs {unknown} that onnxembed cannot feed")
-        outputs = [output.name for output in self._session.get_outputs()]
-        if LOGITS_OUTPUT not in outputs:
-            raise ModelLoadError(f"{variant_file} has no output {LOGITS_OUTPUT!r} (outputs: {outputs})")
+        self.variant, self._session, self._input_names = open_graph(
+            self.model_dir, self.manifest, variant, self.provider, threads, LOGITS_OUTPUT
+        )
         if self.manifest.activation_fn not in DENSE_ACTIVATIONS:
             raise ModelLoadError(f"{self.model_dir}: activation_fn {self.manifest.activation_fn!r} is not known")
         self._tokenizer = TextTokenizer(self.model_dir, self.manifest)

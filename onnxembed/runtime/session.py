@@ -9,12 +9,16 @@ from __future__ import annotations
 import logging
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import onnxruntime as ort
 
 from onnxembed._checks import positive_int
 from onnxembed.errors import ArgumentTypeError, InvalidArgumentError
 from onnxembed.manifest import ModelLoadError
+
+if TYPE_CHECKING:
+    from onnxembed.manifest import Manifest
 
 logger = logging.getLogger(__name__)
 
@@ -75,3 +79,24 @@ def create_session(onnx_path: Path, provider: str, threads: int | None) -> ort.I
         raise ModelLoadError(f"could not load ONNX file {onnx_path}: {error}") from error
     logger.debug("loaded %s on %s", onnx_path, session.get_providers())
     return session
+
+
+def open_graph(
+    model_dir: Path, manifest: Manifest, variant: str, provider: str, threads: int | None, output: str
+) -> tuple[str, ort.InferenceSession, list[str]]:
+    """The session of a model's chosen variant whose graph gives ``output`` (a reranker's logits, a sparse
+    encoder's vectors): (variant name, session, its input names); ModelLoadError if the graph takes inputs
+    onnxembed cannot feed or lacks ``output``."""
+    from onnxembed.manifest import MODEL_INPUTS
+    from onnxembed.runtime.variants import choose_variant
+
+    name, variant_file = choose_variant(manifest, model_dir, variant, provider)
+    session = create_session(model_dir / variant_file, provider, threads)
+    input_names = [graph_input.name for graph_input in session.get_inputs()]
+    unknown = [input_name for input_name in input_names if input_name not in MODEL_INPUTS]
+    if unknown:
+        raise ModelLoadError(f"{variant_file} takes inputs {unknown} that onnxembed cannot feed")
+    outputs = [graph_output.name for graph_output in session.get_outputs()]
+    if output not in outputs:
+        raise ModelLoadError(f"{variant_file} has no output {output!r} (outputs: {outputs})")
+    return name, session, input_names

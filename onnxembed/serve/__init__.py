@@ -109,8 +109,8 @@ def serve(
     except ImportError as error:
         hint = "pip install 'onnxembed[serve]'"
         raise ImportError(f"onnxembed serve needs starlette, uvicorn and orjson: {hint} ({error})") from error
-    from onnxembed.manifest import RERANKER, Manifest
-    from onnxembed.runtime import Encoder, Reranker
+    from onnxembed.manifest import RERANKER, SPARSE, Manifest
+    from onnxembed.runtime import Encoder, Reranker, SparseEncoder
     from onnxembed.runtime.session import resolve_provider
     from onnxembed.serve.protocol import guarded_protocol
 
@@ -119,7 +119,8 @@ def serve(
     if max_queue_chars is None:
         max_queue_chars = max(32 << 20, min(max_body_bytes, max_inputs * max_input_chars))
     max_documents = max_documents if max_documents is not None else min(1000, max_queue)
-    main_is_reranker = Manifest.read(model_dir).task == RERANKER
+    task = Manifest.read(model_dir).task
+    main_is_reranker = task == RERANKER
     if main_is_reranker and reranker is not None:
         raise InvalidArgumentError(f"{model_dir} is a reranker already; --reranker goes beside an embedding model")
     reranker_dir = model_dir if main_is_reranker else reranker
@@ -146,9 +147,11 @@ def serve(
     )
     if api_key is None and not _loopback(host):
         logger.warning("serving on %s without an API key: anyone who can reach it may use it", host)
-    # sessions=1: the workers are the server's engine; a tuning profile gives it only its token budget
-    encoder = None
-    if not main_is_reranker:
+    # sessions=1: the workers are the server's engine; a tuning profile gives an Encoder only its token budget
+    encoder: Encoder | SparseEncoder | None = None
+    if task == SPARSE:  # a sparse model: /embed_sparse (serve/sparse.py)
+        encoder = SparseEncoder(model_dir, provider=provider, threads=threads, variant=variant)
+    elif not main_is_reranker:
         encoder = Encoder(model_dir, provider=provider, threads=threads, variant=variant, sessions=1)
     # beside an embedding model the reranker takes its own best variant ("auto"): --variant names the model's
     rerank_variant = variant if main_is_reranker else "auto"

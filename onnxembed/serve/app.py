@@ -1,7 +1,8 @@
 """The HTTP API on Starlette: OpenAI's /v1/embeddings, text-embeddings-inference's /embed and /similarity,
 /v1/models, /health, /metrics; ``POST /`` answers as /embed (text-embeddings-inference's clients). With a
 reranker (alone, or beside the embedding model) also /rerank, /v1/rerank and /v2/rerank (rerank.py); ``POST /``
-answers as /rerank when the reranker is the served model.
+answers as /rerank when the reranker is the served model. A sparse (SPLADE) model has /embed_sparse instead of
+the embedding routes, and ``POST /`` answers as it (sparse.py).
 
 In scope: routes, turning errors into ``{"error": {"message", "type"}}``, the token limit check
 (only texts cut at max_seq_length are recounted), per-request post-processing of the workers' rows
@@ -54,7 +55,7 @@ from starlette.types import Receive
 
 from onnxembed.errors import InvalidArgumentError
 from onnxembed.kernels import normalize
-from onnxembed.runtime import Encoder, Reranker
+from onnxembed.runtime import Encoder, Reranker, SparseEncoder
 from onnxembed.serve.batcher import Batcher, Embedded, QueueFull, ShuttingDown
 from onnxembed.serve.config import ApiError, ClientGone, ServeConfig
 from onnxembed.serve.gate import DISCONNECTED, Gate, error_response
@@ -74,7 +75,9 @@ class VectorsResponse(JSONResponse):
 class EmbeddingService:
     """What the routes share: the Encoder and/or the Reranker, one batcher for both, limits, metrics."""
 
-    def __init__(self, encoder: Encoder | None, config: ServeConfig, reranker: Reranker | None = None) -> None:
+    def __init__(
+        self, encoder: Encoder | SparseEncoder | None, config: ServeConfig, reranker: Reranker | None = None
+    ) -> None:
         if encoder is None and reranker is None:
             raise InvalidArgumentError("the server needs an embedding model, a reranker or both")
         self._encoder = encoder
@@ -88,7 +91,9 @@ class EmbeddingService:
         """The embedding model (the embedding routes are mounted only with one)."""
         if self._encoder is None:
             raise ApiError(404, "this server serves a reranker only; it has no embedding model", "not_found")
-        return self._encoder
+        # a SparseEncoder has what embed() and the batcher use (dim, max_seq_length, _tokenizer, _batches); the
+        # dense-only routes are not mounted for it (_routes)
+        return cast(Encoder, self._encoder)
 
     def start(self) -> None:
         self.batcher = Batcher(
@@ -295,24 +300,33 @@ COMMON_ROUTES = [
 ROUTES = [Route("/", tei_embed, methods=["POST"]), *EMBEDDING_ROUTES, *COMMON_ROUTES]
 
 
-def _routes(embedding: bool, reranking: bool) -> list[Route]:
-    """The routes of the models served; ``POST /`` is the embedding model's /embed, else the reranker's /rerank."""
+def _routes(embedding: bool, reranking: bool, sparse: bool = False) -> list[Route]:
+    """The routes of the models served; ``POST /`` is the embedding model's /embed (a sparse model's
+    /embed_sparse), else the reranker's /rerank."""
     from onnxembed.serve.rerank import cohere_rerank, tei_rerank
+    from onnxembed.serve.sparse import tei_embed_sparse
 
     rerank = [
         Route("/rerank", tei_rerank, methods=["POST"]),
         Route("/v1/rerank", cohere_rerank, methods=["POST"]),
         Route("/v2/rerank", cohere_rerank, methods=["POST"]),
     ]
-    root = Route("/", tei_embed if embedding else tei_rerank, methods=["POST"])
-    return [root, *(EMBEDDING_ROUTES if embedding else []), *(rerank if reranking else []), *COMMON_ROUTES]
+    if sparse:
+        root = Route("/", tei_embed_sparse, methods=["POST"])
+        embedding_routes = [Route("/embed_sparse", tei_embed_sparse, methods=["POST"])]
+    else:
+        root = Route("/", tei_embed if embedding else tei_rerank, methods=["POST"])
+        embedding_routes = EMBEDDING_ROUTES if embedding else []
+    return [root, *embedding_routes, *(rerank if reranking else []), *COMMON_ROUTES]
 
 
-def build_app(encoder: Encoder | None, config: ServeConfig, reranker: Reranker | None = None) -> Starlette:
+def build_app(
+    encoder: Encoder | SparseEncoder | None, config: ServeConfig, reranker: Reranker | None = None
+) -> Starlette:
     """The ASGI app for an embedding model, a reranker, or both (one batcher and worker pool for both). Its
     lifespan starts the batcher's workers and, on shutdown, drains and stops it."""
     service = EmbeddingService(encoder, config, reranker)
-    routes = _routes(encoder is not None, reranker is not None)
+    routes = _routes(encoder is not None, reranker is not None, isinstance(encoder, SparseEncoder))
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

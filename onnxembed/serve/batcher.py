@@ -33,11 +33,11 @@ from typing import NamedTuple
 import numpy as np
 
 from onnxembed.errors import OnnxEmbedError
-from onnxembed.runtime import Encoder, Reranker
+from onnxembed.runtime import Encoder, Reranker, SparseEncoder
 from onnxembed.runtime.tokenize import Item
 from onnxembed.serve.metrics import Metrics
 
-Model = Encoder | Reranker  # both plan batches (_batches) and run one (_embed_batch) the same way
+Model = Encoder | Reranker | SparseEncoder  # all plan batches (_batches) and run one (_embed_batch) the same way
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,245 @@
+"""Sparse vectors (SPLADE) in numpy: per-text indices and weights, CSR rows, dot scores and exact top-k search.
+
+In scope: :class:`SparseEmbedding` (one text: active term ids and their weights, as fastembed's SparseEmbedding
+and Qdrant's sparse vectors hold them), :class:`SparseMatrix` (rows in CSR form: indptr, indices, values),
+keeping a row's ``max_active_dims`` heaviest terms as sentence-transformers' ``select_max_active_dims`` does, dot
+scores, and top-k search over a CSR corpus with sentence-transformers' ``util.semantic_search`` result order.
+Not in scope: cosine on sparse vectors, approximate or inverted-index search, anything that embeds text.
+
+Memory is bounded by chunks: a block of queries is made dense (block x vocabulary float32), each corpus chunk
+is scored by gathering the queries' weights at its terms, a few queries at a time, at most _SCORE_ELEMENTS
+float32 values at once; top-k merging is the dense search's (search.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from onnxembed._checks import positive_int
+from onnxembed.errors import ArgumentTypeError, InvalidArgumentError
+
+# At most this many float32 products (query weight x document weight) at once while scoring: 64 MiB.
+_SCORE_ELEMENTS = 1 << 24
+
+
+@dataclass(frozen=True, eq=False)
+class SparseEmbedding:
+    """One text's sparse vector: ``indices`` (nnz,) int64 ascending term ids, ``values`` (nnz,) float32 their
+    weights, ``dim`` the vocabulary size. Zero weights are not stored.
+
+    Example:
+        >>> embedding.as_dict()  # {term id: weight}
+        {2054: 1.12, 2003: 0.35}
+    """
+
+    indices: np.ndarray
+    values: np.ndarray
+    dim: int
+
+    def as_dict(self) -> dict[int, float]:
+        """``{term id: weight}`` as Python numbers (a form Qdrant and Elasticsearch take)."""
+        return dict(zip(self.indices.tolist(), self.values.tolist(), strict=True))
+
+    def to_dense(self) -> np.ndarray:
+        """(dim,) float32 with the weights at their term ids."""
+        dense = np.zeros(self.dim, dtype=np.float32)
+        dense[self.indices] = self.values
+        return dense
+
+    def __len__(self) -> int:
+        return int(self.indices.shape[0])
+
+    def __repr__(self) -> str:
+        return f"SparseEmbedding(nnz={len(self)}, dim={self.dim})"
+
+
+@dataclass(frozen=True, eq=False)
+class SparseMatrix:
+    """Rows of sparse vectors in CSR form: row i's terms are ``indices[indptr[i]:indptr[i+1]]`` with weights
+    ``values[...]``; ``indptr`` (rows + 1,) int64, ``indices`` (nnz,) int64, ``values`` (nnz,) float32."""
+
+    indptr: np.ndarray
+    indices: np.ndarray
+    values: np.ndarray
+    dim: int
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (int(self.indptr.shape[0]) - 1, self.dim)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, rows: slice) -> SparseMatrix:
+        """A block of consecutive rows (a view of the terms, indptr rebased)."""
+        start, stop, step = rows.indices(self.shape[0])
+        if step != 1:
+            raise InvalidArgumentError("a SparseMatrix is sliced by consecutive rows only")
+        stop = max(start, stop)
+        indptr = self.indptr[start : stop + 1]
+        terms = slice(int(indptr[0]), int(indptr[-1]))
+        return SparseMatrix(indptr - indptr[0], self.indices[terms], self.values[terms], self.dim)
+
+    def row(self, index: int) -> SparseEmbedding:
+        terms = slice(int(self.indptr[index]), int(self.indptr[index + 1]))
+        return SparseEmbedding(self.indices[terms], self.values[terms], self.dim)
+
+    def rows(self) -> list[SparseEmbedding]:
+        return [self.row(index) for index in range(self.shape[0])]
+
+    def to_dense(self) -> np.ndarray:
+        """(rows, dim) float32."""
+        dense = np.zeros(self.shape, dtype=np.float32)
+        dense[np.repeat(np.arange(self.shape[0]), np.diff(self.indptr)), self.indices] = self.values
+        return dense
+
+    def to_scipy(self) -> Any:
+        """A ``scipy.sparse.csr_matrix`` of the same rows (needs scipy)."""
+        try:
+            from scipy.sparse import csr_matrix
+        except ImportError as error:
+            raise ImportError("scipy CSR output needs scipy: pip install scipy") from error
+        return csr_matrix((self.values, self.indices, self.indptr), shape=self.shape)
+
+    @classmethod
+    def from_rows(cls, rows: Sequence[SparseEmbedding], dim: int | None = None) -> SparseMatrix:
+        dims = {row.dim for row in rows}
+        if dim is None:
+            if len(dims) > 1:
+                raise InvalidArgumentError(f"sparse embeddings of different dims {sorted(dims)} cannot be stacked")
+            dim = dims.pop() if dims else 0
+        elif dims - {dim}:
+            raise InvalidArgumentError(f"sparse embeddings of dim {sorted(dims - {dim})} given where {dim} is")
+        indptr = np.zeros(len(rows) + 1, dtype=np.int64)
+        np.cumsum([len(row) for row in rows], out=indptr[1:])
+        indices = np.concatenate([row.indices for row in rows]) if rows else np.empty(0, np.int64)
+        values = np.concatenate([row.values for row in rows]) if rows else np.empty(0, np.float32)
+        return cls(indptr, indices.astype(np.int64, copy=False), values.astype(np.float32, copy=False), dim)
+
+
+def sparse_rows(dense: np.ndarray, max_active_dims: int | None = None) -> SparseMatrix:
+    """(rows, dim) float weights -> their active terms in CSR form; with ``max_active_dims``, each row's
+    heaviest ``max_active_dims`` terms by absolute weight (sentence-transformers' ``select_max_active_dims``;
+    ties keep the lower term id)."""
+    dense = np.asarray(dense, dtype=np.float32)
+    if dense.ndim != 2:
+        raise InvalidArgumentError(f"expected (rows, dim) weights; got shape {dense.shape}")
+    if max_active_dims is not None:
+        max_active_dims = positive_int(max_active_dims, "max_active_dims")
+        if max_active_dims < dense.shape[1]:
+            magnitude = np.abs(dense)
+            # keep strictly above the k-th largest magnitude, then the lowest ids among those equal to it
+            kth = -np.partition(-magnitude, max_active_dims - 1, axis=1)[:, max_active_dims - 1 : max_active_dims]
+            above = magnitude > kth
+            tied = (magnitude == kth) & (np.cumsum(magnitude == kth, axis=1) <= max_active_dims - above.sum(1)[:, None])
+            dense = np.where(above | tied, dense, np.float32(0))
+    rows, indices = np.nonzero(dense)
+    indptr = np.zeros(dense.shape[0] + 1, dtype=np.int64)
+    np.cumsum(np.bincount(rows, minlength=dense.shape[0]), out=indptr[1:])
+    return SparseMatrix(indptr, indices.astype(np.int64), dense[rows, indices], dense.shape[1])
+
+
+def as_sparse_matrix(embeddings: Any, name: str = "embeddings") -> SparseMatrix:
+    """A SparseMatrix of: a SparseMatrix, one SparseEmbedding or a list of them, a scipy sparse matrix, or a
+    (rows, dim) / (dim,) dense array."""
+    if isinstance(embeddings, SparseMatrix):
+        return embeddings
+    if isinstance(embeddings, SparseEmbedding):
+        return SparseMatrix.from_rows([embeddings])
+    if isinstance(embeddings, (list, tuple)) and all(isinstance(row, SparseEmbedding) for row in embeddings):
+        return SparseMatrix.from_rows(embeddings)
+    if hasattr(embeddings, "tocsr") and hasattr(embeddings, "shape"):  # scipy.sparse, without importing scipy
+        csr = embeddings.tocsr()
+        csr.sort_indices()
+        data = np.asarray(csr.data, dtype=np.float32)
+        return SparseMatrix(csr.indptr.astype(np.int64), csr.indices.astype(np.int64), data, int(csr.shape[1]))
+    if isinstance(embeddings, np.ndarray) and embeddings.ndim in (1, 2) and embeddings.dtype.kind in "fiu":
+        return sparse_rows(np.atleast_2d(embeddings))
+    raise ArgumentTypeError(
+        f"{name} must be SparseEmbedding(s), a SparseMatrix, a scipy sparse matrix or a dense array; "
+        f"got {type(embeddings).__name__}"
+    )
+
+
+def _score_chunk(queries: np.ndarray, chunk: SparseMatrix) -> np.ndarray:
+    """(q, dim) dense float32 queries . chunk's rows -> (q, rows) float32 dot scores, a few queries at a time."""
+    rows = chunk.shape[0]
+    scores = np.zeros((queries.shape[0], rows), dtype=np.float32)
+    nnz = chunk.indices.shape[0]
+    if nnz == 0 or rows == 0:
+        return scores
+    # reduceat over the non-empty rows only: each sums to the next one's start, which is its own end (the rows
+    # between are empty), and the last to the end of the terms
+    filled = np.flatnonzero(chunk.indptr[1:] > chunk.indptr[:-1])
+    starts = chunk.indptr[filled]
+    step = max(1, _SCORE_ELEMENTS // nnz)
+    for first in range(0, queries.shape[0], step):
+        products = queries[first : first + step, chunk.indices] * chunk.values
+        scores[first : first + step, filled] = np.add.reduceat(products, starts, axis=1)
+    return scores
+
+
+def sparse_dot_score(a: Any, b: Any) -> np.ndarray:
+    """Dot products of every row of ``a`` with every row of ``b``: (len(a), len(b)) float32, as
+    ``SparseEncoder.similarity`` gives for a model whose similarity is "dot". Each of ``a`` and ``b``: what
+    :func:`as_sparse_matrix` takes.
+
+    Raises:
+        InvalidArgumentError: The two have different vocabulary sizes.
+    """
+    left, right = as_sparse_matrix(a, "a"), as_sparse_matrix(b, "b")
+    _check_same_dim(left, right)
+    scores = np.empty((left.shape[0], right.shape[0]), dtype=np.float32)
+    block = max(1, _SCORE_ELEMENTS // max(1, left.dim))
+    for start in range(0, left.shape[0], block):
+        scores[start : start + block] = _score_chunk(left[start : start + block].to_dense(), right)
+    return scores
+
+
+def sparse_search(
+    query_embeddings: Any,
+    corpus_embeddings: Any,
+    top_k: int = 10,
+    query_chunk_size: int = 100,
+    corpus_chunk_size: int = 50000,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ``top_k`` corpus rows by dot score for each query, best first (ties: lower corpus row first), as
+    sentence-transformers' ``util.semantic_search(..., score_function=dot_score)`` ranks them.
+
+    Args:
+        query_embeddings: Queries, in any form :func:`as_sparse_matrix` takes.
+        corpus_embeddings: The corpus, likewise (a SparseMatrix or scipy CSR is searched without copying).
+        top_k: Results per query.
+        query_chunk_size: Queries made dense at once ((chunk, vocabulary) float32).
+        corpus_chunk_size: Corpus rows scored at once.
+
+    Returns:
+        (scores, indices): (n_queries, min(top_k, n_corpus)) float32 and int64.
+    """
+    from onnxembed.kernels.search import _search_block
+
+    top_k = positive_int(top_k, "top_k")
+    query_chunk_size = positive_int(query_chunk_size, "query_chunk_size")
+    corpus_chunk_size = positive_int(corpus_chunk_size, "corpus_chunk_size")
+    queries = as_sparse_matrix(query_embeddings, "query_embeddings")
+    corpus = as_sparse_matrix(corpus_embeddings, "corpus_embeddings")
+    _check_same_dim(queries, corpus)
+    k = min(top_k, corpus.shape[0])
+    scores = np.empty((queries.shape[0], k), dtype=np.float32)
+    indices = np.empty((queries.shape[0], k), dtype=np.int64)
+    if k == 0:
+        return scores, indices
+    for start in range(0, queries.shape[0], query_chunk_size):
+        stop = start + query_chunk_size
+        block = queries[start:stop].to_dense()
+        scores[start:stop], indices[start:stop] = _search_block(block, corpus, k, corpus_chunk_size, _score_chunk)  # type: ignore[arg-type]
+    return scores, indices
+
+
+def _check_same_dim(a: SparseMatrix, b: SparseMatrix) -> None:
+    if a.dim != b.dim and a.shape[0] and b.shape[0]:
+        raise InvalidArgumentError(f"vocabulary sizes differ: {a.dim} and {b.dim}")

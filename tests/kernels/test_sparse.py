@@ -1,0 +1,73 @@
+"""Sparse kernels against sentence-transformers: dot scores (util.dot_score), top-k search (util.semantic_search
+with dot_score), max_active_dims (util.select_max_active_dims); chunk sizes that split rows, empty rows."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from onnxembed import ArgumentTypeError, InvalidArgumentError
+from onnxembed.kernels import SparseEmbedding, SparseMatrix, sparse_dot_score, sparse_search
+from onnxembed.kernels.sparse import sparse_rows
+
+
+def _random_sparse(rows: int, dim: int, density: float, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    dense = rng.random((rows, dim), dtype=np.float32) * 3
+    dense[rng.random((rows, dim)) > density] = 0
+    dense[::7] = 0  # empty rows, at the start and in between
+    return dense
+
+
+def test_dot_score_and_search_as_sentence_transformers() -> None:
+    torch = pytest.importorskip("torch")
+    from sentence_transformers import util
+
+    queries, corpus = _random_sparse(13, 300, 0.05, 0), _random_sparse(101, 300, 0.05, 1)
+    corpus[40] = corpus[41]  # a tie: the lower corpus row first
+    expected = util.dot_score(torch.from_numpy(queries), torch.from_numpy(corpus)).numpy()
+    for a, b in ((queries, corpus), (sparse_rows(queries).rows(), sparse_rows(corpus)), (sparse_rows(queries), corpus)):
+        np.testing.assert_allclose(sparse_dot_score(a, b), expected, atol=1e-5)
+    hits = util.semantic_search(
+        torch.from_numpy(queries[1:]), torch.from_numpy(corpus), top_k=7, score_function=util.dot_score
+    )
+    scores, indices = sparse_search(
+        sparse_rows(queries[1:]), sparse_rows(corpus), top_k=7, query_chunk_size=3, corpus_chunk_size=9
+    )
+    for row, expected_hits in enumerate(hits):
+        np.testing.assert_allclose(scores[row], [hit["score"] for hit in expected_hits], atol=1e-5)
+        if len(set(np.round(scores[row], 5))) == len(scores[row]):  # ordered alike where no two scores tie
+            assert indices[row].tolist() == [hit["corpus_id"] for hit in expected_hits]
+
+
+def test_scipy_round_trip() -> None:
+    scipy = pytest.importorskip("scipy.sparse")
+    dense = _random_sparse(9, 50, 0.2, 2)
+    csr = scipy.csr_matrix(dense)
+    np.testing.assert_array_equal(sparse_rows(dense).to_scipy().toarray(), dense)
+    np.testing.assert_allclose(sparse_dot_score(csr, csr), dense @ dense.T, atol=1e-5)
+    matrix = sparse_rows(dense)
+    np.testing.assert_array_equal(matrix[2:5].to_dense(), dense[2:5])
+    assert SparseMatrix.from_rows(matrix.rows()).to_dense().tolist() == dense.tolist()
+
+
+def test_max_active_dims_as_sentence_transformers() -> None:
+    torch = pytest.importorskip("torch")
+    from sentence_transformers.util import select_max_active_dims
+
+    dense = _random_sparse(12, 80, 0.5, 3)
+    for k in (1, 4, 79, 200):
+        expected = select_max_active_dims(torch.from_numpy(dense), max_active_dims=k).numpy()
+        np.testing.assert_array_equal(sparse_rows(dense, k).to_dense(), expected)
+
+
+def test_bad_input() -> None:
+    one = SparseEmbedding(np.array([1, 4]), np.array([0.5, 1.0], np.float32), 10)
+    other = SparseEmbedding(np.array([1]), np.array([2.0], np.float32), 12)
+    with pytest.raises(InvalidArgumentError, match="vocabulary sizes differ: 10 and 12"):
+        sparse_dot_score(one, other)
+    with pytest.raises(ArgumentTypeError, match="query_embeddings must be SparseEmbedding"):
+        sparse_search("text", [one])
+    with pytest.raises(InvalidArgumentError, match="top_k must be a positive integer"):
+        sparse_search([one], [one], top_k=0)
+    assert sparse_dot_score(one, one).tolist() == [[1.25]]

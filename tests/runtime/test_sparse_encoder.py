@@ -1,0 +1,123 @@
+"""onnxembed.SparseEncoder against sentence-transformers' SparseEncoder(src) on the same texts: queries, documents
+and the default route, prompts, max_active_dims, batches cut small, each output form, decode; and bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from onnxembed import ArgumentTypeError, Encoder, InvalidArgumentError, ModelLoadError, SparseEncoder
+from onnxembed.kernels import SparseEmbedding
+from tests import sparse
+from tests.replicas import Replica
+from tests.sparse import SPARSE_FIXTURES, SPARSE_TEXTS, assert_same_vectors, exported_sparse
+
+bert_splade, inference_free_splade = sparse.bert_splade, sparse.inference_free_splade
+
+_REFERENCES: dict[str, Any] = {}
+
+
+def _reference(replica: Replica) -> Any:
+    from sentence_transformers import SparseEncoder as Reference
+
+    if replica.name not in _REFERENCES:
+        _REFERENCES[replica.name] = Reference(str(replica.path), device="cpu")
+    return _REFERENCES[replica.name]
+
+
+def _pair(name: str, request: pytest.FixtureRequest, exports_dir: Path) -> tuple[Any, SparseEncoder]:
+    replica: Replica = request.getfixturevalue(name)
+    return _reference(replica), SparseEncoder(exported_sparse(replica, exports_dir), provider="cpu")
+
+
+@pytest.mark.parametrize("name", SPARSE_FIXTURES)
+@pytest.mark.parametrize("method", ["encode_query", "encode_document", "encode"])
+def test_vectors_equal_sentence_transformers(
+    name: str, method: str, request: pytest.FixtureRequest, exports_dir: Path
+) -> None:
+    reference, model = _pair(name, request, exports_dir)
+    expected = getattr(reference, method)(SPARSE_TEXTS, convert_to_sparse_tensor=False)
+    assert_same_vectors(expected, getattr(model, method)(SPARSE_TEXTS, convert_to_sparse_tensor=False))
+    # the sparse form holds the same weights at the same terms
+    rows = getattr(model, method)(SPARSE_TEXTS)
+    assert all(isinstance(row, SparseEmbedding) for row in rows)
+    assert_same_vectors(expected, np.stack([row.to_dense() for row in rows]))
+
+
+@pytest.mark.parametrize("name", SPARSE_FIXTURES)
+def test_options_as_sentence_transformers(name: str, request: pytest.FixtureRequest, exports_dir: Path) -> None:
+    reference, model = _pair(name, request, exports_dir)
+    for options in (
+        {"prompt": "search: "},
+        {"max_active_dims": 5},
+        {"batch_size": 1},
+        {"prompt_name": "query"} if "query" in model.prompts else {"prompt": ""},
+    ):
+        for method in ("encode_query", "encode_document"):
+            expected = getattr(reference, method)(SPARSE_TEXTS, convert_to_sparse_tensor=False, **options)
+            assert_same_vectors(
+                expected, getattr(model, method)(SPARSE_TEXTS, convert_to_sparse_tensor=False, **options)
+            )
+    # a token budget far below the texts' lengths: one text a batch, the same vectors
+    expected = reference.encode_document(SPARSE_TEXTS, convert_to_sparse_tensor=False)
+    assert_same_vectors(
+        expected, model.encode_document(SPARSE_TEXTS, convert_to_sparse_tensor=False, max_batch_tokens=8)
+    )
+
+
+def test_output_forms(bert_splade: Replica, exports_dir: Path) -> None:
+    scipy = pytest.importorskip("scipy.sparse")
+    model = SparseEncoder(exported_sparse(bert_splade, exports_dir), provider="cpu")
+    dense = model.encode_document(SPARSE_TEXTS, convert_to_sparse_tensor=False)
+    csr = model.encode_document(SPARSE_TEXTS, convert_to_csr=True)
+    assert isinstance(csr, scipy.csr_matrix) and csr.shape == (len(SPARSE_TEXTS), model.dim)
+    np.testing.assert_array_equal(csr.toarray(), dense)
+    one = model.encode_document(SPARSE_TEXTS[3])
+    assert isinstance(one, SparseEmbedding) and one.dim == model.dim
+    np.testing.assert_array_equal(one.to_dense(), dense[3])
+    assert one.as_dict() == {int(i): float(dense[3, i]) for i in np.flatnonzero(dense[3])}
+    assert model.encode_document(SPARSE_TEXTS[3], convert_to_sparse_tensor=False).shape == (model.dim,)
+    assert model.encode_document([]) == [] and model.encode_document([], convert_to_csr=True).shape == (0, model.dim)
+
+
+@pytest.mark.parametrize("name", SPARSE_FIXTURES)
+def test_decode_as_sentence_transformers(name: str, request: pytest.FixtureRequest, exports_dir: Path) -> None:
+    reference, model = _pair(name, request, exports_dir)
+    texts = SPARSE_TEXTS[2:6]
+    expected = reference.decode(reference.encode_query(texts), top_k=6)
+    actual = model.decode(model.encode_query(texts), top_k=6)
+    assert len(expected) == len(actual)
+    for theirs, ours in zip(expected, actual, strict=True):
+        assert [token for token, _ in ours] == [token for token, _ in theirs]
+        np.testing.assert_allclose([weight for _, weight in ours], [weight for _, weight in theirs], atol=1e-4)
+    single = model.decode(model.encode_query(texts[0]))
+    assert isinstance(single, list) and all(isinstance(token, str) for token, _ in single)
+
+
+def test_bad_input(bert_splade: Replica, exports_dir: Path, tiny_export: Path) -> None:
+    out = exported_sparse(bert_splade, exports_dir)
+    model = SparseEncoder(out, provider="cpu")
+    with pytest.raises(InvalidArgumentError, match="prompt_name 'nope' is not one of the model's prompts"):
+        model.encode("text", prompt_name="nope")
+    with pytest.raises(ArgumentTypeError, match=r"sentences\[1\] is int, not str"):
+        model.encode(["text", 3])
+    with pytest.raises(InvalidArgumentError, match="max_active_dims must be a positive integer"):
+        model.encode("text", max_active_dims=0)
+    with pytest.raises(InvalidArgumentError, match="top_k must be a positive integer"):
+        model.decode(model.encode("text"), top_k=0)
+    with pytest.raises(ModelLoadError, match="load it with onnxembed.SparseEncoder"):
+        Encoder(out)
+    with pytest.raises(ModelLoadError, match="not a sparse encoder; load it with onnxembed.Encoder"):
+        SparseEncoder(tiny_export)
+
+
+def test_info_describes_the_sparse_pipeline(inference_free_splade: Replica, exports_dir: Path, capsys: Any) -> None:
+    from onnxembed.cli import main
+
+    assert main(["info", str(exported_sparse(inference_free_splade, exports_dir))]) == 0
+    printed = capsys.readouterr().out
+    assert "MLMTransformer (BertForMaskedLM) -> SpladePooling (sum, log1p_relu" in printed
+    assert "query: SparseStaticEmbedding (inference-free)" in printed

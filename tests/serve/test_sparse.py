@@ -1,0 +1,87 @@
+"""TEI's /embed_sparse (and ``POST /`` as the same) over real HTTP, against sentence-transformers' SparseEncoder
+(the oracle): documents through the SPLADE graph, queries of an inference-free model through its table
+(``prompt_name`` choosing the route), and clear 4xx for bad input."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tests import sparse
+from tests.replicas import CORPUS, LONG_TEXT, Replica
+from tests.serve.conftest import API_KEY, Server, start_server, stop_server
+from tests.sparse import assert_same_vectors, exported_sparse
+
+inference_free_splade = sparse.inference_free_splade
+TEXTS = [*CORPUS[3:9], "a", "Emoji are text too 😀🎉👍🏽"]
+
+
+@pytest.fixture(scope="module")
+def served(
+    inference_free_splade: Replica, exports_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    out = exported_sparse(inference_free_splade, exports_dir)
+    server = start_server(out, tmp_path_factory.mktemp("serve-sparse") / "server.log", "--api-key", API_KEY)
+    try:
+        yield server
+    finally:
+        stop_server(server)
+
+
+@pytest.fixture(scope="module")
+def reference(inference_free_splade: Replica) -> Any:
+    from sentence_transformers import SparseEncoder
+
+    return SparseEncoder(str(inference_free_splade.path), device="cpu")
+
+
+def _dense(answer: list[list[dict[str, Any]]], dim: int) -> np.ndarray:
+    rows = np.zeros((len(answer), dim), dtype=np.float32)
+    for row, entries in enumerate(answer):
+        indices = [entry["index"] for entry in entries]
+        assert indices == sorted(indices) and len(set(indices)) == len(indices)
+        rows[row, indices] = [entry["value"] for entry in entries]
+    return rows
+
+
+@pytest.mark.parametrize(
+    ("path", "prompt_name", "method"),
+    [
+        ("/embed_sparse", None, "encode"),
+        ("/embed_sparse", "document", "encode_document"),
+        ("/embed_sparse", "query", "encode_query"),
+        ("/", "query", "encode_query"),
+        ("/", "passage", "encode_document"),
+    ],
+)
+def test_embed_sparse_as_sentence_transformers(
+    served: Server, reference: Any, path: str, prompt_name: str | None, method: str
+) -> None:
+    expected = getattr(reference, method)(TEXTS, convert_to_sparse_tensor=False)
+    payload: dict[str, Any] = {"inputs": TEXTS, "truncate": True}
+    if prompt_name is not None:
+        payload["prompt_name"] = prompt_name
+    reply = served.request(path, payload)
+    assert reply.status == 200, reply.body
+    assert_same_vectors(expected, _dense(reply.body, expected.shape[1]))
+    one = served.request(path, {**payload, "inputs": TEXTS[0]})
+    assert one.status == 200 and len(one.body) == 1
+    np.testing.assert_allclose(_dense(one.body, expected.shape[1])[0], expected[0].numpy(), atol=1e-4)
+
+
+def test_bad_input(served: Server) -> None:
+    reply = served.request("/embed_sparse", {"inputs": ["a"], "prompt_name": "nope"})
+    assert (
+        reply.status == 422
+        and "prompt_name 'nope' is not one of the model's prompts or routes" in reply.body["error"]["message"]
+    )
+    reply = served.request("/embed_sparse", {"inputs": [3]})
+    assert reply.status == 422, reply.body
+    reply = served.request("/embed_sparse", {"inputs": [LONG_TEXT], "truncate": False, "prompt_name": "document"})
+    assert reply.status == 413 and "more than 40 tokens" in reply.body["error"]["message"]
+    assert served.request("/embed", {"inputs": ["a"]}).status == 404  # dense routes are not mounted for SPLADE
+    assert served.request("/embed_sparse", {"inputs": ["a"]}, key=None).status == 401
