@@ -41,8 +41,9 @@ from onnxembed.manifest import (
 
 logger = logging.getLogger(__name__)
 
-# The int8 accuracy budget for rerankers, on held-out queries from real text: mean Spearman per query and mean
-# overlap of the top 10 documents, int8 against fp32.
+# The default int8 accuracy budget for rerankers (issue #22), on held-out queries from real text: mean Spearman per
+# query and mean overlap of the top 10 documents, int8 against fp32; export's int8_min_spearman and
+# int8_min_top10_overlap replace them.
 INT8_MIN_MEAN_SPEARMAN = 0.98
 INT8_MIN_TOP10_OVERLAP = 0.9
 # Held-out ranking set: queries, and documents per query (its next sentences, which share its topic, and
@@ -67,9 +68,12 @@ def export_reranker(
     quantize: str | None,
     fp16: bool,
     texts: Any,
+    int8_min_spearman: float = INT8_MIN_MEAN_SPEARMAN,
+    int8_min_top10_overlap: float = INT8_MIN_TOP10_OVERLAP,
 ) -> Manifest:
     """Export the CrossEncoder at ``source`` to ``out`` (see :func:`onnxembed.export`); ``texts``: a function
-    returning the calibration texts (called only when variants are asked for)."""
+    returning the calibration texts (called only when variants are asked for); int8 is accepted when its
+    ranking meets ``int8_min_spearman`` and ``int8_min_top10_overlap``."""
     from onnxembed.exporter.load import load_encoder
     from onnxembed.exporter.onnx_export import export_onnx
     from onnxembed.exporter.pipeline import ONNX_FILE, _prepare_out_dir, _versions
@@ -151,6 +155,7 @@ def export_reranker(
                 target=target,
                 quantize_int8=quantize == "int8",
                 fp16=fp16,
+                int8_budget=(int8_min_spearman, int8_min_top10_overlap),
             )
         )
     manifest = dataclasses.replace(manifest, variants=variants)
@@ -344,8 +349,10 @@ def build_reranker_variants(
     target: Any,
     quantize_int8: bool,
     fp16: bool,
+    int8_budget: tuple[float, float] = (INT8_MIN_MEAN_SPEARMAN, INT8_MIN_TOP10_OVERLAP),
 ) -> dict[str, Variant]:
-    """Write the requested variants into out/onnx; each measured on held-out ranking against fp32."""
+    """Write the requested variants into out/onnx; each measured on held-out ranking against fp32. int8 is
+    accepted when its (mean Spearman, top-10 overlap) meet ``int8_budget``."""
     from onnxembed.exporter import quantize
     from onnxembed.exporter.variants import _try_measure
     from onnxembed.runtime import Reranker
@@ -378,11 +385,13 @@ def build_reranker_variants(
             {name: arrays[name] for name in fp32._input_names}
             for _, arrays in fp32._batches([(q, d) for q, docs in ranking_set(calibration, 8) for d in docs])
         ]
-        variants["int8"] = _choose_int8(out, fp32_file, measured, feeds)
+        variants["int8"] = _choose_int8(out, fp32_file, measured, feeds, *int8_budget)
     return variants
 
 
-def _choose_int8(out: Path, fp32_file: Path, measured: Any, feeds: list[dict[str, Any]]) -> Variant:
+def _choose_int8(
+    out: Path, fp32_file: Path, measured: Any, feeds: list[dict[str, Any]], min_spearman: float, min_overlap: float
+) -> Variant:
     """INT8_RECIPES fastest first; keep the first whose ranking meets the budget (else the last, not accepted)."""
     from onnxembed.exporter import quantize
 
@@ -394,23 +403,21 @@ def _choose_int8(out: Path, fp32_file: Path, measured: Any, feeds: list[dict[str
         accuracy = measured(str(candidate.relative_to(out)), **how)
         tried.append({key: accuracy[key] for key in ("recipe", "mean_spearman", "top10_overlap", "speedup_vs_fp32")})
         logger.info("int8 %s: %s", recipe.name, accuracy)
-        accepted = (
-            accuracy["mean_spearman"] >= INT8_MIN_MEAN_SPEARMAN and accuracy["top10_overlap"] >= INT8_MIN_TOP10_OVERLAP
-        )
+        accepted = accuracy["mean_spearman"] >= min_spearman and accuracy["top10_overlap"] >= min_overlap
         if accepted or recipe is quantize.INT8_RECIPES[-1]:
             candidate.replace(out / file)
             break
         candidate.unlink()
     if not accepted:
         warnings.warn(
-            f"no int8 recipe met mean Spearman >= {INT8_MIN_MEAN_SPEARMAN} and top-10 overlap >= "
-            f"{INT8_MIN_TOP10_OVERLAP} (last: {accuracy['mean_spearman']:.4f}, {accuracy['top10_overlap']:.3f}); "
+            f"no int8 recipe met mean Spearman >= {min_spearman} and top-10 overlap >= {min_overlap} (last: "
+            f"{accuracy['mean_spearman']:.4f}, {accuracy['top10_overlap']:.3f}); "
             f"kept {file} but Reranker(variant='auto') will not choose it",
             stacklevel=3,
         )
     accuracy.update(
-        budget_mean_spearman=INT8_MIN_MEAN_SPEARMAN,
-        budget_top10_overlap=INT8_MIN_TOP10_OVERLAP,
+        budget_mean_spearman=min_spearman,
+        budget_top10_overlap=min_overlap,
         accepted=accepted,
         tried=tried,
     )
