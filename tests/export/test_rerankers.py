@@ -23,11 +23,14 @@ from tests.rerankers import PAIRS, RERANKER_FIXTURES, exported_reranker
 
 bert_reranker, xlmr_reranker = rerankers.bert_reranker, rerankers.xlmr_reranker
 modernbert_reranker, nli_bert = rerankers.modernbert_reranker, rerankers.nli_bert
+distilbert_reranker, mpnet_reranker = rerankers.distilbert_reranker, rerankers.mpnet_reranker
 
 EXPECTED = {
     "bert_reranker": ("BertForSequenceClassification", 1, "sigmoid", ("input_ids", "attention_mask", "token_type_ids")),
     "xlmr_reranker": ("XLMRobertaForSequenceClassification", 1, "sigmoid", ("input_ids", "attention_mask")),
     "modernbert_reranker": ("ModernBertForSequenceClassification", 1, "sigmoid", ("input_ids", "attention_mask")),
+    "distilbert_reranker": ("DistilBertForSequenceClassification", 1, "sigmoid", ("input_ids", "attention_mask")),
+    "mpnet_reranker": ("MPNetForSequenceClassification", 1, "sigmoid", ("input_ids", "attention_mask")),
     "nli_bert": ("BertForSequenceClassification", 3, "identity", ("input_ids", "attention_mask", "token_type_ids")),
 }
 
