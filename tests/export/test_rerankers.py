@@ -183,3 +183,38 @@ def test_budgets_belong_to_their_kind_of_model(bert_reranker: Replica, chinese_b
     with pytest.raises(InvalidArgumentError, match="int8_min_spearman must be in \\(0, 1\\]; got 0"):
         export(bert_reranker.path, tmp_path / "c", int8_min_spearman=0)
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_matmul_roles_in_a_fused_graph(bert_reranker: Replica, exports_dir: Path, tmp_path: Path) -> None:
+    """The int8 recipes find each MatMul's role in a fused graph too (MultiHeadAttention, SkipLayerNorm, BiasGelu):
+    per layer three q/k/v projections, one attention output, one FFN input and one FFN output (BERT's layout)."""
+    import onnx
+    from onnxruntime.transformers.fusion_options import FusionOptions
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    from onnxembed.exporter.quantize import matmul_groups
+
+    out = exported_reranker(bert_reranker, exports_dir)
+    config = json.loads((out / "config.json").read_text())
+    options = FusionOptions("bert")
+    options.enable_embed_layer_norm = False
+    options.use_multi_head_attention = True
+    fused = optimize_model(
+        str(out / "onnx" / "model.onnx"),
+        model_type="bert",
+        num_heads=config["num_attention_heads"],
+        hidden_size=config["hidden_size"],
+        optimization_options=options,
+        opt_level=0,
+    )
+    assert fused.get_fused_operator_statistics()["MultiHeadAttention"] == config["num_hidden_layers"]
+    fused.save_model_to_file(str(tmp_path / "fused.onnx"))
+    groups = matmul_groups(onnx.load(str(tmp_path / "fused.onnx")))
+    layers = config["num_hidden_layers"]
+    sizes = {name: len(groups[name]) for name in ("attention_input", "attention_output", "ffn_input", "ffn_output")}
+    assert sizes == {
+        "attention_input": 3 * layers,
+        "attention_output": layers,
+        "ffn_input": layers,
+        "ffn_output": layers,
+    }
