@@ -51,9 +51,21 @@ def _build_parser() -> argparse.ArgumentParser:
     faster.add_argument(
         "--int8-min-cosine",
         type=float,
-        default=0.99,
         metavar="P1",
-        help="accuracy budget: the fastest int8 recipe whose 1st-percentile cosine vs fp32 is >= P1 (default 0.99)",
+        help="embedding models' int8 budget: the fastest recipe whose 1st-percentile cosine vs fp32 is >= P1 "
+        "(default 0.99)",
+    )
+    faster.add_argument(
+        "--int8-min-spearman",
+        type=float,
+        metavar="RHO",
+        help="rerankers' int8 budget: mean Spearman per held-out query vs fp32 >= RHO (default 0.98)",
+    )
+    faster.add_argument(
+        "--int8-min-top10-overlap",
+        type=float,
+        metavar="SHARE",
+        help="rerankers' int8 budget: mean share of fp32's top 10 kept in int8's top 10 >= SHARE (default 0.9)",
     )
     faster.add_argument("--fp16", action="store_true", help="fp16 graph with fp32 inputs/outputs, for CUDA")
     faster.add_argument(
@@ -190,6 +202,8 @@ def _run_export(args: argparse.Namespace) -> None:
         target=args.target,
         quantize=args.quantize,
         int8_min_cosine=args.int8_min_cosine,
+        int8_min_spearman=args.int8_min_spearman,
+        int8_min_top10_overlap=args.int8_min_top10_overlap,
         fp16=args.fp16,
         pool_in_graph=args.pool_in_graph,
         calibration_file=args.calibration_file,

@@ -6,6 +6,10 @@ one, with tokenizers trained here; and the pairs every reranker is checked on.
 - xlmr_reranker: XLMRobertaForSequenceClassification, the pre-4.0 format (no modules.json, the activation as
   ``sbert_ce_default_activation_function`` in config.json).
 - modernbert_reranker: ModernBertForSequenceClassification (a local window of 8 tokens), 5.x format, a prompt.
+- distilbert_reranker: DistilBertForSequenceClassification (pre_classifier + ReLU head, no token type ids),
+  num_labels 1, cased, 5.x format.
+- mpnet_reranker: MPNetForSequenceClassification (dense + tanh head), num_labels 1, MPNet's pair template
+  (``<s> A </s></s> B </s>``, here with [CLS]/[SEP]) and max_length 57, 5.x format.
 - nli_bert: BertForSequenceClassification with 3 labels (Identity by default, softmax asked for in predict), the
   4.x format (``sentence_transformers.activation_fn`` in config.json).
 
@@ -33,7 +37,14 @@ from tests.replicas import (
 )
 
 MODERNBERT_PROMPTS = {"query": "search_query: "}
-RERANKER_FIXTURES = ["bert_reranker", "xlmr_reranker", "modernbert_reranker", "nli_bert"]
+RERANKER_FIXTURES = [
+    "bert_reranker",
+    "xlmr_reranker",
+    "modernbert_reranker",
+    "distilbert_reranker",
+    "mpnet_reranker",
+    "nli_bert",
+]
 
 # Queries against every mixed text: empty, scripts, emoji, far too long; plus long-against-long both ways.
 PAIRS = [(query, text) for query in ("", "a", CORPUS[0], CORPUS[5], LONG_TEXT) for text in MIXED_TEXTS] + [
@@ -153,6 +164,47 @@ def build_modernbert_reranker(out: Path) -> Replica:
     return Replica("modernbert-reranker", path, prompts=MODERNBERT_PROMPTS)
 
 
+def build_distilbert_reranker(out: Path) -> Replica:
+    import torch
+    from transformers import DistilBertConfig, DistilBertForSequenceClassification
+
+    torch.manual_seed(24)
+    tokenizer = bert_fast(wordpiece(CORPUS, lowercase=False, specials=BERT_SPECIALS), token_type_ids=False)
+    config = DistilBertConfig(
+        vocab_size=tokenizer.vocab_size, dim=32, n_layers=2, n_heads=4, hidden_dim=64, pad_token_id=1, num_labels=1
+    )
+    model = louder(DistilBertForSequenceClassification(config))
+    return Replica("distilbert-reranker", _save_cross_encoder(out, model, tokenizer, 40))
+
+
+def build_mpnet_reranker(out: Path) -> Replica:
+    import torch
+    from tokenizers import processors
+    from transformers import MPNetConfig, MPNetForSequenceClassification
+
+    torch.manual_seed(25)
+    raw = wordpiece(CORPUS, lowercase=True, specials=BERT_SPECIALS)
+    # MPNet's pair template: two separators between the texts, one type id throughout
+    raw.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] [SEP] $B [SEP]",
+        special_tokens=[("[CLS]", raw.token_to_id("[CLS]")), ("[SEP]", raw.token_to_id("[SEP]"))],
+    )
+    tokenizer = bert_fast(raw, token_type_ids=False)
+    config = MPNetConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=514,
+        pad_token_id=1,
+        num_labels=1,
+    )
+    model = louder(MPNetForSequenceClassification(config))
+    return Replica("mpnet-reranker", _save_cross_encoder(out, model, tokenizer, 57))
+
+
 def build_nli_bert(out: Path) -> Replica:
     """3 labels, the 4.x format (the activation under ``sentence_transformers`` in config.json)."""
     import torch
@@ -197,6 +249,16 @@ def xlmr_reranker(replicas_dir: Path) -> Replica:
 @pytest.fixture(scope="session")
 def modernbert_reranker(replicas_dir: Path) -> Replica:
     return _once("modernbert", build_modernbert_reranker, replicas_dir / "modernbert-reranker")
+
+
+@pytest.fixture(scope="session")
+def distilbert_reranker(replicas_dir: Path) -> Replica:
+    return _once("distilbert", build_distilbert_reranker, replicas_dir / "distilbert-reranker")
+
+
+@pytest.fixture(scope="session")
+def mpnet_reranker(replicas_dir: Path) -> Replica:
+    return _once("mpnet", build_mpnet_reranker, replicas_dir / "mpnet-reranker")
 
 
 @pytest.fixture(scope="session")

@@ -33,6 +33,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 ONNX_FILE = "onnx/model.onnx"
+# The int8 budget of embedding models: 1st-percentile cosine to fp32 (docs/performance.md#int8-variants).
+INT8_MIN_COSINE = 0.99
 # A StaticEmbedding's "graph": its table, which the runtime reads with numpy (exporter/static.py).
 STATIC_FILE = "model.safetensors"
 
@@ -140,7 +142,9 @@ def export(
     optimize: bool = False,
     target: Target = "cpu",
     quantize: Literal["int8"] | None = None,
-    int8_min_cosine: float = 0.99,
+    int8_min_cosine: float | None = None,
+    int8_min_spearman: float | None = None,
+    int8_min_top10_overlap: float | None = None,
     fp16: bool = False,
     pool_in_graph: bool = False,
     calibration_file: str | Path | None = None,
@@ -165,9 +169,15 @@ def export(
         optimize: Also write a fused graph for ``target`` ("cpu": onnx/model_O2.onnx, "gpu": fp16
             onnx/model_O4.onnx).
         target: "cpu" or "gpu", for ``optimize``.
-        quantize: "int8" also writes the fastest int8 recipe whose 1st-percentile cosine to fp32 on held-out
-            calibration text is >= ``int8_min_cosine``.
-        int8_min_cosine: The accuracy budget of ``quantize="int8"``.
+        quantize: "int8" also writes the fastest int8 recipe that meets the accuracy budget against fp32 on
+            held-out calibration text: for an embedding model ``int8_min_cosine``, for a reranker
+            ``int8_min_spearman`` and ``int8_min_top10_overlap``.
+        int8_min_cosine: Embedding models: the lowest 1st-percentile cosine of int8 vectors to fp32's (None:
+            0.99). Refused for a reranker, whose scores are not vectors.
+        int8_min_spearman: Rerankers: the lowest mean Spearman rank correlation per held-out query of int8's
+            scores with fp32's (None: 0.98). Refused for an embedding model.
+        int8_min_top10_overlap: Rerankers: the lowest mean share of fp32's top 10 documents per query that int8
+            also ranks in its top 10 (None: 0.9). Refused for an embedding model.
         fp16: Also write an fp16 graph (for CUDA).
         pool_in_graph: Also write graphs that pool (and apply Dense and Normalize) inside, which the runtime
             prefers on CUDA.
@@ -201,25 +211,40 @@ def export(
         raise InvalidArgumentError(f"quantize must be 'int8' or None; got {quantize!r}")
     if target not in ("cpu", "gpu"):
         raise InvalidArgumentError(f"target must be 'cpu' or 'gpu'; got {target!r}")
-    if not 0.0 < int8_min_cosine <= 1.0:
-        raise InvalidArgumentError(f"int8_min_cosine must be in (0, 1]; got {int8_min_cosine}")
+    budgets = {
+        "int8_min_cosine": int8_min_cosine,
+        "int8_min_spearman": int8_min_spearman,
+        "int8_min_top10_overlap": int8_min_top10_overlap,
+    }
+    for name, budget in budgets.items():
+        if budget is not None and not 0.0 < budget <= 1.0:
+            raise InvalidArgumentError(f"{name} must be in (0, 1]; got {budget}")
     source = resolve_source(model_name_or_path)
     from onnxembed.exporter.cross_encoder import is_cross_encoder
     from onnxembed.exporter.sparse_config import is_sparse_encoder
 
-    # rerankers and sparse encoders have their own jobs (rerank.py, sparse.py), with the same options
+    # rerankers and sparse encoders have their own jobs (rerank.py, sparse.py), with the same options and a
+    # ranking budget for int8 (mean Spearman, top-10 overlap) in place of the vectors' cosine
     job: Any = None
     if is_sparse_encoder(source):
         from onnxembed.exporter.sparse import export_sparse as job
 
-        kind = "a sparse encoder's graph pools itself (SPLADE)"
+        noun, kind = "a sparse encoder", "a sparse encoder's graph pools itself (SPLADE)"
     elif is_cross_encoder(source):
         from onnxembed.exporter.rerank import export_reranker as job
 
-        kind = "a reranker's graph has no pooling; it gives logits"
+        noun, kind = "a reranker", "a reranker's graph has no pooling; it gives logits"
     if job is not None:
         if pool_in_graph:
             raise UnsupportedModelError(f"--pool-in-graph: {kind}")
+        if int8_min_cosine is not None:
+            raise InvalidArgumentError(
+                "int8_min_cosine (--int8-min-cosine) is the budget of embedding vectors; int8 of "
+                f"{noun} is measured on ranking: set int8_min_spearman (--int8-min-spearman) and "
+                "int8_min_top10_overlap (--int8-min-top10-overlap)"
+            )
+        # each job has its own default budget; only what was asked for replaces it
+        ranking_budget = {name: value for name, value in budgets.items() if name != "int8_min_cosine" and value}
         return job(  # type: ignore[no-any-return]
             source,
             Path(model_dir),
@@ -233,7 +258,14 @@ def export(
             target=target,
             quantize=quantize,
             fp16=fp16,
+            **ranking_budget,
             texts=partial(_calibration_texts, calibration_file),
+        )
+    ranking = [name for name in ("int8_min_spearman", "int8_min_top10_overlap") if budgets[name] is not None]
+    if ranking:
+        raise InvalidArgumentError(
+            f"{' and '.join(ranking)}: a ranking budget, for rerankers and sparse encoders; {source} is an "
+            "embedding model, whose int8 budget is int8_min_cosine (--int8-min-cosine)"
         )
     st_config = read_sentence_transformer_config(source)
     if pool_in_graph:
@@ -293,7 +325,7 @@ def export(
                 optimize=optimize,
                 target=target,
                 quantize_int8=quantize == "int8",
-                int8_min_cosine=int8_min_cosine,
+                int8_min_cosine=INT8_MIN_COSINE if int8_min_cosine is None else int8_min_cosine,
                 fp16=fp16,
                 pool_in_graph=pool_in_graph,
                 manifest=manifest,

@@ -28,6 +28,7 @@ Target = Literal["cpu", "gpu"]
 OPTIMIZED_FILE = {"cpu": "onnx/model_O2.onnx", "gpu": "onnx/model_O4.onnx"}
 FP16_FILE = "onnx/model_fp16.onnx"
 _GELU_OPS = {"Gelu", "BiasGelu", "FastGelu", "QuickGelu"}
+_ELEMENTWISE_OPS = {"Add", "Sub", "Mul", "Div", "Erf", "Pow", "Tanh", "Sigmoid", "Cast", "Sqrt"}
 
 
 @dataclass(frozen=True)
@@ -196,13 +197,15 @@ def matmul_groups(model: onnx.ModelProto) -> dict[str, list[str]]:
 
 
 def _gelu_candidates(node: onnx.NodeProto, consumers: dict[str, list[onnx.NodeProto]]) -> list[str]:
-    """Outputs two steps downstream of ``node`` (bias Add -> Div/Mul -> ...), where a GELU's Mul may sit."""
+    """Outputs up to four elementwise steps downstream of ``node`` (bias Add -> Div/Mul -> ...), where a GELU's
+    Mul may sit. Only elementwise ops are walked through: in a fused graph four steps from a q/k/v projection
+    would otherwise pass attention and the next MatMul to the next layer's BiasGelu."""
     outputs: list[str] = []
     frontier = list(node.output)
     for _ in range(4):
         nxt = [n for name in frontier for n in consumers.get(name, [])]
         outputs.extend(o for n in nxt for o in n.output)
-        frontier = [o for n in nxt for o in n.output]
+        frontier = [o for n in nxt if n.op_type in _ELEMENTWISE_OPS for o in n.output]
     return outputs
 
 

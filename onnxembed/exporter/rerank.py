@@ -40,7 +40,8 @@ from onnxembed.manifest import (
 
 logger = logging.getLogger(__name__)
 
-# The int8 accuracy budget for rerankers, on held-out queries from real text: mean Spearman per query and mean
+# The default int8 accuracy budget for rerankers (export's int8_min_spearman and int8_min_top10_overlap replace
+# it), on held-out queries from real text: mean Spearman per query and mean
 # overlap of the top 10 documents, int8 against fp32.
 INT8_MIN_MEAN_SPEARMAN = 0.98
 INT8_MIN_TOP10_OVERLAP = 0.9
@@ -66,9 +67,12 @@ def export_reranker(
     quantize: str | None,
     fp16: bool,
     texts: Any,
+    int8_min_spearman: float = INT8_MIN_MEAN_SPEARMAN,
+    int8_min_top10_overlap: float = INT8_MIN_TOP10_OVERLAP,
 ) -> Manifest:
     """Export the CrossEncoder at ``source`` to ``out`` (see :func:`onnxembed.export`); ``texts``: a function
-    returning the calibration texts (called only when variants are asked for)."""
+    returning the calibration texts (called only when variants are asked for); int8 is accepted when its
+    ranking meets ``int8_min_spearman`` and ``int8_min_top10_overlap``."""
     from onnxembed.exporter.load import load_encoder
     from onnxembed.exporter.pipeline import ONNX_FILE, _prepare_out_dir, _versions
 
@@ -138,6 +142,7 @@ def export_reranker(
             target=target,
             quantize_int8=quantize == "int8",
             fp16=fp16,
+            int8_budget=(int8_min_spearman, int8_min_top10_overlap),
         )
 
     return finish_export(out, manifest, checked if verify else None, variants if optimize or quantize or fp16 else None)
@@ -306,8 +311,10 @@ def build_reranker_variants(
     target: Any,
     quantize_int8: bool,
     fp16: bool,
+    int8_budget: tuple[float, float] = (INT8_MIN_MEAN_SPEARMAN, INT8_MIN_TOP10_OVERLAP),
 ) -> dict[str, Variant]:
-    """Write the requested variants into out/onnx; each measured on held-out ranking against fp32."""
+    """Write the requested variants into out/onnx; each measured on held-out ranking against fp32. int8 is
+    accepted when its (mean Spearman, top-10 overlap) meet ``int8_budget``."""
     from onnxembed.exporter.variants import build_ranked_variants
     from onnxembed.runtime import Reranker
 
@@ -339,6 +346,6 @@ def build_reranker_variants(
         target=target,
         quantize_int8=quantize_int8,
         fp16=fp16,
-        budget=(INT8_MIN_MEAN_SPEARMAN, INT8_MIN_TOP10_OVERLAP),
+        budget=int8_budget,
         runtime="Reranker",
     )

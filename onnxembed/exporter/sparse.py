@@ -94,6 +94,8 @@ def export_sparse(
     quantize: str | None,
     fp16: bool,
     texts: Any,
+    int8_min_spearman: float = INT8_MIN_MEAN_SPEARMAN,
+    int8_min_top10_overlap: float = INT8_MIN_TOP10_TERM_OVERLAP,
 ) -> Manifest:
     """Export the SparseEncoder at ``source`` to ``out`` (see :func:`onnxembed.export`); ``texts``: a function
     returning the calibration texts (called only when variants are asked for)."""
@@ -173,6 +175,7 @@ def export_sparse(
             target=target,
             quantize_int8=quantize == "int8",
             fp16=fp16,
+            int8_budget=(int8_min_spearman, int8_min_top10_overlap),
         )
 
     return finish_export(out, manifest, checked if verify else None, variants if optimize or quantize or fp16 else None)
@@ -290,8 +293,10 @@ def build_sparse_variants(
     target: Any,
     quantize_int8: bool,
     fp16: bool,
+    int8_budget: tuple[float, float] = (INT8_MIN_MEAN_SPEARMAN, INT8_MIN_TOP10_TERM_OVERLAP),
 ) -> dict[str, Variant]:
-    """Write the requested variants into out/onnx; each measured on held-out retrieval against fp32."""
+    """Write the requested variants into out/onnx; each measured on held-out retrieval against fp32. int8 is
+    accepted when its (mean Spearman, top-10 term overlap) meet ``int8_budget``."""
     from onnxembed.exporter.rerank import ranking_set
     from onnxembed.exporter.variants import build_ranked_variants
     from onnxembed.runtime import SparseEncoder
@@ -344,6 +349,6 @@ def build_sparse_variants(
         target=target,
         quantize_int8=quantize_int8,
         fp16=fp16,
-        budget=(INT8_MIN_MEAN_SPEARMAN, INT8_MIN_TOP10_TERM_OVERLAP),
+        budget=int8_budget,
         runtime="SparseEncoder",
     )

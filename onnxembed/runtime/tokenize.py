@@ -104,6 +104,7 @@ class TextTokenizer:
         counter = Tokenizer.from_str(tokenizer.to_str())
         counter.no_truncation()
         self._count_batch = getattr(counter, "encode_batch_fast", counter.encode_batch)
+        self._head_tokenizer: Tokenizer | None = None  # built on first use by heads()
 
     def encode(self, texts: Sequence[Item]) -> list[Encoding | Truncated]:
         """Tokenize without padding; each encoding keeps its own length. A text far over max_seq_length is
@@ -156,6 +157,25 @@ class TextTokenizer:
             groups[-1].append(index)
             size += _characters(items[index])
         return groups
+
+    def heads(self, texts: Sequence[str], max_tokens: int) -> list[str]:
+        """Each text cut after its first ``max_tokens`` tokens (no special tokens), at the end of that token's
+        characters; shorter texts are kept whole. Cohere's ``max_tokens_per_doc`` for rerankers. With
+        ``max_tokens`` >= max_seq_length nothing is cut: a pair's truncation already keeps fewer of a text."""
+        if max_tokens >= self._max_length:
+            return list(texts)
+        if self._head_tokenizer is None:
+            # the tokenizer with offsets and right truncation, whatever side the model truncates pairs on
+            head = Tokenizer.from_str(self._tokenizer.to_str())
+            head.enable_truncation(max_length=self._max_length, direction="right")
+            self._head_tokenizer = head
+        # a long text is first cut to a piece with the same first max_seq_length tokens (see _cut)
+        pieces = list(texts) if self._left_truncation else self._cut(list(texts))
+        encodings = self._head_tokenizer.encode_batch(pieces, add_special_tokens=False)
+        return [
+            text if len(encoding.offsets) <= max_tokens else text[: encoding.offsets[max_tokens - 1][1]]
+            for text, encoding in zip(texts, encodings, strict=True)
+        ]
 
     def _cut_items(self, items: Sequence[Item]) -> list[Item]:
         """:meth:`_cut` for texts and pairs. In a pair only a lone long text is cut, and kept whole unless its

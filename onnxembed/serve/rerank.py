@@ -10,8 +10,9 @@ TEI's ``/rerank``: ``{"query", "texts", "raw_scores", "return_text", "truncate"}
 "text"?}]``; ``truncate`` false (TEI's default) makes a pair over max_seq_length tokens a 413. Cohere/Jina:
 ``{"model", "query", "documents" (strings, or objects with "text"), "top_n", "return_documents",
 "max_tokens_per_doc"}`` -> ``{"id", "results": [{"index", "relevance_score", "document"?: {"text"}}], "model",
-"usage", "meta"}``; pairs are always truncated to the model's max_seq_length (longest text first), which also
-bounds max_tokens_per_doc.
+"usage", "meta"}``; ``max_tokens_per_doc`` cuts each document after that many of its tokens (the model's
+tokenizer, no special tokens) before pairing, and pairs are always truncated to the model's max_seq_length
+(longest text first), which also bounds max_tokens_per_doc; results carry the documents as sent.
 """
 
 from __future__ import annotations
@@ -139,7 +140,10 @@ async def cohere_rerank(request: Request) -> Response:
     max_tokens = optional_field(payload, "max_tokens_per_doc", int)
     if max_tokens is not None and max_tokens < 1:
         raise ApiError(422, f"'max_tokens_per_doc' must be a positive integer; got {max_tokens}", INVALID)
-    logits, tokens = await _scores(request, query, documents, truncate=True)
+    scored = documents
+    if max_tokens is not None and max_tokens < service.reranker.max_seq_length:
+        scored = await run_in_threadpool(service.reranker._tokenizer.heads, documents, max_tokens)
+    logits, tokens = await _scores(request, query, scored, truncate=True)
     scores = activate(logits[:, None], service.reranker.activation_fn)[:, 0]
     results = []
     for index in _ranked(scores, top_n):

@@ -45,6 +45,15 @@ def test_rerank_errors_are_one_line(
         (["rerank", str(out), "q", str(empty)], "has no non-empty line to rank"),
         (["rerank", str(tiny_export), "q", str(empty)], "not a reranker; load it with onnxembed.Encoder"),
         (["rerank", str(out), "q", str(empty), "--top-k", "0"], "--top-k must be a positive integer"),
+        # the embedding budget is refused for a reranker, naming the ranking budget that applies
+        (
+            ["export", str(bert_reranker.path), str(tmp_path / "x"), "--quantize", "int8", "--int8-min-cosine", ".9"],
+            "a reranker's int8 is measured on ranking: set int8_min_spearman (--int8-min-spearman, default 0.98)",
+        ),
+        (
+            ["export", str(bert_reranker.path), str(tmp_path / "x"), "--int8-min-top10-overlap", "1.5"],
+            "int8_min_top10_overlap must be in (0, 1]; got 1.5",
+        ),
     ]
     for argv, message in cases:
         assert main(argv) == 1

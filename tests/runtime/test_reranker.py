@@ -19,6 +19,7 @@ from tests.rerankers import PAIRS, RERANKER_FIXTURES, exported_reranker
 
 bert_reranker, xlmr_reranker = rerankers.bert_reranker, rerankers.xlmr_reranker
 modernbert_reranker, nli_bert = rerankers.modernbert_reranker, rerankers.nli_bert
+distilbert_reranker, mpnet_reranker = rerankers.distilbert_reranker, rerankers.mpnet_reranker
 ATOL = 1e-4
 
 

@@ -139,6 +139,12 @@ def alone_name(server: Server) -> str:
         ("/v2/rerank", {"query": QUERY, "documents": [{"txt": "x"}]}, 422, r"'documents'\[0\] must be a string"),
         ("/v2/rerank", {"query": QUERY, "documents": ["d"], "top_n": 0}, 422, "'top_n' must be a positive integer"),
         ("/v1/rerank", {"query": 5, "documents": ["d"]}, 422, "'query' is required and must be a non-empty string"),
+        (
+            "/v2/rerank",
+            {"query": QUERY, "documents": ["d"], "max_tokens_per_doc": 0},
+            422,
+            "'max_tokens_per_doc' must be a positive integer; got 0",
+        ),
     ],
 )
 def test_bad_input_is_a_clear_4xx(both: Server, path: str, payload: Any, status: int, message: str) -> None:
@@ -156,6 +162,34 @@ def test_long_pairs_truncate_when_asked(both: Server, reference: Any) -> None:
     assert abs(reply.body[0]["score"] - expected[0]) <= 1e-4
     cohere = both.request("/v2/rerank", {"query": LONG_TEXT[:20_000], "documents": ["short"]})  # always truncated
     assert abs(cohere.body["results"][0]["relevance_score"] - expected[1]) <= 1e-4
+
+
+def test_max_tokens_per_doc_cuts_documents(both: Server, reference: Any, bert_reranker: Replica) -> None:
+    """Cohere's max_tokens_per_doc: each document scored as its first N tokens, cut where transformers' tokenizer
+    of the source says those tokens end; the results carry the documents as sent."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(bert_reranker.path))
+    documents = [CORPUS[10], CORPUS[12] * 3, LONG_TEXT[:2000], "a"]
+    for max_tokens in (3, 12):
+        offsets = tokenizer(documents, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        cut = [
+            text[: spans[max_tokens - 1][1]] if len(spans) > max_tokens else text
+            for text, spans in zip(documents, offsets, strict=True)
+        ]
+        expected = reference.predict([(QUERY, text) for text in cut])
+        whole = reference.predict([(QUERY, text) for text in documents])
+        assert np.abs(expected - whole).max() > 1e-3  # the cut changes the scores: the test can tell
+        payload = {"query": QUERY, "documents": documents, "max_tokens_per_doc": max_tokens, "return_documents": True}
+        reply = both.request("/v2/rerank", payload)
+        assert reply.status == 200, reply.body
+        by_index = {row["index"]: row for row in reply.body["results"]}
+        assert max(abs(by_index[i]["relevance_score"] - expected[i]) for i in range(len(documents))) <= 1e-4
+        assert [by_index[i]["document"]["text"] for i in range(len(documents))] == documents
+    # past max_seq_length it changes nothing: a pair is already truncated to fewer of the document's tokens
+    reply = both.request("/v2/rerank", {"query": QUERY, "documents": documents, "max_tokens_per_doc": 4096})
+    scores = {row["index"]: row["relevance_score"] for row in reply.body["results"]}
+    assert max(abs(scores[i] - whole[i]) for i in range(len(documents))) <= 1e-4
 
 
 def test_metrics_and_auth_cover_rerank(both: Server) -> None:
