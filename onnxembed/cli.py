@@ -59,13 +59,15 @@ def _build_parser() -> argparse.ArgumentParser:
         "--int8-min-spearman",
         type=float,
         metavar="RHO",
-        help="rerankers' int8 budget: mean Spearman per held-out query vs fp32 >= RHO (default 0.98)",
+        help="rerankers' and sparse encoders' int8 budget: mean Spearman per held-out query vs fp32 >= RHO "
+        "(default 0.98)",
     )
     faster.add_argument(
         "--int8-min-top10-overlap",
         type=float,
         metavar="SHARE",
-        help="rerankers' int8 budget: mean share of fp32's top 10 kept in int8's top 10 >= SHARE (default 0.9)",
+        help="rerankers' and sparse encoders' int8 budget: mean share of fp32's top 10 (documents; a sparse "
+        "encoder's terms) kept in int8's top 10 >= SHARE (default 0.9)",
     )
     faster.add_argument("--fp16", action="store_true", help="fp16 graph with fp32 inputs/outputs, for CUDA")
     faster.add_argument(

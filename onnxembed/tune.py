@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from onnxembed.errors import InvalidArgumentError
-from onnxembed.manifest import RERANKER, Manifest
+from onnxembed.manifest import EMBEDDING, Manifest
 from onnxembed.runtime.cpu import cpu_info
 from onnxembed.runtime.encoder import Encoder
 from onnxembed.runtime.profile import PROFILE_FORMAT, EngineSettings, default_settings, model_sha, write_profile
@@ -115,8 +115,8 @@ def tune(
     if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
         raise InvalidArgumentError(f"rounds must be a positive int; got {rounds!r}")
     manifest = Manifest.read(model_dir)
-    if manifest.task == RERANKER:
-        raise InvalidArgumentError(f"{model_dir} is a reranker export; onnxembed tune covers embedding models")
+    if manifest.task != EMBEDDING:
+        raise InvalidArgumentError(f"{model_dir} is a {manifest.task} export; onnxembed tune covers embedding models")
     if manifest.architecture == "StaticEmbedding":
         raise InvalidArgumentError(f"{model_dir} is a StaticEmbedding model: it runs no session, nothing to tune")
     available = [name for name in CPU_VARIANTS if name in manifest.variants]

@@ -233,15 +233,23 @@ def _decoder(model: Any, query_blocks: int) -> Iterator[None]:
             del attention.query_blocks
 
 
-def _decoder_patchable() -> bool:
+def _decoder_patchable(model_type: str) -> Any:
     """The decoders build their masks through module-level functions and dispatch eager attention through a
-    module-level eager_attention_forward (transformers 4.57 and 5.x alike); both are what this patches."""
-    return True
+    module-level eager_attention_forward (transformers 4.57 and 5.x alike); both are what this patches, and a
+    version without them keeps its own attention (patching one without the other would lose causality)."""
+
+    def patchable() -> bool:
+        import importlib
+
+        modeling = importlib.import_module(f"transformers.models.{model_type}.modeling_{model_type}")
+        return hasattr(modeling, "eager_attention_forward") and hasattr(modeling, "create_causal_mask")
+
+    return patchable
 
 
 _FAMILIES = {
     "modernbert": (_modernbert, _modernbert_patchable),
-    **{model_type: (_decoder, _decoder_patchable) for model_type in DECODER_MODEL_TYPES},
+    **{model_type: (_decoder, _decoder_patchable(model_type)) for model_type in DECODER_MODEL_TYPES},
 }
 
 

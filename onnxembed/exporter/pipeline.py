@@ -227,21 +227,25 @@ def export(
     # ranking budget for int8 (mean Spearman, top-10 overlap) in place of the vectors' cosine
     job: Any = None
     if is_sparse_encoder(source):
+        from onnxembed.exporter.sparse import INT8_MIN_MEAN_SPEARMAN as spearman
+        from onnxembed.exporter.sparse import INT8_MIN_TOP10_TERM_OVERLAP as overlap
         from onnxembed.exporter.sparse import export_sparse as job
 
-        noun, kind = "a sparse encoder", "a sparse encoder's graph pools itself (SPLADE)"
+        owner, kind = "a sparse encoder's", "a sparse encoder's graph pools itself (SPLADE)"
     elif is_cross_encoder(source):
+        from onnxembed.exporter.rerank import INT8_MIN_MEAN_SPEARMAN as spearman
+        from onnxembed.exporter.rerank import INT8_MIN_TOP10_OVERLAP as overlap
         from onnxembed.exporter.rerank import export_reranker as job
 
-        noun, kind = "a reranker", "a reranker's graph has no pooling; it gives logits"
+        owner, kind = "a reranker's", "a reranker's graph has no pooling; it gives logits"
     if job is not None:
         if pool_in_graph:
             raise UnsupportedModelError(f"--pool-in-graph: {kind}")
         if int8_min_cosine is not None:
             raise InvalidArgumentError(
-                "int8_min_cosine (--int8-min-cosine) is the budget of embedding vectors; int8 of "
-                f"{noun} is measured on ranking: set int8_min_spearman (--int8-min-spearman) and "
-                "int8_min_top10_overlap (--int8-min-top10-overlap)"
+                f"int8_min_cosine (--int8-min-cosine) is the budget of embedding vectors; {owner} int8 is "
+                f"measured on ranking: set int8_min_spearman (--int8-min-spearman, default {spearman}) and "
+                f"int8_min_top10_overlap (--int8-min-top10-overlap, default {overlap})"
             )
         # each job has its own default budget; only what was asked for replaces it
         ranking_budget = {name: value for name, value in budgets.items() if name != "int8_min_cosine" and value}

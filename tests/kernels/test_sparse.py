@@ -24,7 +24,7 @@ def test_dot_score_and_search_as_sentence_transformers() -> None:
     from sentence_transformers import util
 
     queries, corpus = _random_sparse(13, 300, 0.05, 0), _random_sparse(101, 300, 0.05, 1)
-    corpus[40] = corpus[41]  # a tie: the lower corpus row first
+    corpus[40] = corpus[41] = queries[1] * 5  # a tie at the top of the first query searched: lower row first
     expected = util.dot_score(torch.from_numpy(queries), torch.from_numpy(corpus)).numpy()
     for a, b in ((queries, corpus), (sparse_rows(queries).rows(), sparse_rows(corpus)), (sparse_rows(queries), corpus)):
         np.testing.assert_allclose(sparse_dot_score(a, b), expected, atol=1e-5)
@@ -38,6 +38,7 @@ def test_dot_score_and_search_as_sentence_transformers() -> None:
         np.testing.assert_allclose(scores[row], [hit["score"] for hit in expected_hits], atol=1e-5)
         if len(set(np.round(scores[row], 5))) == len(scores[row]):  # ordered alike where no two scores tie
             assert indices[row].tolist() == [hit["corpus_id"] for hit in expected_hits]
+    assert indices[0, :2].tolist() == [40, 41]
 
 
 def test_scipy_round_trip() -> None:
