@@ -8,22 +8,19 @@ validating pairs. Not in scope: sessions (session.py), tokenizing pairs (tokeniz
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from onnxembed._checks import one_of_inputs, positive_int
+from onnxembed._checks import one_of_inputs, positive_int, resolve_prompt
 from onnxembed.errors import ArgumentTypeError, InvalidArgumentError, ModelLoadError
 from onnxembed.kernels.dense import DENSE_ACTIVATIONS, activate
 from onnxembed.manifest import LOGITS_OUTPUT, RERANKER, Manifest
 from onnxembed.runtime.batching import Batch, default_max_batch_tokens, default_run_cost, plan
 from onnxembed.runtime.session import open_graph, resolve_provider
 from onnxembed.runtime.tokenize import TextTokenizer
-
-logger = logging.getLogger(__name__)
 
 Pair = tuple[str, str]
 # sentence-transformers' default batch size for predict and rank.
@@ -166,7 +163,7 @@ class Reranker:
         if convert_to_tensor:
             raise InvalidArgumentError("convert_to_tensor=True needs torch; the onnxembed runtime returns numpy arrays")
         activation = self._activation(activation_fn)
-        prompt_text = self._resolve_prompt(prompt_name, prompt)
+        prompt_text = resolve_prompt(self.manifest.prompts, self.manifest.default_prompt_name, prompt_name, prompt)
         logits = self._logits(pairs, prompt_text, batch_size, max_batch_tokens, bool(show_progress_bar))
         scores = _finish(logits, activation, bool(apply_softmax), self.num_labels)
         if not pairs:  # sentence-transformers gives an empty (0,) array whatever num_labels is
@@ -266,23 +263,6 @@ class Reranker:
         if callable(activation_fn):
             return lambda logits: np.asarray(activation_fn(logits), dtype=np.float32)
         raise ArgumentTypeError(f"activation_fn must be a name or a callable; got {type(activation_fn).__name__}")
-
-    def _resolve_prompt(self, prompt_name: str | None, prompt: str | None) -> str:
-        if prompt is not None:
-            if not isinstance(prompt, str):
-                raise ArgumentTypeError(f"prompt must be a str; got {type(prompt).__name__}")
-            if prompt_name is not None:
-                logger.warning(
-                    "both prompt and prompt_name=%r given; using prompt, as sentence-transformers", prompt_name
-                )
-            return prompt
-        name = prompt_name if prompt_name is not None else self.manifest.default_prompt_name
-        if name is None:
-            return ""
-        if name not in self.manifest.prompts:
-            known = ", ".join(repr(key) for key in self.manifest.prompts) or "none"
-            raise InvalidArgumentError(f"prompt_name {name!r} is not one of the model's prompts: {known}")
-        return self.manifest.prompts[name]
 
     def _logits(
         self, pairs: list[Pair], prompt: str, batch_size: int, max_batch_tokens: int | None, progress_bar: bool
