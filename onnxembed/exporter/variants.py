@@ -72,15 +72,7 @@ def build_variants(
         accuracy["speedup_vs_fp32"] = rate(encoder, held_out[:512]) / fp32_rate
         return {**accuracy, **extra}
 
-    if optimize:
-        file = quantize.OPTIMIZED_FILE[target]
-        quantize.optimize(fp32_file, out / file, target, num_heads, hidden_size, right_padded)
-        name = "optimized" if target == "cpu" else "optimized-gpu"
-        # fp16 graphs have no CPU kernels for every op: measure only what CPU can run
-        variants[name] = Variant(file, "fp32" if target == "cpu" else "fp16", _try_measure(measured, file))
-    if fp16:
-        quantize.to_fp16(fp32_file, out / quantize.FP16_FILE)
-        variants["fp16"] = Variant(quantize.FP16_FILE, "fp16", _try_measure(measured, quantize.FP16_FILE))
+    variants.update(_float_variants(out, measured, optimize, target, fp16, num_heads, hidden_size, right_padded))
     if quantize_int8:
         variants["int8"] = _choose_int8(out, fp32_file, measured, calibration, int8_min_cosine)
     if pool_in_graph:
@@ -170,17 +162,34 @@ def build_ranked_variants(
     gives a graph's accuracy against fp32 with "mean_spearman", "top10_overlap" and "speedup_vs_fp32";
     ``feeds()`` the calibration batches; ``budget`` int8's (mean Spearman, top-10 overlap) floor."""
     fp32_file = out / "onnx" / "model.onnx"
+    variants = _float_variants(out, measured, optimize, target, fp16, num_heads, hidden_size, right_padded)
+    if quantize_int8:
+        variants["int8"] = _choose_ranked_int8(out, fp32_file, measured, feeds(), budget, runtime)
+    return variants
+
+
+def _float_variants(
+    out: Path,
+    measured: Callable[..., dict[str, Any]],
+    optimize: bool,
+    target: Target,
+    fp16: bool,
+    num_heads: int,
+    hidden_size: int,
+    right_padded: bool,
+) -> dict[str, Variant]:
+    """The optimized (or optimized-gpu) and fp16 graphs of out's fp32 one, each measured by ``measured``."""
+    fp32_file = out / "onnx" / "model.onnx"
     variants: dict[str, Variant] = {}
     if optimize:
         file = quantize.OPTIMIZED_FILE[target]
         quantize.optimize(fp32_file, out / file, target, num_heads, hidden_size, right_padded)
         name = "optimized" if target == "cpu" else "optimized-gpu"
+        # fp16 graphs have no CPU kernels for every op: measure only what CPU can run
         variants[name] = Variant(file, "fp32" if target == "cpu" else "fp16", _try_measure(measured, file))
     if fp16:
         quantize.to_fp16(fp32_file, out / quantize.FP16_FILE)
         variants["fp16"] = Variant(quantize.FP16_FILE, "fp16", _try_measure(measured, quantize.FP16_FILE))
-    if quantize_int8:
-        variants["int8"] = _choose_ranked_int8(out, fp32_file, measured, feeds(), budget, runtime)
     return variants
 
 
