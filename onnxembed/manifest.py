@@ -63,8 +63,10 @@ class StaticRoute:
 
     path: str  # folder in the model directory: tokenizer.json and model.safetensors ("weight": (vocab,) float32)
     max_seq_length: int  # tokens read per text (special tokens are not added)
-    tasks: tuple[str, ...]  # encode tasks routed to the table ("query"); the others run the graph
-    default: bool = False  # encode() without a task is routed to the table
+    tasks: tuple[str, ...]  # encode tasks routed to the table ("query")
+    default: bool | None = False  # encode() without a task: the table (True), the graph (False), an error (None)
+    graph_tasks: tuple[str, ...] = ()  # tasks routed to the graph ("document"); others are errors. () (older
+    # exports): every task not in ``tasks``
 
 
 @dataclass(frozen=True)
@@ -137,7 +139,8 @@ class Manifest:
             raw["dense"] = tuple(DenseLayer(**layer) for layer in raw.get("dense", ()))
             if raw.get("static_route") is not None:
                 route = raw["static_route"]
-                raw["static_route"] = StaticRoute(**{**route, "tasks": tuple(route["tasks"])})
+                tuples = {key: tuple(route[key]) for key in ("tasks", "graph_tasks") if key in route}
+                raw["static_route"] = StaticRoute(**{**route, **tuples})
             for key in ("pooling_modes", "input_names"):
                 raw[key] = tuple(raw[key])
             return cls(**raw)

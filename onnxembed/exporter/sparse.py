@@ -209,7 +209,7 @@ def _write_static_route(config: SparseEncoderConfig, out: Path, texts: list[str]
     _keep_faithful_tokenizer(tokenizer, folder / "tokenizer.json", target / "tokenizer.json", texts, False)
     limit = tokenizer.model_max_length
     route = config.static_route
-    return StaticRoute(STATIC_FOLDER, int(min(limit, _NO_LIMIT)), route.tasks, route.default)
+    return StaticRoute(STATIC_FOLDER, int(min(limit, _NO_LIMIT)), route.tasks, route.default, route.graph_tasks)
 
 
 def verify_encode(source: Path, out: Path, atol: float) -> dict[str, Any]:

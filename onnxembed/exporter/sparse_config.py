@@ -51,7 +51,8 @@ class StaticRouteConfig:
 
     folder: Path
     tasks: tuple[str, ...]  # encode(task=...) values that reach it ("query")
-    default: bool  # encode() without a task reaches it
+    default: bool | None  # encode() without a task reaches it (True), the SPLADE route (False), neither (None)
+    graph_tasks: tuple[str, ...] = ()  # encode(task=...) values that reach the SPLADE route ("document")
 
 
 @dataclass(frozen=True)
@@ -142,8 +143,13 @@ def read_sparse_encoder_config(root: Path) -> SparseEncoderConfig:
                 "a Router with one SparseStaticEmbedding route (queries) and one SPLADE route (documents)"
             )
         transformer_dir, strategy, activation = _mlm_route(routes[mlm[0]], f"route {mlm[0]!r}")
-        default = parameters.get("default_route") or next(iter(routes))
-        static_route = StaticRouteConfig(routes[static[0]][0][1], (static[0],), default == static[0])
+        # as Router: without default_route, allow_empty_key (default True) makes the first route the default
+        default = parameters.get("default_route")
+        if default is None and parameters.get("allow_empty_key", True):
+            default = next(iter(routes))
+        static_route = StaticRouteConfig(
+            routes[static[0]][0][1], (static[0],), None if default is None else default == static[0], (mlm[0],)
+        )
     else:
         folders = [(kind, root / str(module.get("path", ""))) for kind, module in zip(kinds, modules, strict=True)]
         transformer_dir, strategy, activation = _mlm_route(folders, str(root / "modules.json"))

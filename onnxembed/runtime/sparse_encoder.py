@@ -165,7 +165,8 @@ class SparseEncoder:
 
         Raises:
             ArgumentTypeError: Inputs that are not strings.
-            InvalidArgumentError: An unknown prompt name, a bad number.
+            InvalidArgumentError: An unknown prompt name, a bad number, a task that is none of the model's
+                routes (or no task where the model has no default route), as sentence-transformers' Router.
         """
         inputs = one_of_inputs(inputs, sentences, "a str or an iterable of str")
         single = isinstance(inputs, str)
@@ -245,7 +246,25 @@ class SparseEncoder:
         route = self.manifest.static_route
         if task is not None and not isinstance(task, str):
             raise ArgumentTypeError(f"task must be a str or None; got {type(task).__name__}")
-        return route is not None and (task in route.tasks or (task is None and route.default))
+        if route is None:  # no routes: sentence-transformers ignores the task too
+            return False
+        if task is None:
+            if route.default is None:
+                raise InvalidArgumentError(
+                    f"this model has no default route; pass task= one of {', '.join(self.routes)}"
+                )
+            return route.default
+        if task in route.tasks:
+            return True
+        if route.graph_tasks and task not in route.graph_tasks:
+            raise InvalidArgumentError(f"no route for task {task!r}; this model's routes are {', '.join(self.routes)}")
+        return False
+
+    @property
+    def routes(self) -> tuple[str, ...]:
+        """An inference-free model's task names (the ``task`` values of :meth:`encode`); () without routes."""
+        route = self.manifest.static_route
+        return () if route is None else (*route.tasks, *route.graph_tasks)
 
     def _table_vectors(self, texts: list[str], prompt: str, max_active_dims: int | None) -> SparseMatrix:
         """SparseStaticEmbedding: each text's distinct tokens (no special tokens), weighted by the table."""

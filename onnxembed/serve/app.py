@@ -152,7 +152,8 @@ class EmbeddingService:
                         f"input {index} has more than {limit} tokens, the most the model reads (send truncate: true)"
                     )
                     raise ApiError(413, message, TOO_LARGE)
-        if not np.isfinite(rows).all():  # orjson would write NaN and inf as null; say what happened instead
+        values = rows if rows.dtype != object else np.concatenate([row.values for row in rows] or [np.empty(0)])
+        if not np.isfinite(values).all():  # orjson would write NaN and inf as null; say what happened instead
             raise ApiError(500, "the model produced non-finite values (NaN or inf) for this input", "server_error")
         return rows, int(tokens.sum())
 

@@ -33,6 +33,7 @@ from typing import NamedTuple
 import numpy as np
 
 from onnxembed.errors import OnnxEmbedError
+from onnxembed.kernels.sparse import sparse_rows
 from onnxembed.runtime import Encoder, Reranker, SparseEncoder
 from onnxembed.runtime.tokenize import Item
 from onnxembed.serve.metrics import Metrics
@@ -46,7 +47,8 @@ class Embedded(NamedTuple):
     """What a request gets back: its rows, and the tokens the model read for each text (after truncation,
     prompt and special tokens included; its attention mask's row sums)."""
 
-    rows: np.ndarray  # (texts, dim) float32: embeddings, or a reranker's (pairs, num_labels) logits
+    rows: np.ndarray  # (texts, dim) float32: embeddings, or a reranker's (pairs, num_labels) logits; for a
+    # sparse encoder (texts,) objects, each a SparseEmbedding (a vocabulary-wide float row a text is ~120 KB)
     tokens: np.ndarray  # (texts,) int64
 
 
@@ -67,6 +69,12 @@ class _Job:
     chars: int = 0
 
 
+def _empty_rows(model: Model, texts: int) -> np.ndarray:
+    if isinstance(model, SparseEncoder):
+        return np.empty(texts, dtype=object)
+    return np.empty((texts, model.dim), np.float32)
+
+
 def _chars(item: Item) -> int:
     return len(item) if isinstance(item, str) else len(item[0]) + len(item[1])
 
@@ -80,7 +88,7 @@ class _Take:
     jobs: list[_Job]
     prompt: str
     model: Model
-    rows: np.ndarray  # (texts of all jobs, dim), filled batch by batch
+    rows: np.ndarray  # (texts of all jobs, dim) or, for a sparse model, (texts of all jobs,) objects
     tokens: np.ndarray  # (texts of all jobs,) tokens the model read, filled batch by batch
     owner: np.ndarray  # text -> index of its job
     offsets: np.ndarray  # job k's rows are rows[offsets[k]:offsets[k + 1]]
@@ -94,8 +102,7 @@ class _Take:
         offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         owner = np.repeat(np.arange(len(jobs)), counts)
         total = int(offsets[-1])
-        rows = np.empty((total, model.dim), np.float32)
-        return cls(jobs, prompt, model, rows, np.zeros(total, np.int64), owner, offsets, counts)
+        return cls(jobs, prompt, model, _empty_rows(model, total), np.zeros(total, np.int64), owner, offsets, counts)
 
     def texts(self) -> list[Item]:
         return [text for job in self.jobs for text in job.texts]
@@ -107,7 +114,12 @@ class _Take:
 
     def done(self, indices: np.ndarray, embeddings: np.ndarray, tokens: np.ndarray) -> None:
         """Store one batch's rows and token counts; answer each request whose last text this was."""
-        self.rows[indices] = embeddings
+        if self.rows.dtype == object:
+            batch = sparse_rows(embeddings)
+            for position, index in enumerate(indices.tolist()):
+                self.rows[index] = batch.row(position)
+        else:
+            self.rows[indices] = embeddings
         self.tokens[indices] = tokens
         finished = []
         with self.lock:
@@ -317,7 +329,7 @@ class Batcher:
             if job.texts:
                 by_prompt.setdefault((id(job.model), job.prompt), []).append(job)
             else:  # nothing to run: no batch would ever answer it
-                job.future.set_result(Embedded(np.empty((0, job.model.dim), np.float32), np.empty(0, np.int64)))
+                job.future.set_result(Embedded(_empty_rows(job.model, 0), np.empty(0, np.int64)))
         runs: list[Run] = []
         for (_, prompt), group in by_prompt.items():
             model = group[0].model

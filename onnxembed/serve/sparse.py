@@ -18,6 +18,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
+from onnxembed.errors import InvalidArgumentError
 from onnxembed.runtime import SparseEncoder
 from onnxembed.serve.config import ApiError
 from onnxembed.serve.parsing import INVALID, TOO_LARGE, optional_field, read_json, texts_field
@@ -49,7 +50,11 @@ async def tei_embed_sparse(request: Request) -> Response:
     texts = texts_field(payload, "inputs", service.config)
     truncate = optional_field(payload, "truncate", bool, False)
     task, prompt = _task_and_prompt(model, payload)
-    if model._routes_to_table(task):
+    try:
+        to_table = model._routes_to_table(task)
+    except InvalidArgumentError as error:  # a route the model lacks, or no default route
+        raise ApiError(422, f"{error} (prompt_name chooses the route)", INVALID) from error
+    if to_table:
         if not truncate:
             over = await run_in_threadpool(model._static_tokenizer.over_limit, [prompt + text for text in texts])
             if any(over):
@@ -58,9 +63,5 @@ async def tei_embed_sparse(request: Request) -> Response:
                 raise ApiError(413, message + " (send truncate: true)", TOO_LARGE)
         rows = await run_in_threadpool(model.encode, texts, None, prompt, task=task)
         return VectorsResponse([_entries(row.indices, row.values) for row in rows])
-    dense, _ = await service.embed(request, texts, prompt, truncate=truncate)
-    answer = []
-    for row in dense:
-        active = np.flatnonzero(row)
-        answer.append(_entries(active, row[active]))
-    return VectorsResponse(answer)
+    rows, _ = await service.embed(request, texts, prompt, truncate=truncate)
+    return VectorsResponse([_entries(row.indices, row.values) for row in rows])

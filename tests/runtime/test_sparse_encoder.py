@@ -121,3 +121,41 @@ def test_info_describes_the_sparse_pipeline(inference_free_splade: Replica, expo
     printed = capsys.readouterr().out
     assert "MLMTransformer (BertForMaskedLM) -> SpladePooling (sum, log1p_relu" in printed
     assert "query: SparseStaticEmbedding (inference-free)" in printed
+
+
+@pytest.mark.parametrize(
+    "parameters",
+    [{"default_route": "query"}, {"default_route": None, "allow_empty_key": False}],
+    ids=["default-query", "no-default"],
+)
+def test_routes_as_sentence_transformers(
+    parameters: dict[str, Any], inference_free_splade: Replica, tmp_path: Path
+) -> None:
+    """The Router's default_route and allow_empty_key decide encode() without a task, and a task it has no route
+    for is an error: the export answers (or refuses) every task as sentence-transformers does."""
+    import json
+    import shutil
+
+    from sentence_transformers import SparseEncoder as Reference
+
+    from onnxembed import export
+
+    source = tmp_path / "routed"
+    shutil.copytree(inference_free_splade.path, source)
+    config_path = source / "router_config.json"
+    config = json.loads(config_path.read_text())
+    config["parameters"].update(parameters)
+    config_path.write_text(json.dumps(config))
+    reference = Reference(str(source), device="cpu")
+    export(source, tmp_path / "routed-onnx")
+    model = SparseEncoder(tmp_path / "routed-onnx", provider="cpu")
+    assert set(model.routes) == {"query", "document"}
+    for task in (None, "query", "document", "passage"):
+        try:
+            expected = reference.encode(SPARSE_TEXTS, convert_to_sparse_tensor=False, task=task)
+        except ValueError as error:
+            with pytest.raises(InvalidArgumentError):
+                model.encode(SPARSE_TEXTS, task=task)
+            assert task is not None or "default" in str(error), error
+            continue
+        assert_same_vectors(expected, model.encode(SPARSE_TEXTS, convert_to_sparse_tensor=False, task=task))

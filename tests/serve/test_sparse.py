@@ -85,3 +85,24 @@ def test_bad_input(served: Server) -> None:
     assert reply.status == 413 and "more than 40 tokens" in reply.body["error"]["message"]
     assert served.request("/embed", {"inputs": ["a"]}).status == 404  # dense routes are not mounted for SPLADE
     assert served.request("/embed_sparse", {"inputs": ["a"]}, key=None).status == 401
+
+
+def test_queued_results_are_kept_sparse(inference_free_splade: Replica, exports_dir: Path, reference: Any) -> None:
+    """The batcher keeps a SPLADE text's result as its active terms, not a vocabulary-wide float row (~120 KB a
+    text for BERT's vocabulary), while it waits for the rest of its request."""
+    from onnxembed import SparseEncoder
+    from onnxembed.kernels import SparseEmbedding
+    from onnxembed.serve.batcher import Batcher
+
+    model = SparseEncoder(exported_sparse(inference_free_splade, exports_dir), provider="cpu")
+    batcher = Batcher(model, max_queue=100, max_run_texts=100)
+    try:
+        rows = batcher.submit(TEXTS, "").result(timeout=60).rows
+        empty = batcher.submit([], "").result(timeout=60).rows
+    finally:
+        batcher.close()
+    assert rows.shape == (len(TEXTS),) and all(isinstance(row, SparseEmbedding) for row in rows)
+    assert all(0 < row.indices.size < model.dim for row in rows)
+    expected = reference.encode_document(TEXTS, convert_to_sparse_tensor=False)
+    assert_same_vectors(expected, np.stack([row.to_dense() for row in rows]))
+    assert empty.shape == (0,)
