@@ -144,3 +144,15 @@ def test_route_mappings_and_pool_in_graph_refused(
         export(source, tmp_path / "out")
     with pytest.raises(UnsupportedModelError, match="--pool-in-graph: a sparse encoder's graph pools itself"):
         export(bert_splade.path, tmp_path / "out2", pool_in_graph=True)
+
+
+def test_term_overlap_counts_empty_documents_as_agreeing() -> None:
+    """Two documents with no active term agree; one empty and one not share nothing (the overlap of a model whose
+    fp32 vectors are all empty was once reported as 0 while every ranking matched)."""
+    from onnxembed.exporter.sparse import compare_sparse
+
+    queries = np.ones((1, 3), np.float32)
+    reference = np.array([[0, 0, 0], [1, 2, 0], [0, 0, 0]], np.float32)
+    candidate = np.array([[0, 0, 0], [0, 2, 1], [0, 0, 5]], np.float32)
+    result = compare_sparse((queries, reference), (queries, candidate), [np.arange(3)], k=2)
+    assert result["top2_overlap"] == pytest.approx((1 + 0.5 + 0) / 3)
