@@ -128,6 +128,8 @@ def embed_corpus(
     require_pyarrow()
     check_options(on_error, precision)
     chunk_rows = positive_int(chunk_rows, "chunk_rows")
+    if "://" in str(output):  # else a folder named "s3:" would be made here
+        raise CorpusError(f"OUTPUT {output}: a URI is an output of the Ray runner only (--ray); here give a folder")
     output = Path(output)
     check_paths(input_path, output)
     files = list_inputs(input_path)

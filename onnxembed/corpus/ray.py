@@ -217,6 +217,12 @@ def _file_dataset(
     from ray.data.datasource import Datasource, ReadTask
 
     path = file.path.resolve()  # workers do not run in the driver's folder
+    if file.format == "parquet":  # here, where the error is a plain one, not a worker's traceback
+        import pyarrow.parquet as pq
+
+        columns = pq.read_schema(path).names
+        if text_column not in columns:
+            raise CorpusError(f"{file.path} has no text column {text_column!r}; columns: {', '.join(columns)}")
     if file.format == "parquet" and id_column is not None:
         check_parquet_id_kind(file.path, id_column, ids_check)
         ds = ray.data.read_parquet(str(path), columns=[id_column, text_column])
@@ -469,6 +475,28 @@ class _Run:
         return objectstore.is_committed(self.out, folder)
 
     def _embed_file(self, file: InputFile, id_column: str | None, folder: str) -> None:
+        local = Path(folder) if self.out.local is not None else None
+        target = str(temporary_path(local)) if local is not None else folder
+        try:
+            self.out.filesystem.create_dir(target, recursive=True)
+            # An empty file is an empty folder, without starting an actor pool.
+            written = self._write(file, id_column, target) if file.rows else []
+            parts = _check_written(self.out, target, written, file, self.options["on_error"])
+            if local is not None:
+                _commit_folder(Path(target), local, file.name, parts)
+            else:
+                objectstore.commit(self.out, folder, file.name, parts)
+        except BaseException:
+            if local is None:  # not committed: removed now rather than on the next start
+                _delete_quietly(self.out.filesystem, folder)
+            raise
+        finally:
+            if local is not None:
+                shutil.rmtree(target, ignore_errors=True)
+        _seed_id_kind(self.ids_check, [posixpath.join(folder, part["name"]) for part in parts], self.out.filesystem)
+
+    def _write(self, file: InputFile, id_column: str | None, target: str) -> list[dict[str, Any]]:
+        """Read, embed and write one file into ``target``; returns what the write tasks wrote."""
         settings, options = self.job["settings"], self.options
         ds = _file_dataset(
             file, settings["text_column"], id_column, options["rows_per_block"], self.ids_check, options["on_error"]
@@ -483,30 +511,11 @@ class _Run:
             on_error="skip",  # bad rows are checked in the written folder, before it is committed
             variant=self.variant,
         )
-        local = Path(folder) if self.out.local is not None else None
-        target = str(temporary_path(local)) if local is not None else folder
-        try:
-            self.out.filesystem.create_dir(target, recursive=True)
-            written = ds.map_batches(
-                _write_block,
-                batch_size=None,
-                batch_format="pyarrow",
-                zero_copy_batch=True,
-                fn_kwargs={"filesystem": self.out.filesystem, "folder": target},
-            ).take_all()
-            parts = _check_written(self.out, target, written, file, options["on_error"])
-            if local is not None:
-                _commit_folder(Path(target), local, file.name, parts)
-            else:
-                objectstore.commit(self.out, folder, file.name, parts)
-        except BaseException:
-            if local is None:  # not committed: removed now rather than on the next start
-                _delete_quietly(self.out.filesystem, folder)
-            raise
-        finally:
-            if local is not None:
-                shutil.rmtree(target, ignore_errors=True)
-        _seed_id_kind(self.ids_check, [posixpath.join(folder, part["name"]) for part in parts], self.out.filesystem)
+        arguments = {"filesystem": self.out.filesystem, "folder": target}
+        writes = ds.map_batches(
+            _write_block, batch_size=None, batch_format="pyarrow", zero_copy_batch=True, fn_kwargs=arguments
+        )
+        return list(writes.take_all())
 
 
 def _delete_quietly(filesystem: Any, folder: str) -> None:
