@@ -457,7 +457,7 @@ class _Run:
         for file, file_id_column in zip(self.files, id_columns, strict=True):
             folder = self.out.path(part_name(file.index))
             if self._is_done(folder):
-                _seed_id_kind(self.ids_check, objectstore.committed_parts(self.out, folder), self.out.filesystem)
+                _seed_id_kind(self.ids_check, self._committed_parts(folder), self.out.filesystem)
                 reused += file.rows
                 continue
             self._embed_file(file, file_id_column, folder)
@@ -468,6 +468,11 @@ class _Run:
             bad, duplicates, listed_in = objectstore.collect_report(self.out, names)
             judge_report(bad, duplicates, on_error, listed_in)
         return CorpusResult(embedded, reused, bad, duplicates)
+
+    def _committed_parts(self, folder: str) -> list[str]:
+        if self.out.local is not None:  # every file of a renamed folder (older runs wrote no manifest)
+            return [str(path) for path in sorted(Path(folder).glob("*.parquet"))]
+        return objectstore.committed_parts(self.out, folder)
 
     def _is_done(self, folder: str) -> bool:
         if self.out.local is not None:

@@ -392,3 +392,41 @@ def test_ray_commits_by_manifest_where_nothing_can_be_renamed(
     assert "stray" not in (output / "_errors.jsonl").read_text()
     (output / "part-00002" / "stray.parquet").unlink()
     _assert_same_output(output, reference)
+
+
+def test_rows_written_are_checked_before_commit(tmp_path: Path) -> None:
+    """What the write tasks say they wrote is read back: a part's footer must hold the rows its task counted,
+    all parts the input's rows; a file no task returned (a failed attempt's) is removed."""
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from onnxembed.corpus.inputs import CorpusError, InputFile
+    from onnxembed.corpus.objectstore import resolve_output
+    from onnxembed.corpus.ray import _check_written
+
+    folder = tmp_path / "part-00000"
+    folder.mkdir()
+    block = pa.table(
+        {"id": [1, 2, 3], "embedding": pa.array([[0.0]] * 3, pa.list_(pa.float32(), 1)), "error": [None] * 3}
+    )
+    pq.write_table(block, folder / "a.parquet")
+    pq.write_table(block.slice(0, 2), folder / "b.parquet")
+    pq.write_table(block, folder / "from-a-failed-attempt.parquet")
+    out = resolve_output(tmp_path)
+    file = InputFile(tmp_path / "in.txt", "text", 0, 0, rows=5)
+    with pytest.raises(CorpusError, match="part b.parquet holds 2 rows, 3 written"):
+        _check_written(
+            out, str(folder), [{"name": "a.parquet", "rows": 3}, {"name": "b.parquet", "rows": 3}], file, "fail"
+        )
+    with pytest.raises(CorpusError, match="Ray wrote 3 rows of 5; nothing committed"):
+        _check_written(out, str(folder), [{"name": "a.parquet", "rows": 3}], file, "fail")
+    written = [{"name": "a.parquet", "rows": 3}, {"name": "b.parquet", "rows": 2}]
+    assert _check_written(out, str(folder), written, file, "fail") == written
+    assert sorted(path.name for path in folder.iterdir()) == ["a.parquet", "b.parquet"]
+
+    bad = block.set_column(2, "error", pa.array([None, "text is null", None], pa.string()))
+    pq.write_table(bad, folder / "a.parquet")
+    with pytest.raises(CorpusError, match="in.txt: row id 2: text is null"):
+        _check_written(out, str(folder), written, file, "fail")
+    assert _check_written(out, str(folder), written, file, "skip") == written
