@@ -351,7 +351,7 @@ def _no_rename_filesystem(root: Path) -> Any:
 
 
 def test_ray_commits_by_manifest_where_nothing_can_be_renamed(
-    ray_cluster: Any, tiny_export: Path, tmp_path: Path, mixed_reference: tuple[Path, Path]
+    ray_cluster: Any, tiny_export: Path, tmp_path: Path, mixed_reference: tuple[Path, Path], monkeypatch: Any
 ) -> None:
     import json
 
@@ -361,6 +361,11 @@ def test_ray_commits_by_manifest_where_nothing_can_be_renamed(
     from onnxembed.corpus.inputs import CorpusError
     from onnxembed.corpus.ray import embed_corpus_ray
 
+    def not_in_the_driver(*args: Any) -> Any:
+        raise AssertionError("the driver read rows of an input file")
+
+    # The workers read with their own copy of the module; the driver's must never read a row.
+    monkeypatch.setattr("onnxembed.corpus.ray.read_chunks", not_in_the_driver)
     folder, reference = mixed_reference
     filesystem = _no_rename_filesystem(tmp_path / "bucket")
     output = tmp_path / "bucket" / "out"
