@@ -435,3 +435,23 @@ def test_rows_written_are_checked_before_commit(tmp_path: Path) -> None:
     with pytest.raises(CorpusError, match="in.txt: row id 2: text is null"):
         _check_written(out, str(folder), written, file, "fail")
     assert _check_written(out, str(folder), written, file, "skip") == written
+
+
+def test_output_uris(tmp_path: Path) -> None:
+    """A file:// URI is a local folder (rename commit); an unknown scheme is refused by name; the local
+    runner, which only renames, refuses URIs rather than make a folder named "s3:"."""
+    from pyarrow import fs
+
+    from onnxembed.corpus import embed_corpus
+    from onnxembed.corpus.inputs import CorpusError
+    from onnxembed.corpus.objectstore import resolve_output
+
+    assert resolve_output((tmp_path / "out").as_uri()).local == tmp_path / "out"
+    subtree = fs.SubTreeFileSystem(str(tmp_path), fs.LocalFileSystem())
+    assert resolve_output("out", subtree).local is None  # no rename through it: the manifest commit
+    with pytest.raises(CorpusError, match="nosuchscheme://x: not a path or a URI pyarrow can open"):
+        resolve_output("nosuchscheme://x")
+    source = write_text(tmp_path / "in.txt", ["a"])
+    with pytest.raises(CorpusError, match="a URI is an output of the Ray runner only"):
+        embed_corpus(source, "s3://bucket/out", tmp_path / "no-model")
+    assert not (Path("s3:")).exists()
