@@ -157,7 +157,11 @@ def _build_parser() -> argparse.ArgumentParser:
 
     corpus = commands.add_parser("embed-corpus", help="embed Parquet/JSONL/text into Parquet, locally or on Ray")
     corpus.add_argument("input", help="a .parquet, .jsonl or .txt file (one text per line), or a folder of them")
-    corpus.add_argument("output", help="folder of Parquet parts (id, embedding); a rerun skips finished parts")
+    corpus.add_argument(
+        "output",
+        help="folder of Parquet parts (id, embedding); a rerun skips finished parts. With --ray also a URI "
+        "pyarrow opens (s3://bucket/path, gs://...)",
+    )
     corpus.add_argument(
         "--model-dir", "--model", dest="model_dir", required=True, help="directory written by `onnxembed export`"
     )
@@ -441,7 +445,7 @@ def _run_embed_corpus(args: argparse.Namespace) -> None:
         shown = ", ".join(repr(error["id"]) for error in result.errors[:10])
         more = f" and {len(result.errors) - 10} more" if len(result.errors) > 10 else ""
         print(
-            f"{len(result.errors)} bad rows skipped (ids {shown}{more}); see {Path(args.output) / '_errors.jsonl'}",
+            f"{len(result.errors)} bad rows skipped (ids {shown}{more}); see {args.output.rstrip('/')}/_errors.jsonl",
             file=sys.stderr,
         )
     if result.duplicates:

@@ -158,20 +158,31 @@ def describe_changes(recorded: dict[str, Any], job: dict[str, Any]) -> list[str]
 
 def check_job(output: Path, job: dict[str, Any]) -> None:
     """Record ``job`` ({"settings", "model", "inputs"}) in a new OUTPUT; on a rerun, refuse any change."""
-    job = {"format": JOB_FORMAT, **job}
     path = output / JOB_FILE
-    if path.exists():
+    recorded = path.read_text(encoding="utf-8", errors="replace") if path.exists() else None
+    has_parts = any(is_ours(item.name) and item.name.startswith("part-") for item in output.iterdir())
+    text = job_record(recorded, job, str(output), has_parts)
+    if text is not None:
+        write_atomically(path, text)
+
+
+def job_record(recorded: str | None, job: dict[str, Any], output: str, has_parts: bool) -> str | None:
+    """The check of :func:`check_job` without the file I/O (an object store reads and writes it otherwise):
+    the text of a new ``_job.json`` to write, None on a rerun of the same job, or the refusal raised."""
+    job = {"format": JOB_FORMAT, **job}
+    where = f"{output.rstrip('/')}/{JOB_FILE}"
+    if recorded is not None:
         try:
-            recorded = json.loads(path.read_text(encoding="utf-8"))
-        except (ValueError, UnicodeDecodeError) as error:
-            raise CorpusError(f"{path} is not readable ({error}); rerun with --restart to start over") from None
-        changes = describe_changes(recorded if isinstance(recorded, dict) else {}, job)
+            previous = json.loads(recorded)
+        except ValueError as error:
+            raise CorpusError(f"{where} is not readable ({error}); rerun with --restart to start over") from None
+        changes = describe_changes(previous if isinstance(previous, dict) else {}, job)
         if changes:
             raise CorpusError(
                 f"{output} holds a job that differs from this one: {'; '.join(changes)}. "
                 "Rerun with --restart to start over (removes its parts), or use a new OUTPUT"
             )
-        return
-    if any(is_ours(path.name) and path.name.startswith("part-") for path in output.iterdir()):
+        return None
+    if has_parts:
         raise CorpusError(f"{output} holds parts but no {JOB_FILE}; rerun with --restart, or use a new OUTPUT")
-    write_atomically(path, json.dumps(job, indent=2, sort_keys=True) + "\n")
+    return json.dumps(job, indent=2, sort_keys=True) + "\n"

@@ -82,13 +82,17 @@ def finish_job(output: Path, file_names: list[str], on_error: str) -> tuple[list
     """The report over all of OUTPUT; with on_error="fail", bad rows or duplicates left by an earlier
     ``skip`` run fail this one too: the output is not clean."""
     bad, duplicates = collect_report(output, file_names)
+    judge_report(bad, duplicates, on_error, str(output / "_errors.jsonl"))
+    return bad, duplicates
+
+
+def judge_report(bad: list[dict[str, Any]], duplicates: list[Any], on_error: str, listed_in: str) -> None:
     if on_error == "fail" and bad:
         raise bad_row_error(bad[0])
     if on_error == "fail" and duplicates:
         raise duplicates_error(duplicates)
     if bad:
-        logger.warning("%d bad rows skipped (listed in %s)", len(bad), output / "_errors.jsonl")
-    return bad, duplicates
+        logger.warning("%d bad rows skipped (listed in %s)", len(bad), listed_in)
 
 
 def embed_corpus(
@@ -124,6 +128,8 @@ def embed_corpus(
     require_pyarrow()
     check_options(on_error, precision)
     chunk_rows = positive_int(chunk_rows, "chunk_rows")
+    if "://" in str(output):  # else a folder named "s3:" would be made here
+        raise CorpusError(f"OUTPUT {output}: a URI is an output of the Ray runner only (--ray); here give a folder")
     output = Path(output)
     check_paths(input_path, output)
     files = list_inputs(input_path)

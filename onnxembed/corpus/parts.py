@@ -117,12 +117,14 @@ def _file_index(part: Path) -> int:
     return int((part.name if PART_FILE.fullmatch(part.name) else part.parent.name)[5:10])
 
 
-def _bad_rows(part: Path, file_name: str) -> Iterable[dict[str, Any]]:
+def bad_rows(part: str | Path, file_name: str, filesystem: Any = None) -> Iterable[dict[str, Any]]:
+    """A part's bad rows as report records, with their input line where the part recorded it.
+    ``filesystem``: a pyarrow filesystem that ``part`` is a path of (None: a local path)."""
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    table = pq.read_table(part, columns=["id", "error"])
-    metadata = pq.read_schema(part).metadata or {}
+    table = pq.read_table(part, columns=["id", "error"], filesystem=filesystem)
+    metadata = pq.read_schema(part, filesystem=filesystem).metadata or {}
     lines = json.loads(metadata.get(LINES_KEY, b"[]"))
     table = table.filter(pc.is_valid(table["error"]))
     for index, (row_id, error) in enumerate(zip(table["id"].to_pylist(), table["error"].to_pylist(), strict=True)):
@@ -132,13 +134,13 @@ def _bad_rows(part: Path, file_name: str) -> Iterable[dict[str, Any]]:
         yield record
 
 
-def _duplicates(parts: list[Path], file_names: dict[Path, str]) -> list[dict[str, Any]]:
+def _duplicates(parts: list[tuple[str, str]], filesystem: Any) -> list[dict[str, Any]]:
     """Ids found more than once among the parts (the id column of every part is held at once)."""
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    tables = [pq.read_table(part, columns=["id"]) for part in parts]
+    tables = [pq.read_table(part, columns=["id"], filesystem=filesystem) for part, _ in parts]
     if not tables:
         return []
     ids = pa.concat_tables(tables, promote_options="permissive")
@@ -147,23 +149,30 @@ def _duplicates(parts: list[Path], file_names: dict[Path, str]) -> list[dict[str
     if not duplicated:
         return []
     seen_in: dict[Any, list[str]] = {row_id: [] for row_id in duplicated}
-    for part, table in zip(parts, tables, strict=True):
+    for (_, file_name), table in zip(parts, tables, strict=True):
         for row_id in table.filter(pc.is_in(table["id"], counts["id"]))["id"].unique().to_pylist():
-            if file_names[part] not in seen_in[row_id]:
-                seen_in[row_id].append(file_names[part])
+            if file_name not in seen_in[row_id]:
+                seen_in[row_id].append(file_name)
     return [
         {"id": row_id, "files": seen_in[row_id], "error": f"duplicate id: {count} rows"}
         for row_id, count in zip(duplicated, counts["id_count"].to_pylist(), strict=True)
     ]
 
 
+def report_parts(
+    parts: list[tuple[str, str]], filesystem: Any = None
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], str]:
+    """(bad rows, duplicate ids, the text of _errors.jsonl) over ``parts``, (path, input file name) pairs."""
+    bad = [record for part, file_name in parts for record in bad_rows(part, file_name, filesystem)]
+    duplicates = _duplicates(parts, filesystem)
+    text = "".join(json.dumps(record, ensure_ascii=False, default=str) + "\n" for record in [*bad, *duplicates])
+    return bad, duplicates, text
+
+
 def collect_report(output: Path, file_names: list[str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(bad rows, duplicate ids) over all our parts, also written to OUTPUT/_errors.jsonl, one JSON per line:
     ``{"id", "file", "line", "error"}`` per bad row, ``{"id", "files", "error": "duplicate id: N rows"}``."""
-    parts = our_parts(output)
-    names = {part: file_names[_file_index(part)] for part in parts}
-    bad = [record for part in parts for record in _bad_rows(part, names[part])]
-    duplicates = _duplicates(parts, names)
-    text = "".join(json.dumps(record, ensure_ascii=False, default=str) + "\n" for record in [*bad, *duplicates])
+    parts = [(str(part), file_names[_file_index(part)]) for part in our_parts(output)]
+    bad, duplicates, text = report_parts(parts)
     write_atomically(output / ERRORS_FILE, text)
     return bad, duplicates

@@ -3,18 +3,30 @@
 In scope: an actor pool in which each actor loads one Encoder once (``map_batches`` with a class), sized
 from the cluster (one actor per GPU with the CUDA provider, else CPUs / threads per actor), actor restarts
 and task retries when a worker dies, and the CLI's restartable per-file job. Not in scope: encoding
-(runtime/), the part layout (parts.py). Ray is imported only here, inside functions.
+(runtime/), the part layout (parts.py), OUTPUT on object stores (objectstore.py). Ray is imported only
+here, inside functions.
+
+Reading is the cluster's, never the driver's: Parquet with an id column by ``read_parquet``; text, JSONL and
+Parquet numbered by row by one read task per file (a Datasource running inputs.read_chunks on a worker,
+one block per ``rows_per_block`` rows). Not ``read_json``/``read_text``: their parsers fail a whole block on
+one bad line and number no lines; one sequential task keeps line and row numbers, blank lines and row checks
+exactly the local runner's. Reading is cheap beside embedding, so one task per file costs no throughput.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import os
+import posixpath
 import shutil
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from onnxembed.corpus import objectstore
 from onnxembed.corpus.inputs import CorpusError, InputFile, id_column_of, list_inputs, read_chunks
 from onnxembed.corpus.job import check_paths, fsync_folder, inputs_record, locked, model_record, temporary_path
 from onnxembed.corpus.local import (
@@ -24,16 +36,16 @@ from onnxembed.corpus.local import (
     bad_row_error,
     check_options,
     finish_job,
-    raise_first_bad,
+    judge_report,
     require_pyarrow,
     start_job,
 )
-from onnxembed.corpus.parts import embedding_array, part_name
+from onnxembed.corpus.objectstore import Output
+from onnxembed.corpus.parts import LINES_KEY, bad_rows, embedding_array, part_name
 from onnxembed.corpus.rows import IdCheck, chunk_errors, embed_rows, storable_ids, text_error
 
 logger = logging.getLogger(__name__)
 
-_ID_TYPES: dict[Any, Any] = {}  # filled on first use: importing pyarrow here would import it with the package
 _RETRIES = 4  # actor restarts and task retries: a worker that dies is replaced, a crash loop still ends
 
 
@@ -75,10 +87,10 @@ class EmbedBatches:
 
         texts = batch.column(self.text_column).to_pylist()
         ids = batch.column(self.id_column).to_pylist() if self.id_column else [None] * len(texts)
-        # A batch from embed-corpus carries the driver's read/id checks in "error"; others are checked here.
+        # A batch from embed-corpus's reader carries its read/id checks in "error"; others are checked here.
         read_errors = batch.column("error").to_pylist() if "error" in batch.column_names else [None] * len(texts)
-        # The driver has already made its rows' ids storable; ids read by the cluster are checked here.
-        from_driver = "error" in batch.column_names
+        # That reader has already made its rows' ids storable; other ids (read_parquet's) are checked here.
+        from_reader = "error" in batch.column_names
         ids_check = IdCheck() if self.id_column else None
         errors = [
             read_error or (ids_check.error(row_id) if ids_check else None) or text_error(text)
@@ -88,7 +100,7 @@ class EmbedBatches:
         embeddings = embed_rows(self.encoder, texts, errors, self.batch_size, self.precision)
         self._raise_first_bad(ids, errors)
         valid = np.array([error is None for error in errors], dtype=bool)
-        if ids_check is not None and not from_driver and not valid.all():
+        if ids_check is not None and not from_reader and not valid.all():
             index = batch.column_names.index(self.id_column)
             stored = pa.array(storable_ids(ids, errors, ids_check), type=batch.schema.field(index).type)
             batch = batch.set_column(index, self.id_column, stored)
@@ -197,30 +209,90 @@ def _map_batches(
 def _file_dataset(
     file: InputFile, text_column: str, id_column: str | None, rows_per_block: int, ids_check: IdCheck, on_error: str
 ) -> Any:
-    """A file as a Ray Dataset with columns id, text, error. Parquet with an id column is read by the cluster
-    (``read_parquet``). Text, JSONL and files numbered by row are read here, in file order (global row numbers
-    need it), and checked row by row (a read error, bad id or text names its line); each block goes to the
-    object store as it is read, so the driver holds one block, never the file."""
+    """A file as a Ray Dataset, read by the cluster: Parquet with an id column by ``read_parquet`` (columns id,
+    text; ids and texts checked by the actors), anything else by one read task of :func:`_read_blocks`
+    (columns id, text, error, line)."""
     ray = _import_ray()
-    import pyarrow as pa
+    from ray.data.block import BlockMetadata
+    from ray.data.datasource import Datasource, ReadTask
 
-    _ID_TYPES.update({str: pa.string(), int: pa.int64()})
+    path = file.path.resolve()  # workers do not run in the driver's folder
+    if file.format == "parquet":  # here, where the error is a plain one, not a worker's traceback
+        import pyarrow.parquet as pq
+
+        columns = pq.read_schema(path).names
+        if text_column not in columns:
+            raise CorpusError(f"{file.path} has no text column {text_column!r}; columns: {', '.join(columns)}")
     if file.format == "parquet" and id_column is not None:
         check_parquet_id_kind(file.path, id_column, ids_check)
-        ds = ray.data.read_parquet(str(file.path), columns=[id_column, text_column])
+        ds = ray.data.read_parquet(str(path), columns=[id_column, text_column])
         ds = ds.rename_columns({id_column: "id", text_column: "text"}) if id_column != "id" else ds
         return ds.select_columns(["id", "text"])
-    refs = []
-    for chunk in read_chunks(file, text_column, id_column, rows_per_block):
+    source = dataclasses.replace(file, path=path)
+    arguments = (source, text_column, id_column, rows_per_block, ids_check.kind, on_error)
+
+    class FileRows(Datasource):  # defined here: Ray is imported only inside functions
+        def estimate_inmemory_data_size(self) -> int:
+            return source.size
+
+        def get_read_tasks(self, parallelism: int, per_task_row_limit: Any = None, data_context: Any = None) -> Any:
+            metadata = BlockMetadata(
+                num_rows=source.rows, size_bytes=source.size, exec_stats=None, input_files=(str(path),)
+            )
+            return [ReadTask(lambda: _read_blocks(*arguments), metadata)]
+
+    return ray.data.read_datasource(FileRows())
+
+
+def _read_blocks(
+    file: InputFile, text_column: str, id_column: str | None, rows: int, id_kind: type | None, on_error: str
+) -> Iterator[Any]:
+    """The read task: ``read_chunks`` and the row checks of the local runner, run on a worker, a block of
+    ``rows`` rows at a time. ``id_kind``: the job's id kind from earlier files (None: this file's first id)."""
+    import pyarrow as pa
+
+    ids_check = IdCheck()
+    ids_check.kind = id_kind
+    for chunk in read_chunks(file, text_column, id_column, rows):
         errors = chunk_errors(chunk.ids, chunk.texts, chunk.read_errors, ids_check)
-        raise_first_bad(on_error, str(file.path), chunk.ids, chunk.lines, errors)
         texts = [text if error is None else None for text, error in zip(chunk.texts, errors, strict=True)]
-        columns = {"id": storable_ids(chunk.ids, errors, ids_check), "text": texts, "error": errors}
-        types = {"id": _ID_TYPES.get(ids_check.kind), "text": pa.string(), "error": pa.string()}
-        refs.append(ray.put(pa.table({name: pa.array(values, types[name]) for name, values in columns.items()})))
-    if not refs:
-        refs = [ray.put(pa.table({"id": pa.array([], pa.int64()), "text": pa.array([], pa.string())}))]
-    return ray.data.from_arrow_refs(refs)
+        id_type = pa.string() if ids_check.kind is str else pa.int64() if ids_check.kind is int else None
+        yield pa.table(
+            {
+                "id": pa.array(storable_ids(chunk.ids, errors, ids_check), id_type),
+                "text": pa.array(texts, pa.string()),
+                "error": pa.array(errors, pa.string()),
+                "line": pa.array(chunk.lines, pa.int64()),
+            }
+        )
+        if on_error == "fail" and any(error is not None for error in errors):
+            return  # the check before commit names this row; reading on would embed rows never committed
+
+
+def _write_block(batch: Any, filesystem: Any, folder: str) -> Any:
+    """Write one embedded block as one Parquet file in the part folder, named by its first input line (a
+    retried task rewrites the same file) or at random; return its name and rows. The driver commits exactly
+    the files returned, so a file from a failed attempt is never counted."""
+    import uuid
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    written = pa.table({"name": pa.array([], pa.string()), "rows": pa.array([], pa.int64())})
+    if batch.num_rows == 0:
+        return written
+    table = batch.select(["id", "embedding", "error"])
+    if "line" in batch.column_names:
+        lines = batch.column("line").to_pylist()
+        name = f"{min(lines):012d}.parquet"
+        errors = batch.column("error").to_pylist()
+        bad_lines = [line for line, error in zip(lines, errors, strict=True) if error is not None]
+        if bad_lines:  # as parts.part_table keeps them: the report names each bad row's line
+            table = table.replace_schema_metadata({LINES_KEY: json.dumps(bad_lines).encode()})
+    else:
+        name = f"{uuid.uuid4().hex}.parquet"
+    pq.write_table(table, posixpath.join(folder, name), filesystem=filesystem)
+    return pa.table({"name": [name], "rows": pa.array([table.num_rows], pa.int64())})
 
 
 def check_parquet_id_kind(path: Path, id_column: str, ids_check: IdCheck) -> None:
@@ -243,35 +315,59 @@ def check_parquet_id_kind(path: Path, id_column: str, ids_check: IdCheck) -> Non
         )
 
 
-def _seed_id_kind(ids_check: IdCheck, folder: Path) -> None:
-    """A finished file's id kind, from its parts: a rerun checks the next files' ids as the first run did."""
+def _seed_id_kind(ids_check: IdCheck, parts: list[str], filesystem: Any) -> None:
+    """The job's id kind from a file's written parts, once it is known: the next files' ids are checked as
+    the first run checked them (the kind was set on a worker, or by an earlier run)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    if ids_check.kind is None:
-        for path in sorted(folder.glob("*.parquet")):
-            id_type = pq.read_schema(path).field("id").type
-            ids_check.kind = str if pa.types.is_string(id_type) else int if pa.types.is_integer(id_type) else None
+    for path in sorted(parts):
+        if ids_check.kind is not None:
             return
+        id_type = pq.read_schema(path, filesystem=filesystem).field("id").type
+        ids_check.kind = str if pa.types.is_string(id_type) else int if pa.types.is_integer(id_type) else None
 
 
-def _commit_folder(partial: Path, final: Path, expected_rows: int, on_error: str, file_name: str) -> None:
-    """Check the rows Ray wrote (count, and bad rows with on_error="fail"), make them durable, then rename the
-    folder: the step after which the file counts as done."""
-    import pyarrow.compute as pc
+def _check_written(
+    out: Output, folder: str, written: list[dict[str, Any]], file: InputFile, on_error: str
+) -> list[dict[str, Any]]:
+    """Check what Ray wrote before it is committed: with on_error="fail" no bad row (the first by line is
+    named), then each file's rows as read back from its footer, and all of them against the input's. Files
+    in the folder that no task returned (a failed attempt's) are removed. Returns the parts to list."""
     import pyarrow.parquet as pq
+    from pyarrow import fs
 
-    files = sorted(partial.glob("*.parquet"))
-    written = sum(pq.read_metadata(path).num_rows for path in files)
-    if written != expected_rows:
-        raise CorpusError(f"{file_name}: Ray wrote {written} rows of {expected_rows}; nothing committed, rerun")
-    if on_error == "fail" and files:
-        bad = pq.read_table(partial, columns=["id", "error"], filters=pc.field("error").is_valid())
-        if bad.num_rows:
-            raise bad_row_error({"id": bad["id"][0].as_py(), "file": file_name, "error": bad["error"][0].as_py()})
-    for path in files:
-        with open(path, "rb") as stream:
+    names = [entry["name"] for entry in written]
+    if len(set(names)) != len(names):
+        raise CorpusError(f"{file.path}: Ray wrote a part twice ({sorted(names)}); nothing committed, rerun")
+    paths = [posixpath.join(folder, name) for name in names]
+    if on_error == "fail":
+        bad = [record for path in paths for record in bad_rows(path, str(file.path), out.filesystem)]
+        if bad:
+            raise bad_row_error(min(bad, key=lambda record: record.get("line") or 0))
+    on_disk = [pq.read_metadata(path, filesystem=out.filesystem).num_rows for path in paths]
+    for entry, rows in zip(written, on_disk, strict=True):
+        if rows != entry["rows"]:
+            raise CorpusError(f"{file.path}: part {entry['name']} holds {rows} rows, {entry['rows']} written; rerun")
+    if sum(on_disk) != file.rows:
+        raise CorpusError(f"{file.path}: Ray wrote {sum(on_disk)} rows of {file.rows}; nothing committed, rerun")
+    for info in out.filesystem.get_file_info(fs.FileSelector(folder)):
+        if posixpath.basename(info.path) not in names:
+            out.filesystem.delete_file(info.path)
+    return [{"name": name, "rows": rows} for name, rows in zip(names, on_disk, strict=True)]
+
+
+def _commit_folder(partial: Path, final: Path, file_name: str, parts: list[dict[str, Any]]) -> None:
+    """Make the checked parts durable, then rename the folder: the step after which the file counts as done.
+    The manifest is written here too, so every committed folder lists its parts."""
+    for part in parts:
+        with open(partial / part["name"], "rb") as stream:
             os.fsync(stream.fileno())
+    manifest = {"format": objectstore.MANIFEST_FORMAT, "input": file_name, "parts": parts}
+    with open(partial / objectstore.MANIFEST, "w", encoding="utf-8") as stream:
+        stream.write(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        stream.flush()
+        os.fsync(stream.fileno())
     fsync_folder(partial)
     partial.replace(final)
     fsync_folder(final.parent)
@@ -291,13 +387,17 @@ def embed_corpus_ray(
     rows_per_block: int = 8192,
     variant: str = "auto",
     restart: bool = False,
+    filesystem: Any = None,
 ) -> CorpusResult:
     """As :func:`onnxembed.corpus.embed_corpus`, on Ray (``ray.init(address)``; a local cluster when None).
 
-    Each input file becomes one Ray job whose parts land in OUTPUT/part-NNNNN/ by a folder rename after
-    its rows are counted and fsynced, so a restarted job skips finished files. OUTPUT and ``model_dir`` must
-    be at the same path on every node (local disk for one node, else NFS or another shared filesystem).
-    The job record and what a rerun refuses are the local path's (docs/corpora.md).
+    Each input file becomes one Ray job, read by the cluster, whose parts land in OUTPUT/part-FFFFF/ and are
+    counted before they are committed, so a restarted job skips finished files. OUTPUT is a folder every
+    node shares (local disk for one node, NFS), committed by a folder rename after fsync; or a URI that
+    ``pyarrow.fs.FileSystem.from_uri`` opens (``s3://``, ``gs://``; ``file://`` is a local folder), or a
+    path in ``filesystem`` (a pyarrow filesystem), committed by a manifest written last. INPUT and
+    ``model_dir`` must be at the same path on every node. The job record and what a rerun refuses are the
+    local path's (docs/corpora.md).
     """
     ray = _import_ray()
     from onnxembed.manifest import Manifest
@@ -305,8 +405,9 @@ def embed_corpus_ray(
 
     require_pyarrow()
     check_options(on_error, precision)
-    output = Path(output)
-    check_paths(input_path, output)
+    out = objectstore.resolve_output(output, filesystem)
+    if out.local is not None:
+        check_paths(input_path, out.local)
     files = list_inputs(input_path)
     id_columns = [id_column_of(file, id_column) for file in files]
     options = {"on_error": on_error, "batch_size": batch_size, "rows_per_block": rows_per_block}
@@ -320,52 +421,110 @@ def embed_corpus_ray(
         chosen, _ = choose_variant(Manifest.read(model_dir), Path(model_dir), variant, provider)
         settings = {"runner": "ray", "text_column": text_column, "id_column": id_column, "precision": precision}
         job = {"settings": settings, "model": model_record(model_dir, chosen), "inputs": inputs_record(files)}
-        return _run_files(output, files, id_columns, job, restart, model_dir, chosen, options)
+        run = _Run(out, files, job, model_dir, chosen, options)
+        if out.local is None:
+            objectstore.start_job(out, job, restart)
+            return run.all(id_columns)
+        with locked(out.local):
+            start_job(out.local, job, restart)
+            return run.all(id_columns)
     finally:
         if started:
             ray.shutdown()
 
 
-def _run_files(
-    output: Path,
-    files: list[InputFile],
-    id_columns: list[str | None],
-    job: dict[str, Any],
-    restart: bool,
-    model_dir: str | Path,
-    variant: str,
-    options: dict[str, Any],
-) -> CorpusResult:
-    """Under OUTPUT's lock: each file not yet committed, embedded by the actor pool and committed."""
-    text_column, on_error = job["settings"]["text_column"], options["on_error"]
-    embedded = reused = 0
-    ids_check = IdCheck()
-    with locked(output):
-        start_job(output, job, restart)
-        for file, file_id_column in zip(files, id_columns, strict=True):
-            final = output / part_name(file.index)
-            if final.is_dir():
-                _seed_id_kind(ids_check, final)
+class _Run:
+    """One embed-corpus job on Ray, once OUTPUT is started: each file not yet committed is embedded by the
+    actor pool, written, checked and committed (folder rename on local disk, manifest on object stores)."""
+
+    def __init__(
+        self,
+        out: Output,
+        files: list[InputFile],
+        job: dict[str, Any],
+        model_dir: str | Path,
+        variant: str,
+        options: dict[str, Any],
+    ) -> None:
+        self.out, self.files, self.job, self.model_dir, self.variant = out, files, job, model_dir, variant
+        self.options = options
+        self.ids_check = IdCheck()
+
+    def all(self, id_columns: list[str | None]) -> CorpusResult:
+        embedded = reused = 0
+        names = [file.name for file in self.files]
+        on_error = self.options["on_error"]
+        for file, file_id_column in zip(self.files, id_columns, strict=True):
+            folder = self.out.path(part_name(file.index))
+            if self._is_done(folder):
+                _seed_id_kind(self.ids_check, self._committed_parts(folder), self.out.filesystem)
                 reused += file.rows
                 continue
-            ds = _file_dataset(file, text_column, file_id_column, options["rows_per_block"], ids_check, on_error)
-            ds = embed_dataset(
-                ds,
-                model_dir,
-                "text",
-                id_column="id",
-                batch_size=options["batch_size"],
-                precision=job["settings"]["precision"],
-                on_error="skip",  # bad rows are checked in the written folder, before it is committed
-                variant=variant,
-            )
-            partial = temporary_path(final)
-            try:
-                partial.mkdir(parents=True)
-                ds.select_columns(["id", "embedding", "error"]).write_parquet(str(partial))
-                _commit_folder(partial, final, file.rows, on_error, str(file.path))
-            finally:
-                shutil.rmtree(partial, ignore_errors=True)
+            self._embed_file(file, file_id_column, folder)
             embedded += file.rows
-        bad, duplicates = finish_job(output, [file.name for file in files], on_error)
-    return CorpusResult(embedded, reused, bad, duplicates)
+        if self.out.local is not None:
+            bad, duplicates = finish_job(self.out.local, names, on_error)
+        else:
+            bad, duplicates, listed_in = objectstore.collect_report(self.out, names)
+            judge_report(bad, duplicates, on_error, listed_in)
+        return CorpusResult(embedded, reused, bad, duplicates)
+
+    def _committed_parts(self, folder: str) -> list[str]:
+        if self.out.local is not None:  # every file of a renamed folder (older runs wrote no manifest)
+            return [str(path) for path in sorted(Path(folder).glob("*.parquet"))]
+        return objectstore.committed_parts(self.out, folder)
+
+    def _is_done(self, folder: str) -> bool:
+        if self.out.local is not None:
+            return Path(folder).is_dir()  # renamed into place: committed (older runs wrote no manifest)
+        return objectstore.is_committed(self.out, folder)
+
+    def _embed_file(self, file: InputFile, id_column: str | None, folder: str) -> None:
+        local = Path(folder) if self.out.local is not None else None
+        target = str(temporary_path(local)) if local is not None else folder
+        try:
+            self.out.filesystem.create_dir(target, recursive=True)
+            # An empty file is an empty folder, without starting an actor pool.
+            written = self._write(file, id_column, target) if file.rows else []
+            parts = _check_written(self.out, target, written, file, self.options["on_error"])
+            if local is not None:
+                _commit_folder(Path(target), local, file.name, parts)
+            else:
+                objectstore.commit(self.out, folder, file.name, parts)
+        except BaseException:
+            if local is None:  # not committed: removed now rather than on the next start
+                _delete_quietly(self.out.filesystem, folder)
+            raise
+        finally:
+            if local is not None:
+                shutil.rmtree(target, ignore_errors=True)
+        _seed_id_kind(self.ids_check, [posixpath.join(folder, part["name"]) for part in parts], self.out.filesystem)
+
+    def _write(self, file: InputFile, id_column: str | None, target: str) -> list[dict[str, Any]]:
+        """Read, embed and write one file into ``target``; returns what the write tasks wrote."""
+        settings, options = self.job["settings"], self.options
+        ds = _file_dataset(
+            file, settings["text_column"], id_column, options["rows_per_block"], self.ids_check, options["on_error"]
+        )
+        ds = embed_dataset(
+            ds,
+            self.model_dir,
+            "text",
+            id_column="id",
+            batch_size=options["batch_size"],
+            precision=settings["precision"],
+            on_error="skip",  # bad rows are checked in the written folder, before it is committed
+            variant=self.variant,
+        )
+        arguments = {"filesystem": self.out.filesystem, "folder": target}
+        writes = ds.map_batches(
+            _write_block, batch_size=None, batch_format="pyarrow", zero_copy_batch=True, fn_kwargs=arguments
+        )
+        return list(writes.take_all())
+
+
+def _delete_quietly(filesystem: Any, folder: str) -> None:
+    try:
+        filesystem.delete_dir(folder)
+    except OSError as error:
+        logger.warning("could not remove %s (%s); the next run removes it", folder, error)

@@ -186,3 +186,272 @@ def test_cli_ray_batch_of_only_bad_rows_keeps_their_ids(
     capsys.readouterr()
     report = [json.loads(line) for line in (output / "_errors.jsonl").read_text().splitlines()]
     assert [record["id"] for record in report] == ["x-1", "x-2", "x-3"]
+
+
+# The local runner is the reference for embed-corpus on Ray: the same input, embedded by both, must give the
+# same rows (ids, errors, embeddings) and the same _errors.jsonl, line numbers included.
+
+_TEXT_FILE = b"first line\n\nthird, after a blank line\r\nbad \xff utf-8\n  \nlast, without a newline"
+_JSONL_FILE = b"\n".join(
+    [
+        b'{"id": 100, "text": "alpha"}',
+        b"",
+        b'{"id": 101, "text": null}',
+        b"not json",
+        b"[1, 2]",
+        b'{"id": "x", "text": "an id of another kind"}',
+        b'{"id": 1.5, "text": "a float id"}',
+        b'{"id": 102, "text": "caf\xe9"}',
+        b'{"id": 103, "text": "a \\udc00 b"}',
+        b'{"id": 104, "text": 5}',
+        b'{"text": "no id"}',
+        b'{"id": 105, "text": "beta"}',
+        b"   ",
+        b'{"id": 106, "text": "gamma"}',
+    ]
+)
+
+
+def _mixed_inputs(folder: Path) -> Path:
+    """Text (blank lines, CRLF, invalid UTF-8, no final newline), JSONL (blank lines, every kind of bad row)
+    and Parquet without ids: ids are row numbers and JSONL ints, so every file has good rows and bad ones."""
+    folder.mkdir()
+    (folder / "a.txt").write_bytes(_TEXT_FILE)
+    (folder / "b.jsonl").write_bytes(_JSONL_FILE + b"\n")
+    write_parquet(folder / "c.parquet", [{"text": text} for text in ["p0", None, "p2", "p3", "p4"]])
+    (folder / "d.txt").write_bytes(b"")  # no rows: Ray commits an empty folder, the local runner no part
+    return folder
+
+
+def _all_rows(output: Path) -> list[tuple[Any, Any, Any]]:
+    """Every row of OUTPUT as (id, error, embedding or None), in a stable order (bad rows may share a null id)."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(output)
+    rows = zip(table["id"].to_pylist(), table["error"].to_pylist(), table["embedding"].to_pylist(), strict=True)
+    return sorted(rows, key=lambda row: (repr(row[0]), row[1] or ""))
+
+
+def _assert_same_output(output: Path, reference: Path) -> None:
+    import json
+
+    rows, expected = _all_rows(output), _all_rows(reference)
+    assert [row[:2] for row in rows] == [row[:2] for row in expected]
+    for (row_id, _, vector), (_, _, expected_vector) in zip(rows, expected, strict=True):
+        assert (vector is None) == (expected_vector is None), row_id
+        if vector is not None:
+            np.testing.assert_allclose(vector, expected_vector, atol=1e-5, err_msg=str(row_id))
+    report = [json.loads(line) for line in (output / "_errors.jsonl").read_text().splitlines()]
+    assert report == [json.loads(line) for line in (reference / "_errors.jsonl").read_text().splitlines()]
+    assert [record["line"] for record in report if record["file"] == "b.jsonl"] == [3, 4, 5, 6, 7, 8, 9, 10, 11]
+
+
+@pytest.fixture(scope="module")
+def mixed_reference(tiny_export: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(INPUT, OUTPUT of the local runner on it, in chunks as small as the Ray blocks below)."""
+    from onnxembed.corpus import embed_corpus
+
+    root = tmp_path_factory.mktemp("mixed")
+    folder = _mixed_inputs(root / "in")
+    embed_corpus(folder, root / "local", tiny_export, on_error="skip", chunk_rows=4)
+    return folder, root / "local"
+
+
+def test_ray_reads_in_the_cluster_as_the_local_runner_reads(
+    ray_cluster: Any, tiny_export: Path, tmp_path: Path, mixed_reference: tuple[Path, Path]
+) -> None:
+    from onnxembed.corpus import embed_corpus
+    from onnxembed.corpus.inputs import CorpusError
+    from onnxembed.corpus.ray import embed_corpus_ray
+
+    folder, reference = mixed_reference
+    # A file:// URI is a local folder: committed by rename, as a path is.
+    output = tmp_path / "out"
+    result = embed_corpus_ray(folder, output.as_uri(), tiny_export, on_error="skip", rows_per_block=4)
+    assert sorted(path.name for path in output.iterdir()) == [
+        "_errors.jsonl", "_job.json", "part-00000", "part-00001", "part-00002", "part-00003"
+    ]  # fmt: skip
+    _assert_same_output(output, reference)
+    assert result.rows_embedded == 6 + 12 + 5 and len(result.errors) == 1 + 9 + 1
+
+    # With on_error="fail" both stop at the same first bad row, named by file and line.
+    with pytest.raises(CorpusError) as local_failure:
+        embed_corpus(folder, tmp_path / "local-fail", tiny_export, chunk_rows=4)
+    with pytest.raises(CorpusError) as ray_failure:
+        embed_corpus_ray(folder, tmp_path / "ray-fail", tiny_export, rows_per_block=4)
+    assert str(ray_failure.value) == str(local_failure.value)
+    assert "a.txt:4: row id 3: invalid UTF-8 at byte 4" in str(ray_failure.value)
+    assert not list((tmp_path / "ray-fail").glob("*part-*"))
+
+
+def _no_rename_filesystem(root: Path) -> Any:
+    """A pyarrow filesystem over ``root`` that refuses to move anything, as an object store cannot."""
+    from pyarrow import fs
+
+    class NoRename(fs.FileSystemHandler):  # defined here so that cloudpickle sends it to the workers by value
+        def __init__(self, root: str) -> None:
+            self.root, self.inner = root, fs.SubTreeFileSystem(root, fs.LocalFileSystem())
+
+        def __reduce__(self) -> Any:
+            return NoRename, (self.root,)
+
+        def __eq__(self, other: object) -> bool:
+            return isinstance(other, NoRename) and other.root == self.root
+
+        def __ne__(self, other: object) -> bool:
+            return not self == other
+
+        def get_type_name(self) -> str:
+            return "no-rename"
+
+        def move(self, src: str, dest: str) -> None:
+            raise OSError(f"this filesystem has no rename ({src} -> {dest})")
+
+        def normalize_path(self, path: str) -> str:
+            return path
+
+        def get_file_info(self, paths: list[str]) -> Any:
+            return self.inner.get_file_info(paths)
+
+        def get_file_info_selector(self, selector: Any) -> Any:
+            return self.inner.get_file_info(selector)
+
+        def create_dir(self, path: str, recursive: bool) -> None:
+            self.inner.create_dir(path, recursive=recursive)
+
+        def delete_dir(self, path: str) -> None:
+            self.inner.delete_dir(path)
+
+        def delete_dir_contents(self, path: str, missing_dir_ok: bool = False) -> None:
+            self.inner.delete_dir_contents(path, missing_dir_ok=missing_dir_ok)
+
+        def delete_root_dir_contents(self) -> None:
+            self.inner.delete_dir_contents("", accept_root_dir=True)
+
+        def delete_file(self, path: str) -> None:
+            self.inner.delete_file(path)
+
+        def copy_file(self, src: str, dest: str) -> None:
+            self.inner.copy_file(src, dest)
+
+        def open_input_stream(self, path: str) -> Any:
+            return self.inner.open_input_stream(path)
+
+        def open_input_file(self, path: str) -> Any:
+            return self.inner.open_input_file(path)
+
+        def open_output_stream(self, path: str, metadata: Any) -> Any:
+            return self.inner.open_output_stream(path, metadata=metadata)
+
+        def open_append_stream(self, path: str, metadata: Any) -> Any:
+            return self.inner.open_append_stream(path, metadata=metadata)
+
+    root.mkdir(exist_ok=True)
+    return fs.PyFileSystem(NoRename(str(root)))
+
+
+def test_ray_commits_by_manifest_where_nothing_can_be_renamed(
+    ray_cluster: Any, tiny_export: Path, tmp_path: Path, mixed_reference: tuple[Path, Path], monkeypatch: Any
+) -> None:
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from onnxembed.corpus.inputs import CorpusError
+    from onnxembed.corpus.ray import embed_corpus_ray
+
+    def not_in_the_driver(*args: Any) -> Any:
+        raise AssertionError("the driver read rows of an input file")
+
+    # The workers read with their own copy of the module; the driver's must never read a row.
+    monkeypatch.setattr("onnxembed.corpus.ray.read_chunks", not_in_the_driver)
+    folder, reference = mixed_reference
+    filesystem = _no_rename_filesystem(tmp_path / "bucket")
+    output = tmp_path / "bucket" / "out"
+
+    def run(**options: Any) -> Any:
+        return embed_corpus_ray(folder, "out", tiny_export, rows_per_block=4, filesystem=filesystem, **options)
+
+    # With on_error="fail", the first bad row stops the job and its folder is not left behind.
+    with pytest.raises(CorpusError, match=r"a\.txt:4: row id 3: invalid UTF-8 at byte 4"):
+        run()
+    assert not list(output.glob("part-*"))
+
+    run(on_error="skip", restart=True)
+    _assert_same_output(output, reference)
+    manifest = json.loads((output / "part-00001" / "_manifest.json").read_text())
+    parts = sorted(path.name for path in (output / "part-00001").glob("*.parquet"))
+    assert [part["name"] for part in manifest["parts"]] == parts  # exactly the files in the folder
+    assert sum(part["rows"] for part in manifest["parts"]) == 14 - 2  # b.jsonl's lines but the 2 blank ones
+
+    # A crashed run: one folder without its manifest (with a stray file in it), and a stray file with a bad
+    # row in a committed folder. The first is embedded again; the second is never read into the report.
+    (output / "part-00001" / "_manifest.json").unlink()
+    stray = pa.table({"id": [7], "embedding": pa.array([None], pa.list_(pa.float32(), 2)), "error": ["stray"]})
+    pq.write_table(stray, output / "part-00001" / "stray.parquet")
+    pq.write_table(stray, output / "part-00002" / "stray.parquet")
+    result = run(on_error="skip")
+    assert result.rows_reused == 6 + 5 and result.rows_embedded == 12
+    assert not (output / "part-00001" / "stray.parquet").exists()
+    assert "stray" not in (output / "_errors.jsonl").read_text()
+    (output / "part-00002" / "stray.parquet").unlink()
+    _assert_same_output(output, reference)
+
+
+def test_rows_written_are_checked_before_commit(tmp_path: Path) -> None:
+    """What the write tasks say they wrote is read back: a part's footer must hold the rows its task counted,
+    all parts the input's rows; a file no task returned (a failed attempt's) is removed."""
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from onnxembed.corpus.inputs import CorpusError, InputFile
+    from onnxembed.corpus.objectstore import resolve_output
+    from onnxembed.corpus.ray import _check_written
+
+    folder = tmp_path / "part-00000"
+    folder.mkdir()
+    block = pa.table(
+        {"id": [1, 2, 3], "embedding": pa.array([[0.0]] * 3, pa.list_(pa.float32(), 1)), "error": [None] * 3}
+    )
+    pq.write_table(block, folder / "a.parquet")
+    pq.write_table(block.slice(0, 2), folder / "b.parquet")
+    pq.write_table(block, folder / "from-a-failed-attempt.parquet")
+    out = resolve_output(tmp_path)
+    file = InputFile(tmp_path / "in.txt", "text", 0, 0, rows=5)
+    with pytest.raises(CorpusError, match="part b.parquet holds 2 rows, 3 written"):
+        _check_written(
+            out, str(folder), [{"name": "a.parquet", "rows": 3}, {"name": "b.parquet", "rows": 3}], file, "fail"
+        )
+    with pytest.raises(CorpusError, match="Ray wrote 3 rows of 5; nothing committed"):
+        _check_written(out, str(folder), [{"name": "a.parquet", "rows": 3}], file, "fail")
+    written = [{"name": "a.parquet", "rows": 3}, {"name": "b.parquet", "rows": 2}]
+    assert _check_written(out, str(folder), written, file, "fail") == written
+    assert sorted(path.name for path in folder.iterdir()) == ["a.parquet", "b.parquet"]
+
+    bad = block.set_column(2, "error", pa.array([None, "text is null", None], pa.string()))
+    pq.write_table(bad, folder / "a.parquet")
+    with pytest.raises(CorpusError, match="in.txt: row id 2: text is null"):
+        _check_written(out, str(folder), written, file, "fail")
+    assert _check_written(out, str(folder), written, file, "skip") == written
+
+
+def test_output_uris(tmp_path: Path) -> None:
+    """A file:// URI is a local folder (rename commit); an unknown scheme is refused by name; the local
+    runner, which only renames, refuses URIs rather than make a folder named "s3:"."""
+    from pyarrow import fs
+
+    from onnxembed.corpus import embed_corpus
+    from onnxembed.corpus.inputs import CorpusError
+    from onnxembed.corpus.objectstore import resolve_output
+
+    assert resolve_output((tmp_path / "out").as_uri()).local == tmp_path / "out"
+    subtree = fs.SubTreeFileSystem(str(tmp_path), fs.LocalFileSystem())
+    assert resolve_output("out", subtree).local is None  # no rename through it: the manifest commit
+    with pytest.raises(CorpusError, match="nosuchscheme://x: not a path or a URI pyarrow can open"):
+        resolve_output("nosuchscheme://x")
+    source = write_text(tmp_path / "in.txt", ["a"])
+    with pytest.raises(CorpusError, match="a URI is an output of the Ray runner only"):
+        embed_corpus(source, "s3://bucket/out", tmp_path / "no-model")
+    assert not (Path("s3:")).exists()
