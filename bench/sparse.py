@@ -2,7 +2,7 @@
 
 100 passages encoded as documents, all systems in one process.
 
-    python bench/sparse.py --work DIR [--shapes bert-base] [--rounds 3] [--markdown-out F] [--json-out F]
+    python bench/sparse.py --work DIR [--shapes bert-base] [--rounds 3] [--int8-recipe all-matmul] [--markdown-out F] [--json-out F]
 
 Shape (BertForMaskedLM -> SpladePooling(max, relu), max_seq_length 512, random weights: speed does not depend on
 them; drawn at 1/sqrt(fan_in) as tests/sparse.py does, the MLM logits scaled to N(0, 1) and biased to -3.5 so that
@@ -10,7 +10,8 @@ a passage has about 100-250 active terms, as a trained SPLADE model's document v
 - bert-base: hidden 768, 12 layers, 12 heads, FFN 3072, all-MiniLM-L6-v2's 30,522-term WordPiece vocabulary
   (the shape of naver/splade-cocondenser-ensembledistil and opensearch's doc-v3-distill document encoder).
 Each shape is saved by SparseEncoder.save into DIR/NAME and exported with ``onnxembed.export(DIR/NAME,
-DIR/NAME-onnx, quantize="int8")``; both steps are skipped when already there.
+DIR/NAME-onnx, quantize="int8")``; both steps are skipped when already there. ``--int8-recipe R`` exports to
+DIR/NAME-onnx-R with that int8 recipe alone (recorded with its accuracy, accepted by the budget or not).
 
 The passages are bench/rerank.py's: stdlib docstring text cut at lengths spread evenly over 30-200 WordPiece
 tokens, the same on every run. Systems: SparseEncoder(DIR/NAME).encode_document on torch, onnxembed
@@ -44,7 +45,7 @@ import numpy as np
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 from build_shapes import _tokenizer  # noqa: E402
-from rerank import _passage_token_ids, _versions, make_passages  # noqa: E402
+from rerank import _passage_token_ids, _versions, make_passages, prepare  # noqa: E402
 from throughput import _cpu_name, matmul_peak  # noqa: E402
 
 SHAPES: dict[str, dict[str, int]] = {
@@ -89,22 +90,6 @@ def build_shape(name: str, out: Path) -> None:
     tokenizer.save_pretrained(hf_dir)
     transformer = Transformer(str(hf_dir), max_seq_length=MAX_LENGTH, transformer_task="fill-mask")
     SparseEncoder(modules=[transformer, SpladePooling("max", "relu")], device="cpu").save(str(out))
-
-
-def prepare(name: str, work: Path) -> tuple[Path, Path]:
-    """DIR/NAME (built unless there) and DIR/NAME-onnx (exported with int8 unless there)."""
-    from onnxembed import export
-
-    src, out = work / name, work / f"{name}-onnx"
-    if not (src / "config_sentence_transformers.json").is_file():
-        print(f"building {src} ...", file=sys.stderr, flush=True)
-        build_shape(name, src)
-    if not (out / "onnxembed.json").is_file():
-        print(f"exporting {out} ...", file=sys.stderr, flush=True)
-        started = time.perf_counter()
-        export(src, out, quantize="int8", overwrite=out.exists())
-        print(f"exported in {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
-    return src, out
 
 
 def flops_per_token(config: dict[str, Any]) -> int:
@@ -274,6 +259,9 @@ def main() -> None:
         "--shapes", default=",".join(PUBLIC_SHAPES), help=f"comma-separated: {', '.join(PUBLIC_SHAPES)}"
     )
     parser.add_argument("--rounds", type=int, default=3, help="times every system runs, in turn")
+    parser.add_argument(
+        "--int8-recipe", help="export int8 with this recipe only (e.g. all-matmul), not the budget's search"
+    )
     parser.add_argument("--markdown-out", type=Path)
     parser.add_argument("--json-out", type=Path)
     args = parser.parse_args()
@@ -284,7 +272,8 @@ def main() -> None:
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
     args.work.mkdir(parents=True, exist_ok=True)
-    prepared = {name: prepare(name, args.work) for name in names}  # build and export before measuring
+    # build and export before measuring
+    prepared = {name: prepare(name, args.work, build_shape, args.int8_recipe) for name in names}
     passages = make_passages(next(iter(prepared.values()))[1] / "tokenizer.json")
     loadavg_start = os.getloadavg()
     if loadavg_start[0] > 0.75 * (os.cpu_count() or 1):
