@@ -25,6 +25,15 @@ Item = TypeVar("Item")
 _POLL_S = 0.05
 
 
+def progress_bar(total: int, enabled: bool, desc: str, unit: str) -> Any:
+    """A tqdm bar over ``total`` items when ``enabled`` (tqdm imported only then), else None."""
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit)
+
+
 def run_serial(jobs: Sequence[Callable[[], Iterator[Item]]], worker: Callable[[Item], None]) -> None:
     """Every job's items through ``worker``, in the calling thread."""
     for job in jobs:
