@@ -1,7 +1,7 @@
 """Cutting a list of texts into padded batches that cost the least compute.
 
 In scope: the order texts (or a reranker's pairs) run in and where batches end. Not in scope: running them
-(encoder.py, reranker.py).
+(engine.py, reranker.py, sparse_encoder.py).
 
 Padding is wasted compute, so texts run longest first, sorted by their real token counts, and a batch
 holds at most ``batch_size`` texts and ``max_batch_tokens`` padded tokens; where batches end within those

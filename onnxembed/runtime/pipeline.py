@@ -2,7 +2,7 @@
 
 In scope: threads and a bounded queue between the jobs that tokenize and pad (batching.plan) and the
 workers that run a session on each batch; stopping every thread and re-raising the first error.
-Not in scope: what a job or a worker does (encoder.py).
+Not in scope: what a job or a worker does (engine.py).
 
 Overlapped (OverlappedRunner): ``producers`` threads take the jobs in turn and put their batches on a
 queue of ``depth`` batches; one thread per worker (one per session) takes them off. tokenizers' encode_batch and
