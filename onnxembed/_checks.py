@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -49,3 +50,14 @@ def resolve_prompt(prompts: dict[str, str], default_prompt_name: str | None, pro
         known = ", ".join(repr(key) for key in prompts) or "none"
         raise InvalidArgumentError(f"prompt_name {name!r} is not one of the model's prompts: {known}")
     return prompts[name]
+
+
+def checked_texts(sentences: Iterable[str]) -> list[str]:
+    """``sentences`` as a list, if it is an iterable of str (not bytes), else ArgumentTypeError."""
+    if isinstance(sentences, (bytes, bytearray)) or not isinstance(sentences, Iterable):
+        raise ArgumentTypeError(f"sentences must be a str or an iterable of str; got {type(sentences).__name__}")
+    texts = list(sentences)
+    for index, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise ArgumentTypeError(f"sentences[{index}] is {type(text).__name__}, not str")
+    return texts

@@ -1,5 +1,6 @@
 """The reranker's part of the ``onnxembed`` command: ``onnxembed rerank MODEL_DIR QUERY FILE``, and how export
-and info describe a reranker export. Kept apart from cli.py, which holds the embedding commands."""
+and info describe a reranker export. Kept apart from cli.py, which parses the command line and runs the
+command named."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """``onnxembed tune MODEL_DIR``: measure the CPU engine settings for one export on this host, once, and write the
-profile that Encoder and ``onnxembed serve`` read at load. Kept apart from cli.py, which holds the other
-embedding commands."""
+profile that Encoder and ``onnxembed serve`` read at load. Kept apart from cli.py, which parses the command
+line and runs the command named."""
 
 from __future__ import annotations
 

@@ -245,6 +245,24 @@ def processor_kwargs(st_config: dict[str, Any]) -> dict[str, Any]:
     return kwargs
 
 
+def whole_transformer_config(
+    root: Path, transformer_dir: Path, transformer: dict[str, Any]
+) -> SentenceTransformerConfig:
+    """The settings of a model whose Transformer module is its whole path to the output (a CrossEncoder's
+    classifier, a SparseEncoder's masked LM): no pooling, no Normalize; ``transformer``: the module's config."""
+    return SentenceTransformerConfig(
+        root=root,
+        transformer_dir=transformer_dir,
+        max_seq_length=transformer.get("max_seq_length"),
+        do_lower_case=bool(transformer.get("do_lower_case", False)),
+        pooling_modes=(),
+        include_prompt=True,
+        normalize=False,
+        processor_kwargs=processor_kwargs(transformer),
+        transformer_config=transformer,
+    )
+
+
 def read_sentence_transformer_config(root: Path) -> SentenceTransformerConfig:
     """Read ``root`` (a SentenceTransformer directory). Raises UnsupportedModelError for modules other than
     Transformer -> Pooling or StaticEmbedding, then Dense layers and Normalize, in that order."""

@@ -21,9 +21,9 @@ from onnxembed.exporter.config import (
     TORCH_ACTIVATIONS,
     SentenceTransformerConfig,
     module_kind,
-    processor_kwargs,
     read_json,
     transformer_module_config,
+    whole_transformer_config,
 )
 
 logger = logging.getLogger(__name__)
@@ -134,17 +134,7 @@ def read_cross_encoder_config(root: Path) -> CrossEncoderConfig:
         raise InvalidArgumentError(
             f"default_prompt_name {default_prompt_name!r} is not one of the prompts {list(prompts)}"
         )
-    st_config = SentenceTransformerConfig(
-        root=root,
-        transformer_dir=transformer_dir,
-        max_seq_length=transformer.get("max_seq_length"),
-        do_lower_case=bool(transformer.get("do_lower_case", False)),
-        pooling_modes=(),
-        include_prompt=True,
-        normalize=False,
-        processor_kwargs=processor_kwargs(transformer),
-        transformer_config=transformer,
-    )
+    st_config = whole_transformer_config(root, transformer_dir, transformer)
     return CrossEncoderConfig(root, st_config, path, source, prompts, default_prompt_name)
 
 

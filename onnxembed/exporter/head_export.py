@@ -9,6 +9,7 @@ Not in scope: what each kind verifies against sentence-transformers or measures 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -17,9 +18,46 @@ from typing import Any
 import numpy as np
 
 from onnxembed.errors import ExportVerificationError
-from onnxembed.manifest import LOGITS_OUTPUT, MANIFEST_NAME, Manifest, Variant
+from onnxembed.manifest import LOGITS_OUTPUT, MANIFEST_NAME, MODEL_INPUTS, Manifest, Variant
 
 logger = logging.getLogger(__name__)
+
+
+def graph_input_names(tokenizer: Any, model: Any) -> tuple[str, ...]:
+    """The inputs the graph takes: those of MODEL_INPUTS that the tokenizer gives and the model's forward accepts."""
+    accepted = set(inspect.signature(model.forward).parameters)
+    return tuple(name for name in MODEL_INPUTS if name in tokenizer.model_input_names and name in accepted)
+
+
+def manifest_fields(
+    tokenizer: Any,
+    max_seq_length: int,
+    do_lower_case: bool,
+    input_names: tuple[str, ...],
+    output_name: str,
+    prompts: dict[str, str],
+    default_prompt_name: str | None,
+) -> dict[str, Any]:
+    """The Manifest fields a reranker's and a sparse encoder's export fill alike: no pooling and no Normalize
+    (the graph's output is the result), the tokenizer's settings, prompts, the fp32 graph and the versions."""
+    from onnxembed.exporter.pipeline import ONNX_FILE, _versions
+
+    return {
+        "pooling_modes": (),
+        "include_prompt": True,
+        "normalize": False,
+        "max_seq_length": max_seq_length,
+        "do_lower_case": do_lower_case,
+        "pad_token_id": int(tokenizer.pad_token_id),
+        "padding_side": str(tokenizer.padding_side),
+        "truncation_side": str(tokenizer.truncation_side),
+        "input_names": input_names,
+        "output_name": output_name,
+        "prompts": prompts,
+        "default_prompt_name": default_prompt_name,
+        "versions": _versions(),
+        "variants": {"fp32": Variant(file=ONNX_FILE, dtype="fp32")},
+    }
 
 
 def trace_and_verify(

@@ -9,7 +9,6 @@ variant against fp32 (Spearman's rank correlation per query, overlap of the top 
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import shutil
@@ -28,10 +27,9 @@ from onnxembed.exporter.cross_encoder import (
     read_cross_encoder_config,
     resolve_activation,
 )
-from onnxembed.exporter.head_export import finish_export, trace_and_verify
+from onnxembed.exporter.head_export import finish_export, graph_input_names, manifest_fields, trace_and_verify
 from onnxembed.manifest import (
     LOGITS_OUTPUT,
-    MODEL_INPUTS,
     RERANKER,
     RERANKER_FORMAT_VERSION,
     Manifest,
@@ -74,7 +72,7 @@ def export_reranker(
     returning the calibration texts (called only when variants are asked for); int8 is accepted when its
     ranking meets ``int8_min_spearman`` and ``int8_min_top10_overlap``."""
     from onnxembed.exporter.load import load_encoder
-    from onnxembed.exporter.pipeline import ONNX_FILE, _prepare_out_dir, _versions
+    from onnxembed.exporter.pipeline import ONNX_FILE, _prepare_out_dir
 
     config = read_cross_encoder_config(source)
     loaded = load_encoder(config.st_config, base_model, classifier=True)
@@ -85,8 +83,7 @@ def export_reranker(
         raise InvalidArgumentError(f"the tokenizer of {source} has no pad token; it cannot batch pairs")
     num_labels = int(model.config.num_labels)
     activation = resolve_activation(config.activation_path, num_labels)
-    accepted = set(inspect.signature(model.forward).parameters)
-    input_names = tuple(name for name in MODEL_INPUTS if name in tokenizer.model_input_names and name in accepted)
+    input_names = graph_input_names(tokenizer, model)
     tokenizer.save_pretrained(str(out))
     _keep_faithful_tokenizer(tokenizer, config.st_config.transformer_dir / "tokenizer.json", out / "tokenizer.json")
     model.config.save_pretrained(str(out))
@@ -105,23 +102,18 @@ def export_reranker(
         atol=1e-4,
     )
     manifest = Manifest(
+        **manifest_fields(
+            tokenizer,
+            loaded.max_seq_length,
+            config.st_config.do_lower_case,
+            input_names,
+            LOGITS_OUTPUT,
+            config.prompts,
+            config.default_prompt_name,
+        ),
         dim=num_labels,
-        pooling_modes=(),
-        include_prompt=True,
-        normalize=False,
-        max_seq_length=loaded.max_seq_length,
-        do_lower_case=config.st_config.do_lower_case,
-        pad_token_id=int(tokenizer.pad_token_id),
-        padding_side=str(tokenizer.padding_side),
-        truncation_side=str(tokenizer.truncation_side),
-        input_names=input_names,
-        output_name=LOGITS_OUTPUT,
-        prompts=config.prompts,
-        default_prompt_name=config.default_prompt_name,
         architecture=loaded.architecture,
         source={"path": str(source), "adapter": loaded.adapter, "activation_from": config.activation_source, **trace},
-        versions=_versions(),
-        variants={"fp32": Variant(file=ONNX_FILE, dtype="fp32")},
         task=RERANKER,
         num_labels=num_labels,
         activation_fn=activation,

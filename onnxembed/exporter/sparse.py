@@ -12,7 +12,6 @@ documents ranked by dot product (Spearman's rank correlation against fp32) and e
 
 from __future__ import annotations
 
-import inspect
 import logging
 import statistics
 import time
@@ -27,7 +26,6 @@ import torch
 from onnxembed.errors import ExportVerificationError, InvalidArgumentError, UnsupportedModelError
 from onnxembed.exporter.sparse_config import SparseEncoderConfig, read_sparse_encoder_config
 from onnxembed.manifest import (
-    MODEL_INPUTS,
     POOLED_OUTPUT,
     SPARSE,
     SPARSE_FORMAT_VERSION,
@@ -99,9 +97,9 @@ def export_sparse(
 ) -> Manifest:
     """Export the SparseEncoder at ``source`` to ``out`` (see :func:`onnxembed.export`); ``texts``: a function
     returning the calibration texts (called only when variants are asked for)."""
-    from onnxembed.exporter.head_export import finish_export, trace_and_verify
+    from onnxembed.exporter.head_export import finish_export, graph_input_names, manifest_fields, trace_and_verify
     from onnxembed.exporter.load import load_encoder
-    from onnxembed.exporter.pipeline import ONNX_FILE, _prepare_out_dir, _versions
+    from onnxembed.exporter.pipeline import ONNX_FILE, _prepare_out_dir
     from onnxembed.exporter.rerank import _keep_faithful_tokenizer
     from onnxembed.exporter.verify import VERIFY_TEXTS
 
@@ -113,8 +111,7 @@ def export_sparse(
     if tokenizer.pad_token_id is None:
         raise InvalidArgumentError(f"the tokenizer of {source} has no pad token; it cannot batch texts")
     graph = SpladeGraph(model, config.pooling_strategy, config.activation_function).eval()
-    accepted = set(inspect.signature(model.forward).parameters)
-    input_names = tuple(name for name in MODEL_INPUTS if name in tokenizer.model_input_names and name in accepted)
+    input_names = graph_input_names(tokenizer, model)
     tokenizer.save_pretrained(str(out))
     faithful = list(VERIFY_TEXTS)
     source_tokenizer = config.st_config.transformer_dir / "tokenizer.json"
@@ -137,24 +134,19 @@ def export_sparse(
     )
     splade = {"pooling_strategy": config.pooling_strategy, "activation_function": config.activation_function}
     manifest = Manifest(
+        **manifest_fields(
+            tokenizer,
+            length,
+            config.st_config.do_lower_case,
+            input_names,
+            POOLED_OUTPUT,
+            config.prompts,
+            config.default_prompt_name,
+        ),
         dim=int(model.config.vocab_size),
-        pooling_modes=(),
-        include_prompt=True,
-        normalize=False,
-        max_seq_length=length,
-        do_lower_case=config.st_config.do_lower_case,
-        pad_token_id=int(tokenizer.pad_token_id),
-        padding_side=str(tokenizer.padding_side),
-        truncation_side=str(tokenizer.truncation_side),
-        input_names=input_names,
-        output_name=POOLED_OUTPUT,
-        prompts=config.prompts,
-        default_prompt_name=config.default_prompt_name,
         similarity_fn_name=config.similarity_fn_name,
         architecture=f"{loaded.architecture}+SpladePooling",
         source={"path": str(source), "adapter": loaded.adapter, "model_type": "SparseEncoder", **trace},
-        versions=_versions(),
-        variants={"fp32": Variant(file=ONNX_FILE, dtype="fp32")},
         task=SPARSE,
         splade=splade,
         static_route=static_route,

@@ -18,10 +18,10 @@ from onnxembed.errors import UnsupportedModelError
 from onnxembed.exporter.config import (
     SentenceTransformerConfig,
     module_kind,
-    processor_kwargs,
     read_json,
     read_pipeline_config,
     transformer_module_config,
+    whole_transformer_config,
 )
 
 # model_type -> the masked-LM class (AutoModelForMaskedLM's choice, as sentence-transformers loads a fill-mask
@@ -157,17 +157,7 @@ def read_sparse_encoder_config(root: Path) -> SparseEncoderConfig:
     if transformer.get("module_output_name", "token_embeddings") != "token_embeddings":
         raise UnsupportedModelError(f"{transformer_dir}: module_output_name {transformer['module_output_name']!r}")
     pipeline, prompts, default_prompt_name = read_pipeline_config(root)
-    st_config = SentenceTransformerConfig(
-        root=root,
-        transformer_dir=transformer_dir,
-        max_seq_length=transformer.get("max_seq_length"),
-        do_lower_case=bool(transformer.get("do_lower_case", False)),
-        pooling_modes=(),
-        include_prompt=True,
-        normalize=False,
-        processor_kwargs=processor_kwargs(transformer),
-        transformer_config=transformer,
-    )
+    st_config = whole_transformer_config(root, transformer_dir, transformer)
     return SparseEncoderConfig(
         root=root,
         st_config=st_config,

@@ -118,21 +118,18 @@ def _try_measure(measured: Any, file: str) -> dict[str, Any]:
 def _choose_int8(out: Path, fp32_file: Path, measured: Any, calibration: list[str], budget: float) -> Variant:
     """Try INT8_RECIPES fastest first; keep the first whose 1st-percentile cosine meets the budget."""
     file = quantize.int8_file_name()
-    feeds = _calibration_feeds(out, calibration)
-    tried = []
-    for recipe in quantize.INT8_RECIPES:
-        candidate = out / "onnx" / f"int8_candidate_{recipe.name}.onnx"
-        how = quantize.quantize_int8(fp32_file, candidate, recipe, feeds)
-        accuracy = measured(str(candidate.relative_to(out)), **how)
-        tried.append(
-            {"recipe": recipe.name, "p1_cosine": accuracy["p1_cosine"], "speedup": accuracy["speedup_vs_fp32"]}
-        )
-        logger.info("int8 %s: %s", recipe.name, accuracy)
-        accepted = accuracy["p1_cosine"] >= budget
-        if accepted or recipe is quantize.INT8_RECIPES[-1]:
-            candidate.replace(out / file)
-            break
-        candidate.unlink()
+    accuracy, accepted, tried = _first_accepted_int8(
+        out,
+        fp32_file,
+        measured,
+        _calibration_feeds(out, calibration),
+        lambda accuracy: accuracy["p1_cosine"] >= budget,
+        lambda recipe, accuracy: {
+            "recipe": recipe,
+            "p1_cosine": accuracy["p1_cosine"],
+            "speedup": accuracy["speedup_vs_fp32"],
+        },
+    )
     if not accepted:
         warnings.warn(
             f"no int8 recipe met p1 cosine >= {budget} (best {accuracy['p1_cosine']:.4f}); kept {file} but "
@@ -204,18 +201,16 @@ def _choose_ranked_int8(
     """INT8_RECIPES fastest first; keep the first whose ranking meets the budget (else the last, not accepted)."""
     min_spearman, min_overlap = budget
     file = quantize.int8_file_name()
-    tried = []
-    for recipe in quantize.INT8_RECIPES:
-        candidate = out / "onnx" / f"int8_candidate_{recipe.name}.onnx"
-        how = quantize.quantize_int8(fp32_file, candidate, recipe, feeds)
-        accuracy = measured(str(candidate.relative_to(out)), **how)
-        tried.append({key: accuracy[key] for key in ("recipe", "mean_spearman", "top10_overlap", "speedup_vs_fp32")})
-        logger.info("int8 %s: %s", recipe.name, accuracy)
-        accepted = accuracy["mean_spearman"] >= min_spearman and accuracy["top10_overlap"] >= min_overlap
-        if accepted or recipe is quantize.INT8_RECIPES[-1]:
-            candidate.replace(out / file)
-            break
-        candidate.unlink()
+    accuracy, accepted, tried = _first_accepted_int8(
+        out,
+        fp32_file,
+        measured,
+        feeds,
+        lambda accuracy: accuracy["mean_spearman"] >= min_spearman and accuracy["top10_overlap"] >= min_overlap,
+        lambda recipe, accuracy: {
+            key: accuracy[key] for key in ("recipe", "mean_spearman", "top10_overlap", "speedup_vs_fp32")
+        },
+    )
     if not accepted:
         warnings.warn(
             f"no int8 recipe met mean Spearman >= {min_spearman} and top-10 overlap >= {min_overlap} (last: "
@@ -225,3 +220,30 @@ def _choose_ranked_int8(
         )
     accuracy.update(budget_mean_spearman=min_spearman, budget_top10_overlap=min_overlap, accepted=accepted, tried=tried)
     return Variant(file, "int8", accuracy)
+
+
+def _first_accepted_int8(
+    out: Path,
+    fp32_file: Path,
+    measured: Callable[..., dict[str, Any]],
+    feeds: list[dict[str, Any]],
+    accepts: Callable[[dict[str, Any]], bool],
+    tried_entry: Callable[[str, dict[str, Any]], dict[str, Any]],
+) -> tuple[dict[str, Any], bool, list[dict[str, Any]]]:
+    """INT8_RECIPES fastest first, each quantized with ``feeds`` and ``measured``; the first that ``accepts``
+    (else the last) becomes int8_file_name(), the others are removed. Returns its accuracy, whether it was
+    accepted, and ``tried_entry(recipe name, accuracy)`` of every recipe tried, for the manifest."""
+    file = quantize.int8_file_name()
+    tried = []
+    for recipe in quantize.INT8_RECIPES:
+        candidate = out / "onnx" / f"int8_candidate_{recipe.name}.onnx"
+        how = quantize.quantize_int8(fp32_file, candidate, recipe, feeds)
+        accuracy = measured(str(candidate.relative_to(out)), **how)
+        tried.append(tried_entry(recipe.name, accuracy))
+        logger.info("int8 %s: %s", recipe.name, accuracy)
+        accepted = accepts(accuracy)
+        if accepted or recipe is quantize.INT8_RECIPES[-1]:
+            candidate.replace(out / file)
+            break
+        candidate.unlink()
+    return accuracy, accepted, tried

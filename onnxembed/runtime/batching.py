@@ -1,7 +1,7 @@
 """Cutting a list of texts into padded batches that cost the least compute.
 
 In scope: the order texts (or a reranker's pairs) run in and where batches end. Not in scope: running them
-(encoder.py, reranker.py).
+(engine.py, reranker.py, sparse_encoder.py).
 
 Padding is wasted compute, so texts run longest first, sorted by their real token counts, and a batch
 holds at most ``batch_size`` texts and ``max_batch_tokens`` padded tokens; where batches end within those
@@ -16,12 +16,16 @@ results that depend on which texts share a batch; for them the batches are sente
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from onnxembed.runtime.tokenize import Item, TextTokenizer
+
+if TYPE_CHECKING:
+    from onnxembed.manifest import Manifest
 
 DEFAULT_MAX_BATCH_TOKENS = {"CPUExecutionProvider": 1024}
 # On a GPU bigger batches keep the device busy; 32k tokens was within 10% of the best budget for each model
@@ -50,6 +54,48 @@ def default_run_cost(provider: str, quantized: bool) -> int:
     if provider != "CPUExecutionProvider":
         return 0
     return CPU_RUN_COST["int8" if quantized else "float"]
+
+
+@dataclass(frozen=True)
+class Batcher:
+    """How one loaded model cuts its batches: its tokenizer and padding side, the provider's pad multiple and
+    the variant's run cost. The Encoder, Reranker and SparseEncoder each hold one."""
+
+    tokenizer: TextTokenizer
+    left_padded: bool
+    pad_multiple: int
+    run_cost: int
+
+    @classmethod
+    def for_model(cls, tokenizer: TextTokenizer, manifest: Manifest, provider: str, variant: str) -> Batcher:
+        return cls(
+            tokenizer,
+            manifest.padding_side == "left",
+            # Shapes that repeat let a GPU reuse its kernels' choices; results do not depend on padding length.
+            1 if provider == "CPUExecutionProvider" else 8,
+            # int8 runs cost less to start than float ones.
+            default_run_cost(provider, quantized=variant.startswith("int8")),
+        )
+
+    def plan(
+        self, texts: Sequence[Item], prompt: str, batch_size: int, max_batch_tokens: int
+    ) -> list[Callable[[], Iterator[Batch]]]:
+        """:func:`plan` with this model's settings."""
+        return plan(
+            texts,
+            self.tokenizer,
+            prompt,
+            batch_size,
+            max_batch_tokens,
+            self.left_padded,
+            self.pad_multiple,
+            self.run_cost,
+        )
+
+    def batches(self, texts: Sequence[Item], prompt: str, batch_size: int, max_batch_tokens: int) -> Iterator[Batch]:
+        """Every batch of :meth:`plan`'s jobs, one job after another."""
+        for job in self.plan(texts, prompt, batch_size, max_batch_tokens):
+            yield from job()
 
 
 def _length(item: Item) -> int:

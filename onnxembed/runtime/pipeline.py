@@ -2,7 +2,7 @@
 
 In scope: threads and a bounded queue between the jobs that tokenize and pad (batching.plan) and the
 workers that run a session on each batch; stopping every thread and re-raising the first error.
-Not in scope: what a job or a worker does (encoder.py).
+Not in scope: what a job or a worker does (engine.py).
 
 Overlapped (OverlappedRunner): ``producers`` threads take the jobs in turn and put their batches on a
 queue of ``depth`` batches; one thread per worker (one per session) takes them off. tokenizers' encode_batch and
@@ -23,6 +23,15 @@ from onnxembed.errors import InvalidArgumentError
 
 Item = TypeVar("Item")
 _POLL_S = 0.05
+
+
+def progress_bar(total: int, enabled: bool, desc: str, unit: str) -> Any:
+    """A tqdm bar over ``total`` items when ``enabled`` (tqdm imported only then), else None."""
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit)
 
 
 def run_serial(jobs: Sequence[Callable[[], Iterator[Item]]], worker: Callable[[Item], None]) -> None:

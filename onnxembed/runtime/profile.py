@@ -2,7 +2,7 @@
 
 In scope: the settings (sessions, intra-op threads, overlap, token budget, batch size), the defaults chosen from
 the CPU, and finding, checking, reading and writing a profile. Not in scope: measuring (onnxembed/tune.py),
-applying them (encoder.py).
+applying them (engine.py).
 
 A profile is a small JSON file, ``onnxembed-tune.json`` beside the model, or, where the model directory is
 read-only, ``$XDG_CACHE_HOME/onnxembed/tune/<model sha>-<cpu key>.json``. It holds for one model, one CPU and

@@ -18,7 +18,8 @@ from onnxembed._checks import one_of_inputs, positive_int, resolve_prompt
 from onnxembed.errors import ArgumentTypeError, InvalidArgumentError, ModelLoadError
 from onnxembed.kernels.dense import DENSE_ACTIVATIONS, activate
 from onnxembed.manifest import LOGITS_OUTPUT, RERANKER, Manifest
-from onnxembed.runtime.batching import Batch, default_max_batch_tokens, default_run_cost, plan
+from onnxembed.runtime.batching import Batch, Batcher, default_max_batch_tokens
+from onnxembed.runtime.pipeline import progress_bar
 from onnxembed.runtime.session import open_graph, resolve_provider
 from onnxembed.runtime.tokenize import TextTokenizer
 
@@ -79,8 +80,7 @@ class Reranker:
         if self.manifest.activation_fn not in DENSE_ACTIVATIONS:
             raise ModelLoadError(f"{self.model_dir}: activation_fn {self.manifest.activation_fn!r} is not known")
         self._tokenizer = TextTokenizer(self.model_dir, self.manifest)
-        self._pad_multiple = 1 if self.provider == "CPUExecutionProvider" else 8
-        self._run_cost = default_run_cost(self.provider, quantized=self.variant.startswith("int8"))
+        self._batcher = Batcher.for_model(self._tokenizer, self.manifest, self.provider, self.variant)
 
     @property
     def num_labels(self) -> int:
@@ -265,15 +265,11 @@ class Reranker:
         raise ArgumentTypeError(f"activation_fn must be a name or a callable; got {type(activation_fn).__name__}")
 
     def _logits(
-        self, pairs: list[Pair], prompt: str, batch_size: int, max_batch_tokens: int | None, progress_bar: bool
+        self, pairs: list[Pair], prompt: str, batch_size: int, max_batch_tokens: int | None, show_progress: bool
     ) -> np.ndarray:
         """(len(pairs), num_labels) float32 logits in input order, batches cut as the Encoder cuts them."""
         out = np.empty((len(pairs), self.num_labels), dtype=np.float32)
-        progress = None
-        if progress_bar:
-            from tqdm.auto import tqdm
-
-            progress = tqdm(total=len(pairs), desc="Scoring", unit="pair")
+        progress = progress_bar(len(pairs), show_progress, "Scoring", "pair")
         try:
             for indices, arrays in self._batches(pairs, prompt, max_batch_tokens, batch_size):
                 out[indices] = self._embed_batch(arrays)
@@ -293,18 +289,7 @@ class Reranker:
             max_batch_tokens = default_max_batch_tokens(self.provider)
         max_batch_tokens = positive_int(max_batch_tokens, "max_batch_tokens")
         batch_size = DEFAULT_BATCH_SIZE if batch_size is None else batch_size
-        jobs = plan(
-            list(pairs),
-            self._tokenizer,
-            prompt,
-            batch_size,
-            max_batch_tokens,
-            self.manifest.padding_side == "left",
-            self._pad_multiple,
-            self._run_cost,
-        )
-        for job in jobs:
-            yield from job()
+        yield from self._batcher.batches(list(pairs), prompt, batch_size, max_batch_tokens)
 
     def _embed_batch(self, arrays: dict[str, np.ndarray], prompt: str = "") -> np.ndarray:
         """(rows, num_labels) float32 logits of one batch from :meth:`_batches` (the name the server's batcher

@@ -1,7 +1,7 @@
 """The one place that builds onnxruntime sessions: provider choice and SessionOptions.
 
 In scope: resolving a provider name, thread settings, loading an ONNX file with clear errors.
-Not in scope: tokenization, batching and pooling (see encoder.py).
+Not in scope: tokenization, batching and pooling (tokenize.py, batching.py, engine.py).
 """
 
 from __future__ import annotations

@@ -19,12 +19,12 @@ from typing import Any
 
 import numpy as np
 
-from onnxembed._checks import one_of_inputs, positive_int, resolve_prompt
+from onnxembed._checks import checked_texts, one_of_inputs, positive_int, resolve_prompt
 from onnxembed.errors import ArgumentTypeError, InvalidArgumentError, ModelLoadError
 from onnxembed.kernels.sparse import SparseEmbedding, SparseMatrix, as_sparse_matrix, sparse_dot_score, sparse_rows
 from onnxembed.manifest import POOLED_OUTPUT, SPARSE, Manifest
-from onnxembed.runtime.batching import Batch, default_max_batch_tokens, default_run_cost, plan, with_prompt
-from onnxembed.runtime.encoder import _checked_texts
+from onnxembed.runtime.batching import Batch, Batcher, default_max_batch_tokens, with_prompt
+from onnxembed.runtime.pipeline import progress_bar
 from onnxembed.runtime.session import open_graph, resolve_provider
 from onnxembed.runtime.tokenize import TextTokenizer
 from onnxembed.runtime.weights import read_safetensors
@@ -76,8 +76,7 @@ class SparseEncoder:
             self.model_dir, self.manifest, variant, self.provider, threads, POOLED_OUTPUT
         )
         self._tokenizer = TextTokenizer(self.model_dir, self.manifest)
-        self._pad_multiple = 1 if self.provider == "CPUExecutionProvider" else 8
-        self._run_cost = default_run_cost(self.provider, quantized=self.variant.startswith("int8"))
+        self._batcher = Batcher.for_model(self._tokenizer, self.manifest, self.provider, self.variant)
         self._static_weight: np.ndarray | None = None
         route = self.manifest.static_route
         if route is not None:
@@ -170,7 +169,7 @@ class SparseEncoder:
         """
         inputs = one_of_inputs(inputs, sentences, "a str or an iterable of str")
         single = isinstance(inputs, str)
-        texts = [inputs] if isinstance(inputs, str) else _checked_texts(inputs)
+        texts = [inputs] if isinstance(inputs, str) else checked_texts(inputs)
         batch_size = positive_int(batch_size, "batch_size")
         if max_active_dims is not None:
             max_active_dims = positive_int(max_active_dims, "max_active_dims")
@@ -289,15 +288,11 @@ class SparseEncoder:
         batch_size: int,
         max_batch_tokens: int | None,
         max_active_dims: int | None,
-        progress_bar: bool,
+        show_progress: bool,
     ) -> SparseMatrix:
         """The graph's vectors of ``texts`` in input order, as CSR rows (each batch made sparse as it comes)."""
         rows: list[SparseEmbedding | None] = [None] * len(texts)
-        progress = None
-        if progress_bar:
-            from tqdm.auto import tqdm
-
-            progress = tqdm(total=len(texts), desc="Encoding", unit="text")
+        progress = progress_bar(len(texts), show_progress, "Encoding", "text")
         try:
             for indices, arrays in self._batches(texts, prompt, max_batch_tokens, batch_size):
                 batch = sparse_rows(self._embed_batch(arrays), max_active_dims)
@@ -318,18 +313,8 @@ class SparseEncoder:
         if max_batch_tokens is None:
             max_batch_tokens = min(default_max_batch_tokens(self.provider), max(1, _LOGITS_FLOATS // self.dim))
         max_batch_tokens = positive_int(max_batch_tokens, "max_batch_tokens")
-        jobs = plan(
-            list(texts),
-            self._tokenizer,
-            prompt,
-            DEFAULT_BATCH_SIZE if batch_size is None else batch_size,
-            max_batch_tokens,
-            self.manifest.padding_side == "left",
-            self._pad_multiple,
-            self._run_cost,
-        )
-        for job in jobs:
-            yield from job()
+        batch_size = DEFAULT_BATCH_SIZE if batch_size is None else batch_size
+        yield from self._batcher.batches(list(texts), prompt, batch_size, max_batch_tokens)
 
     def _embed_batch(self, arrays: dict[str, np.ndarray], prompt: str = "") -> np.ndarray:
         """(rows, dim) float32 dense vectors of one batch from :meth:`_batches` (the name the server's batcher

@@ -4,7 +4,7 @@ In scope: loading tokenizer.json with the model's own max_seq_length (not the pa
 baked into tokenizer.json), padding a batch to its longest text, prompt lengths, and (query, document)
 pairs for rerankers, which a CrossEncoder tokenizes as ``tokenizer(pairs, truncation="longest_first")``:
 the pair template of tokenizer.json, the two texts cut together to max_seq_length.
-Not in scope: choosing batches or running the model (see encoder.py).
+Not in scope: choosing batches (batching.py) or running the model (engine.py).
 """
 
 from __future__ import annotations

@@ -365,7 +365,7 @@ def test_ray_commits_by_manifest_where_nothing_can_be_renamed(
         raise AssertionError("the driver read rows of an input file")
 
     # The workers read with their own copy of the module; the driver's must never read a row.
-    monkeypatch.setattr("onnxembed.corpus.ray.read_chunks", not_in_the_driver)
+    monkeypatch.setattr("onnxembed.corpus.ray_io.read_chunks", not_in_the_driver)
     folder, reference = mixed_reference
     filesystem = _no_rename_filesystem(tmp_path / "bucket")
     output = tmp_path / "bucket" / "out"
@@ -408,7 +408,7 @@ def test_rows_written_are_checked_before_commit(tmp_path: Path) -> None:
 
     from onnxembed.corpus.inputs import CorpusError, InputFile
     from onnxembed.corpus.objectstore import resolve_output
-    from onnxembed.corpus.ray import _check_written
+    from onnxembed.corpus.ray_io import check_written
 
     folder = tmp_path / "part-00000"
     folder.mkdir()
@@ -421,20 +421,20 @@ def test_rows_written_are_checked_before_commit(tmp_path: Path) -> None:
     out = resolve_output(tmp_path)
     file = InputFile(tmp_path / "in.txt", "text", 0, 0, rows=5)
     with pytest.raises(CorpusError, match="part b.parquet holds 2 rows, 3 written"):
-        _check_written(
+        check_written(
             out, str(folder), [{"name": "a.parquet", "rows": 3}, {"name": "b.parquet", "rows": 3}], file, "fail"
         )
     with pytest.raises(CorpusError, match="Ray wrote 3 rows of 5; nothing committed"):
-        _check_written(out, str(folder), [{"name": "a.parquet", "rows": 3}], file, "fail")
+        check_written(out, str(folder), [{"name": "a.parquet", "rows": 3}], file, "fail")
     written = [{"name": "a.parquet", "rows": 3}, {"name": "b.parquet", "rows": 2}]
-    assert _check_written(out, str(folder), written, file, "fail") == written
+    assert check_written(out, str(folder), written, file, "fail") == written
     assert sorted(path.name for path in folder.iterdir()) == ["a.parquet", "b.parquet"]
 
     bad = block.set_column(2, "error", pa.array([None, "text is null", None], pa.string()))
     pq.write_table(bad, folder / "a.parquet")
     with pytest.raises(CorpusError, match="in.txt: row id 2: text is null"):
-        _check_written(out, str(folder), written, file, "fail")
-    assert _check_written(out, str(folder), written, file, "skip") == written
+        check_written(out, str(folder), written, file, "fail")
+    assert check_written(out, str(folder), written, file, "skip") == written
 
 
 def test_output_uris(tmp_path: Path) -> None:

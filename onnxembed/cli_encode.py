@@ -1,0 +1,82 @@
+"""``onnxembed encode``: one text per line into an .npy file, streamed. Kept apart from cli.py, which parses
+the command line and runs the command named.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+
+
+def add_parser(commands: Any) -> None:
+    encode = commands.add_parser("encode", help="embed one text per line into an .npy file")
+    encode.add_argument("model_dir", help="directory written by `onnxembed export`")
+    encode.add_argument("input", nargs="?", default="-", help="text file, one text per line (default: stdin)")
+    encode.add_argument("-o", "--output", required=True, help=".npy file to write, (n, dim) float32")
+    encode.add_argument(
+        "--batch-size", type=int, help="texts per batch at most (default: 32 on CPU, the token budget on GPU)"
+    )
+    encode.add_argument("--prompt-name", help="one of the model's prompts")
+    encode.add_argument("--prompt", help="a prompt string to prepend to every text")
+    encode.add_argument("--normalize", action="store_true", help="L2-normalize the embeddings")
+    encode.add_argument(
+        "--precision", choices=("float32", "binary", "ubinary"), default="float32", help="packed bits for (u)binary"
+    )
+    encode.add_argument("--provider", default="auto", help="auto, cpu, cuda or an onnxruntime provider name")
+    encode.add_argument("--threads", type=int, help="intra-op threads (default: one per core)")
+    encode.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
+
+
+def _read_lines(stream: TextIO) -> Iterator[str]:
+    for line in stream:
+        yield line.rstrip("\r\n")
+
+
+def _count_lines(path: str) -> int:
+    with open(path, "rb") as stream:
+        return sum(block.count(b"\n") for block in iter(lambda: stream.read(1 << 20), b""))
+
+
+def run(args: argparse.Namespace) -> None:
+    """Stream lines through Encoder.encode_iter into the .npy file: memory stays flat for any corpus.
+    The file appears only when complete (written beside it first)."""
+    from tqdm.auto import tqdm
+
+    from onnxembed.npy_stream import NpyWriter
+    from onnxembed.runtime import Encoder
+
+    encoder = Encoder(args.model_dir, provider=args.provider, threads=args.threads)
+    stream = sys.stdin if args.input == "-" else open(args.input, encoding="utf-8")  # noqa: SIM115
+    total = None if args.input == "-" else _count_lines(args.input)
+    output = Path(args.output)
+    partial = output.with_name(output.name + ".partial")
+    try:
+        blocks = encoder.encode_iter(
+            _read_lines(stream),
+            batch_size=args.batch_size,
+            prompt_name=args.prompt_name,
+            prompt=args.prompt,
+            normalize_embeddings=args.normalize,
+            precision=args.precision,
+        )
+        packed = args.precision != "float32"
+        width = -(-encoder.dim // 8) if packed else encoder.dim
+        dtype = {"float32": np.float32, "binary": np.int8, "ubinary": np.uint8}[args.precision]
+        with (
+            tqdm(total=total, desc="Encoding", unit="text", disable=not args.progress) as progress,
+            NpyWriter(partial, width, dtype) as writer,
+        ):
+            for block in blocks:
+                writer.write(block)
+                progress.update(len(block))
+        partial.replace(output)
+    finally:
+        partial.unlink(missing_ok=True)
+        if stream is not sys.stdin:
+            stream.close()
+    print(f"wrote {output}: {writer.rows} x {width} {np.dtype(dtype).name}", file=sys.stderr)
