@@ -13,7 +13,13 @@ torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 
 from onnxembed import export  # noqa: E402
-from onnxembed.exporter.attention import heads_one_at_a_time, outside_window, padding_bias  # noqa: E402
+from onnxembed.exporter.attention import (  # noqa: E402
+    heads_one_at_a_time,
+    looped_attention,
+    outside_window,
+    padding_bias,
+    step_rows,
+)
 from onnxembed.manifest import Manifest  # noqa: E402
 from tests import decoders, families  # noqa: E402
 from tests.replicas import Replica  # noqa: E402
@@ -78,6 +84,130 @@ def test_causal_blocks_equal_sdpa(window: int, query_blocks: int) -> None:
     )
     real = attention_mask.bool()
     assert torch.allclose(actual.transpose(1, 2)[real], expected.transpose(1, 2)[real], atol=1e-5)
+
+
+def _sdpa(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor,
+    scale: float,
+    half_window: int | None,
+    causal_window: int | None,
+) -> torch.Tensor:
+    """The oracle: torch's SDPA on a boolean mask of the keys each query may see, grouped heads repeated."""
+    seq = query.shape[2]
+    positions = torch.arange(seq)
+    queries, keys = positions[:, None], positions[None, :]
+    allowed = attention_mask.bool()[:, None, None, :]
+    if half_window is not None:
+        allowed = allowed & ((keys - queries).abs() <= half_window)
+    if causal_window is not None:
+        allowed = allowed & (keys <= queries)
+        if causal_window:
+            allowed = allowed & (keys > queries - causal_window)
+    repeat = query.shape[1] // key.shape[1]
+    return torch.nn.functional.scaled_dot_product_attention(
+        query,
+        key.repeat_interleave(repeat, dim=1),
+        value.repeat_interleave(repeat, dim=1),
+        attn_mask=allowed,
+        scale=scale,
+    )
+
+
+# (heads, kv_heads, half_window, causal_window): bidirectional, ModernBERT's local window, causal, a decoder's
+# sliding layer; grouped-query attention in most
+LOOP_CASES = [(4, 4, None, None), (6, 2, 3, None), (4, 2, None, 0), (4, 1, None, 4)]
+
+
+def _attention_inputs(seq: int, heads: int, kv_heads: int, seed: int) -> tuple[torch.Tensor, ...]:
+    """query, key, value and a 0/1 mask for 3 texts of ``seq`` tokens: one full, one padded on the right, one
+    on the left (as Qwen3-Embedding's tokenizer pads)."""
+    generator = torch.Generator().manual_seed(seed)
+    batch, head_dim = 3, 8
+    query = torch.randn(batch, heads, seq, head_dim, generator=generator)
+    key = torch.randn(batch, kv_heads, seq, head_dim, generator=generator)
+    value = torch.randn(batch, kv_heads, seq, head_dim, generator=generator)
+    attention_mask = torch.ones(batch, seq, dtype=torch.int64)
+    attention_mask[1, seq * 2 // 3 :] = 0
+    attention_mask[2, : seq // 2] = 0
+    return query, key, value, attention_mask
+
+
+@pytest.mark.parametrize(("heads", "kv_heads", "half_window", "causal_window"), LOOP_CASES)
+@pytest.mark.parametrize("seq", [3, 4, 11])
+def test_looped_attention_equals_sdpa(
+    heads: int, kv_heads: int, half_window: int | None, causal_window: int | None, seq: int
+) -> None:
+    """Steps of 4 query rows: one partial step, one exact, three with a partial last one."""
+    query, key, value, attention_mask = _attention_inputs(seq, heads, kv_heads, seed=seq)
+    bias = padding_bias(attention_mask, torch.float32)
+    actual = looped_attention(query, key, value, bias, 0.3, 4, half_window=half_window, causal_window=causal_window)
+    expected = _sdpa(query, key, value, attention_mask, 0.3, half_window, causal_window)
+    real = attention_mask.bool()
+    assert actual.shape == expected.shape
+    assert torch.allclose(actual.transpose(1, 2)[real], expected.transpose(1, 2)[real], atol=1e-5)
+
+
+class _Looped(torch.nn.Module):
+    def __init__(self, rows: int, half_window: int | None, causal_window: int | None) -> None:
+        super().__init__()
+        self.rows, self.half_window, self.causal_window = rows, half_window, causal_window
+
+    def forward(
+        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask: torch.Tensor
+    ) -> torch.Tensor:
+        bias = padding_bias(attention_mask, torch.float32)
+        return looped_attention(query, key, value, bias, 0.3, self.rows, self.half_window, self.causal_window)
+
+
+@pytest.mark.parametrize(("heads", "kv_heads", "half_window", "causal_window"), LOOP_CASES)
+def test_looped_attention_exports_a_loop_that_follows_the_length(
+    heads: int, kv_heads: int, half_window: int | None, causal_window: int | None, tmp_path: Path
+) -> None:
+    """Exported with dynamo, the steps are one ONNX Scan (no unrolled copies), and the graph run at lengths
+    of one step, exactly four, and many with a partial last one equals SDPA on every real row."""
+    import onnxruntime as ort
+
+    rows = 4
+    sample = _attention_inputs(rows + 3, heads, kv_heads, seed=0)  # two steps: one would fix the count
+    batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq")
+    shapes = ({0: batch, 2: seq}, {0: batch, 2: seq}, {0: batch, 2: seq}, {0: batch, 1: seq})
+    names = ["query", "key", "value", "attention_mask"]
+    program = torch.onnx.export(
+        _Looped(rows, half_window, causal_window),
+        sample,
+        input_names=names,
+        dynamic_shapes=shapes,
+        opset_version=18,
+        dynamo=True,
+        optimize=True,
+    )
+    assert program is not None
+    program.save(str(tmp_path / "looped.onnx"))
+    graph = onnx.load(str(tmp_path / "looped.onnx"))
+    assert [node.op_type for node in graph.graph.node].count("Scan") == 1
+    assert not [node for node in graph.graph.node if node.op_type == "MatMul"], "attention outside the loop"
+
+    session = ort.InferenceSession(str(tmp_path / "looped.onnx"), providers=["CPUExecutionProvider"])
+    for seq_len in (2, 4, 19):
+        inputs = _attention_inputs(seq_len, heads, kv_heads, seed=seq_len)
+        (actual,) = session.run(None, {name: array.numpy() for name, array in zip(names, inputs, strict=True)})
+        expected = _sdpa(*inputs, 0.3, half_window, causal_window).numpy()
+        real = inputs[3].bool().numpy()
+        np.testing.assert_allclose(actual.transpose(0, 2, 1, 3)[real], expected.transpose(0, 2, 1, 3)[real], atol=1e-5)
+
+
+def test_step_rows_fit_the_budget() -> None:
+    """Qwen3-Embedding-0.6B (16 heads, 32,768 tokens) and ModernBERT-base (12 heads, 8,192): one step's
+    scores for one text stay within STEP_SCORE_BYTES; short models take QUERY_BLOCK_TOKENS rows."""
+    from onnxembed.exporter import attention
+
+    for heads, seq in [(16, 32768), (12, 8192), (16, 8192)]:
+        rows = step_rows(heads, seq)
+        assert heads * rows * seq * 4 <= attention.STEP_SCORE_BYTES < 2 * heads * rows * seq * 4
+    assert step_rows(12, 512) == attention.QUERY_BLOCK_TOKENS
 
 
 @pytest.mark.parametrize("block_tokens", [None, 32])
