@@ -92,8 +92,10 @@ def heads_one_at_a_time(
 def step_rows(num_heads: int, max_seq_length: int) -> int:
     """Query rows per loop step: a power of two, at most QUERY_BLOCK_TOKENS, whose (heads, rows,
     max_seq_length) float scores fit STEP_SCORE_BYTES (Qwen3-Embedding-0.6B, 16 heads at 32,768 tokens: 128
-    rows; ModernBERT-base, 12 heads at 8,192: 512)."""
-    fit = max(1, STEP_SCORE_BYTES // (4 * num_heads * max(1, max_seq_length)))
+    rows; ModernBERT-base, 12 heads at 8,192: 512), and at most half of max_seq_length: the export traces
+    two steps (see onnx_export), which must stay a length the model takes."""
+    budget = STEP_SCORE_BYTES // (4 * num_heads * max(1, max_seq_length))
+    fit = max(1, min(budget, max_seq_length // 2))
     return int(min(QUERY_BLOCK_TOKENS, 1 << (fit.bit_length() - 1)))
 
 

@@ -82,14 +82,15 @@ TORCHSCRIPT_UNSUPPORTED = {
 
 
 def choose_exporter(
-    exporter: Exporter, verified: bool = True, model_type: str | None = None
+    exporter: Exporter, verified: bool = True, model_type: str | None = None, looped_attention: bool = False
 ) -> Literal["torchscript", "dynamo"]:
     """auto: TorchScript first. Its graphs are the ones onnxruntime's transformer optimizer fuses into
     Attention nodes (the dynamo graph of all-MiniLM-L6-v2 got no Attention fusion); the export job falls
     back to dynamo when the traced graph fails verification (an early transformers 5.x trace of the
     attention mask was wrong on padded batches; 5.24 with torch 2.13 traces every seed replica right).
     Unverified exports (--no-verify) cannot fall back, so on transformers 5.x they take dynamo, and so do
-    the families in TORCHSCRIPT_UNSUPPORTED always."""
+    the families in TORCHSCRIPT_UNSUPPORTED always, and models whose attention runs as a loop in the graph
+    (``looped_attention``, see attention.py): TorchScript would unroll the loop at the traced length."""
     reason = TORCHSCRIPT_UNSUPPORTED.get(model_type or "")
     if exporter == "torchscript" and reason:
         raise UnsupportedModelError(
@@ -98,7 +99,7 @@ def choose_exporter(
         )
     if exporter != "auto":
         return exporter
-    if reason:
+    if reason or looped_attention:
         return "dynamo"
     if verified:
         return "torchscript"
@@ -122,13 +123,11 @@ def export_onnx(
     the model output the graph gives ("logits" for a classifier: (batch, num_labels))."""
     import onnx
 
-    method = choose_exporter(exporter, verified, getattr(model.config, "model_type", None))
-    if exporter == "auto" and lean_family(model):
-        # Only dynamo carries the attention's loop (TorchScript would unroll it at the traced length).
-        method = "dynamo"
+    lean = lean_family(model)
+    method = choose_exporter(exporter, verified, getattr(model.config, "model_type", None), lean)
     looped = method == "dynamo"
     length = 8
-    if looped and lean_family(model):
+    if looped and lean:
         # Traced on one loop step, torch.export would fix the step count (and the length) at 1; two steps
         # leave it dynamic.
         length = loop_rows(model, max_seq_length) + 8
@@ -137,8 +136,11 @@ def export_onnx(
     axes = {name: {0: "batch", 1: "sequence"} for name in input_names}
     axes[output] = {0: "batch", 1: "sequence"} if output == OUTPUT_NAME else {0: "batch"}
     out_file.parent.mkdir(parents=True, exist_ok=True)
-    lean = lean_attention(model, max_seq_length, looped)
-    with tempfile.TemporaryDirectory() as scratch, torch.no_grad(), lean as plan:
+    with (
+        tempfile.TemporaryDirectory() as scratch,
+        torch.no_grad(),
+        lean_attention(model, max_seq_length, looped) as plan,
+    ):
         traced = Path(scratch) / "model.onnx"
         if method == "torchscript":
             torch.onnx.export(

@@ -207,16 +207,19 @@ def test_step_rows_fit_the_budget() -> None:
     for heads, seq in [(16, 32768), (12, 8192), (16, 8192)]:
         rows = step_rows(heads, seq)
         assert heads * rows * seq * 4 <= attention.STEP_SCORE_BYTES < 2 * heads * rows * seq * 4
-    assert step_rows(12, 512) == attention.QUERY_BLOCK_TOKENS
+    # at most half of max_seq_length (the export traces two steps), never over QUERY_BLOCK_TOKENS
+    assert step_rows(12, 512) == 256
+    assert step_rows(1, 1 << 20) <= attention.QUERY_BLOCK_TOKENS
 
 
-@pytest.mark.parametrize("block_tokens", [None, 32])
-def test_modernbert_graph_holds_one_block_of_scores_at_a_time(
-    block_tokens: int | None, modernbert: Replica, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(("block_tokens", "rows"), [(None, 64), (16, 16)])
+def test_modernbert_graph_loops_over_query_blocks(
+    block_tokens: int | None, rows: int, modernbert: Replica, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Every intermediate of the exported graph, run on one 1,024-token text, is smaller than the scores of all
-    heads together (heads x seq x seq floats); the biggest is one head's, or one block of its query rows
-    (max_seq_length 128 in blocks of 32 tokens: 4 blocks). Its vectors are sentence-transformers'."""
+    """Exported (auto: dynamo, for the loop) with steps of half its max_seq_length (128) or of
+    QUERY_BLOCK_TOKENS: its vectors are sentence-transformers' on texts of one step and of several, padded;
+    run on one 1,024-token text, the largest tensor of a step is one block of all heads' scores (heads x rows
+    x seq floats), and nothing outside the loop holds (seq, seq) values."""
     from sentence_transformers import SentenceTransformer
 
     from onnxembed import Encoder
@@ -225,58 +228,119 @@ def test_modernbert_graph_holds_one_block_of_scores_at_a_time(
 
     if not attention._modernbert_patchable():
         pytest.skip("transformers 5.x: ModernBERT keeps its eager attention (its attention table is gone)")
-    blocks = 1
     if block_tokens is not None:
         monkeypatch.setattr(attention, "QUERY_BLOCK_TOKENS", block_tokens)
-        blocks = 4
     out = tmp_path / "modernbert"
     export(modernbert.path, out)
     manifest = Manifest.read(out)
-    assert manifest.source["attention"] == f"one head at a time, {blocks} query block(s)"
+    assert manifest.source["attention"] == f"query blocks of {rows} rows, all heads, in a graph loop"
+    assert manifest.source["exporter"] == "dynamo"
     texts = [*MIXED_TEXTS, "word " * 400]
     expected = SentenceTransformer(str(modernbert.path), device="cpu").encode(texts, batch_size=4)
     np.testing.assert_allclose(Encoder(out).encode(texts, batch_size=4), expected, atol=1e-5, rtol=0)
 
-    floats, values = _intermediates(out, seq=1024)  # long enough that attention scores are the largest tensors
-    heads = 4  # tests/families.py's ModernBERT replica
-    largest = sorted(floats.items(), key=lambda item: -item[1])[:3]
-    assert max(floats.values()) == 1024 // blocks * 1024, largest
-    # nothing else (the (seq, seq) bool window, say) comes near all heads' float scores either
-    assert all(value.nbytes < heads * 1024 * 1024 * 4 // blocks for value in values.values())
+    seq, heads = 1024, 4  # tests/families.py's ModernBERT replica
+    outside, step = _loop_intermediates(out, seq)
+    assert max(step.values()) == heads * rows * seq, sorted(step.items(), key=lambda item: -item[1])[:3]
+    assert max(outside.values()) < seq * seq
 
 
-def test_decoder_graph_holds_one_block_of_scores_at_a_time(
-    qwen3_embedding: Replica, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_modernbert_torchscript_keeps_unrolled_blocks(
+    modernbert: Replica, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A Qwen3 replica (causal, left-padded, grouped-query attention; max_seq_length 64) exported in query
-    blocks of 16 tokens: its largest intermediate at 1,024 tokens is one head's block of scores, not all
-    heads' (batch, heads, seq, seq), and no (seq, seq) causal mask is built; its vectors are
-    sentence-transformers'."""
+    """TorchScript cannot carry the loop: asked for, it unrolls one head and one block of 32 rows at a time
+    (4 blocks at max_seq_length 128), and its largest tensor at 1,024 tokens is one such block."""
     from sentence_transformers import SentenceTransformer
 
     from onnxembed import Encoder
     from onnxembed.exporter import attention
     from tests.replicas import MIXED_TEXTS
 
-    monkeypatch.setattr(attention, "QUERY_BLOCK_TOKENS", 16)
+    if not attention._modernbert_patchable():
+        pytest.skip("transformers 5.x: ModernBERT keeps its eager attention (its attention table is gone)")
+    monkeypatch.setattr(attention, "QUERY_BLOCK_TOKENS", 32)
+    out = tmp_path / "modernbert"
+    export(modernbert.path, out, exporter="torchscript")
+    assert Manifest.read(out).source["attention"] == "one head at a time, 4 query block(s)"
+    texts = [*MIXED_TEXTS, "word " * 400]
+    expected = SentenceTransformer(str(modernbert.path), device="cpu").encode(texts, batch_size=4)
+    np.testing.assert_allclose(Encoder(out).encode(texts, batch_size=4), expected, atol=1e-5, rtol=0)
+
+    floats, values = _intermediates(out, seq=1024)
+    assert max(floats.values()) == 1024 // 4 * 1024
+    assert all(value.nbytes < 4 * 1024 * 1024 * 4 // 4 for value in values.values())
+
+
+def test_decoder_graph_loops_over_query_blocks(
+    qwen3_embedding: Replica, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Qwen3 replica (causal, left-padded, grouped-query attention; max_seq_length 64) exported in steps of
+    8 query rows: its vectors are sentence-transformers' on texts of one step and of several; at 1,024 tokens
+    a step's largest tensor is one block of all heads' scores, and no (seq, seq) causal mask is built."""
+    from sentence_transformers import SentenceTransformer
+
+    from onnxembed import Encoder
+    from onnxembed.exporter import attention
+    from tests.replicas import MIXED_TEXTS
+
+    monkeypatch.setattr(attention, "QUERY_BLOCK_TOKENS", 8)
     out = tmp_path / "qwen3"
     export(qwen3_embedding.path, out, quantize=None)
     manifest = Manifest.read(out)
-    blocks = attention.query_blocks(manifest.max_seq_length)
-    assert blocks > 1
-    assert manifest.source["attention"] == f"one head at a time, {blocks} query block(s)"
+    assert manifest.source["attention"] == "query blocks of 8 rows, all heads, in a graph loop"
     texts = [*MIXED_TEXTS, "word " * 300]
     expected = SentenceTransformer(str(qwen3_embedding.path), device="cpu").encode(texts, batch_size=4)
     np.testing.assert_allclose(Encoder(out).encode(texts, batch_size=4), expected, atol=1e-5, rtol=0)
 
-    seq = 1024  # the graph runs at any length; at this one attention's tensors outgrow the MLP's
+    seq, heads = 1024, 4  # tests/decoders.py
+    outside, step = _loop_intermediates(out, seq)
+    assert max(step.values()) == heads * 8 * seq, sorted(step.items(), key=lambda item: -item[1])[:3]
+    assert max(outside.values()) < seq * seq, "a (seq, seq) tensor outside the loop"
+
+
+def _loop_intermediates(out: Path, seq: int) -> tuple[dict[str, int], dict[str, int]]:
+    """Element counts by name of ``out``'s fp32 graph run on one ``seq``-token text: every value outside the
+    loops, and every value of the first layer's loop body run for its first step (fed the outer values it
+    reads, as onnxruntime's Scan would)."""
+    import onnxruntime as ort
+
+    model = onnx.load(str(out / "onnx" / "model.onnx"))
+    loops = [node for node in model.graph.node if node.op_type == "Scan"]
+    assert loops, "no loop in the graph"
     floats, values = _intermediates(out, seq)
-    rows = -(-seq // blocks)
-    largest = sorted(floats.items(), key=lambda item: -item[1])[:3]
-    assert max(floats.values()) <= rows * seq, largest
-    heads = 4  # tests/decoders.py
-    assert all(value.nbytes < heads * seq * seq * 4 // blocks for value in values.values())
-    assert all(value.size < seq * seq for value in values.values()), "a (seq, seq) mask is built"
+    inits = {init.name: onnx.numpy_helper.to_array(init) for init in model.graph.initializer}
+    known = {**inits, **values}
+
+    body = next(attr.g for attr in loops[0].attribute if attr.name == "body")
+    produced = {name for node in body.node for name in node.output} | {value.name for value in body.input}
+    produced |= {init.name for init in body.initializer}
+    outer = sorted({name for node in body.node for name in node.input if name and name not in produced})
+    carry_init, starts = (known[name] for name in loops[0].input)
+    feeds = {
+        body.input[0].name: carry_init,
+        body.input[1].name: np.asarray(starts[0]),
+        **{name: known[name] for name in outer},
+    }
+    step_graph = onnx.helper.make_graph(
+        list(body.node),
+        "step",
+        [*body.input, *(onnx.ValueInfoProto(name=name) for name in outer)],
+        [onnx.ValueInfoProto(name=name) for name in sorted({n for node in body.node for n in node.output if n})],
+        list(body.initializer),
+    )
+    for name in outer:  # a graph input needs its type
+        step_graph.input[-len(outer) + outer.index(name)].CopyFrom(
+            onnx.helper.make_tensor_value_info(name, onnx.helper.np_dtype_to_tensor_dtype(feeds[name].dtype), None)
+        )
+    step_model = onnx.helper.make_model(step_graph, opset_imports=model.opset_import, ir_version=model.ir_version)
+    session = ort.InferenceSession(step_model.SerializeToString(), providers=["CPUExecutionProvider"])
+    names = [output.name for output in session.get_outputs()]
+    step = {
+        name: value.size
+        for name, value in zip(names, session.run(names, feeds), strict=True)
+        if value.dtype == np.float32
+    }
+    return floats, step
 
 
 def _intermediates(out: Path, seq: int) -> tuple[dict[str, int], dict[str, np.ndarray]]:
