@@ -82,15 +82,16 @@ TORCHSCRIPT_UNSUPPORTED = {
 
 
 def choose_exporter(
-    exporter: Exporter, verified: bool = True, model_type: str | None = None, looped_attention: bool = False
+    exporter: Exporter, verified: bool = True, model_type: str | None = None
 ) -> Literal["torchscript", "dynamo"]:
     """auto: TorchScript first. Its graphs are the ones onnxruntime's transformer optimizer fuses into
     Attention nodes (the dynamo graph of all-MiniLM-L6-v2 got no Attention fusion); the export job falls
     back to dynamo when the traced graph fails verification (an early transformers 5.x trace of the
     attention mask was wrong on padded batches; 5.24 with torch 2.13 traces every seed replica right).
     Unverified exports (--no-verify) cannot fall back, so on transformers 5.x they take dynamo, and so do
-    the families in TORCHSCRIPT_UNSUPPORTED always, and models whose attention runs as a loop in the graph
-    (``looped_attention``, see attention.py): TorchScript would unroll the loop at the traced length."""
+    the families in TORCHSCRIPT_UNSUPPORTED always (the decoders among them, whose attention dynamo exports
+    as a loop: see attention.py). ModernBERT stays on TorchScript, unrolled: its dynamo graph with the loop
+    ran sentences at 0.56x the TorchScript graph's speed (docs/performance.md#long-texts)."""
     reason = TORCHSCRIPT_UNSUPPORTED.get(model_type or "")
     if exporter == "torchscript" and reason:
         raise UnsupportedModelError(
@@ -99,7 +100,7 @@ def choose_exporter(
         )
     if exporter != "auto":
         return exporter
-    if reason or looped_attention:
+    if reason:
         return "dynamo"
     if verified:
         return "torchscript"
@@ -124,7 +125,7 @@ def export_onnx(
     import onnx
 
     lean = lean_family(model)
-    method = choose_exporter(exporter, verified, getattr(model.config, "model_type", None), lean)
+    method = choose_exporter(exporter, verified, getattr(model.config, "model_type", None))
     looped = method == "dynamo"
     length = 8
     if looped and lean:

@@ -216,7 +216,7 @@ def test_step_rows_fit_the_budget() -> None:
 def test_modernbert_graph_loops_over_query_blocks(
     block_tokens: int | None, rows: int, modernbert: Replica, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Exported (auto: dynamo, for the loop) with steps of half its max_seq_length (128) or of
+    """Exported with dynamo (the loop's exporter) in steps of half its max_seq_length (128) or of
     QUERY_BLOCK_TOKENS: its vectors are sentence-transformers' on texts of one step and of several, padded;
     run on one 1,024-token text, the largest tensor of a step is one block of all heads' scores (heads x rows
     x seq floats), and nothing outside the loop holds (seq, seq) values."""
@@ -231,7 +231,7 @@ def test_modernbert_graph_loops_over_query_blocks(
     if block_tokens is not None:
         monkeypatch.setattr(attention, "QUERY_BLOCK_TOKENS", block_tokens)
     out = tmp_path / "modernbert"
-    export(modernbert.path, out)
+    export(modernbert.path, out, exporter="dynamo")
     manifest = Manifest.read(out)
     assert manifest.source["attention"] == f"query blocks of {rows} rows, all heads, in a graph loop"
     assert manifest.source["exporter"] == "dynamo"
@@ -248,8 +248,9 @@ def test_modernbert_graph_loops_over_query_blocks(
 def test_modernbert_torchscript_keeps_unrolled_blocks(
     modernbert: Replica, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """TorchScript cannot carry the loop: asked for, it unrolls one head and one block of 32 rows at a time
-    (4 blocks at max_seq_length 128), and its largest tensor at 1,024 tokens is one such block."""
+    """auto keeps ModernBERT on TorchScript (its graph is faster on short texts), which cannot carry the loop:
+    it unrolls one head and one block of 32 rows at a time (4 blocks at max_seq_length 128), and its largest
+    tensor at 1,024 tokens is one such block."""
     from sentence_transformers import SentenceTransformer
 
     from onnxembed import Encoder
@@ -260,7 +261,8 @@ def test_modernbert_torchscript_keeps_unrolled_blocks(
         pytest.skip("transformers 5.x: ModernBERT keeps its eager attention (its attention table is gone)")
     monkeypatch.setattr(attention, "QUERY_BLOCK_TOKENS", 32)
     out = tmp_path / "modernbert"
-    export(modernbert.path, out, exporter="torchscript")
+    export(modernbert.path, out)
+    assert Manifest.read(out).source["exporter"] == "torchscript"
     assert Manifest.read(out).source["attention"] == "one head at a time, 4 query block(s)"
     texts = [*MIXED_TEXTS, "word " * 400]
     expected = SentenceTransformer(str(modernbert.path), device="cpu").encode(texts, batch_size=4)

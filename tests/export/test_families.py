@@ -15,7 +15,7 @@ import pytest
 
 from onnxembed import Encoder, export
 from onnxembed.cli import main
-from onnxembed.exporter import UnsupportedModelError, attention
+from onnxembed.exporter import UnsupportedModelError
 from onnxembed.exporter.accuracy import compare
 from onnxembed.exporter.onnx_export import choose_exporter
 from onnxembed.manifest import Manifest
@@ -33,11 +33,8 @@ ARCHITECTURES = {
     "mt5_encoder": "MT5EncoderModel",
     "embedding_gemma": "Gemma3TextModel",
 }
-# what exporter="auto" takes: TorchScript where it traces right (its graphs fuse best), dynamo for Gemma3 and
-# for ModernBERT where its attention is patched into a loop in the graph (transformers 4.x)
+# what exporter="auto" takes: TorchScript where it traces right (its graphs fuse best), dynamo for Gemma3
 EXPORTERS = {"modernbert": "torchscript", "t5_encoder": "torchscript", "mt5_encoder": "torchscript"}
-if attention._modernbert_patchable():
-    EXPORTERS["modernbert"] = "dynamo"
 
 
 def _unseen_texts() -> list[str]:
@@ -122,8 +119,6 @@ def test_auto_takes_dynamo_where_torchscript_cannot_trace() -> None:
     assert choose_exporter("auto", verified=False, model_type="gemma3_text") == "dynamo"
     assert choose_exporter("dynamo", model_type="gemma3_text") == "dynamo"
     assert choose_exporter("auto", model_type="modernbert") == "torchscript"
-    assert choose_exporter("auto", model_type="modernbert", looped_attention=True) == "dynamo"
-    assert choose_exporter("torchscript", model_type="modernbert", looped_attention=True) == "torchscript"
 
 
 def test_torchscript_on_gemma3_is_refused_clearly(embedding_gemma: Replica, tmp_path: Path) -> None:
