@@ -7,13 +7,22 @@ rewrite too), speed fusions (onnxruntime's optimizer).
 Why: eager attention materializes (batch, heads, seq, seq) float scores several times per layer, plus
 (batch, 1, seq, seq) masks that live through the whole forward. For one 8,192-token ModernBERT-base text that
 is 3.2 GB per scores tensor, and the graph peaked at 4.6x sentence-transformers' RSS (torch SDPA computes
-attention in blocks). Computing heads one after another keeps one (batch, seq, seq) tensor alive at a time,
-and the masks shrink to (batch, 1, 1, seq) for padding and a (seq, seq) bool for a sliding window.
+attention in blocks). Two forms, by exporter:
+
+- dynamo (the default wherever this applies): a loop in the graph (torch's scan higher-order op, an ONNX Scan)
+  over blocks of query rows, all heads per step. The graph holds one step whatever max_seq_length is, and the
+  number of steps follows the length it runs at (a 30-token batch runs one). Unrolling the blocks instead made
+  a Qwen3-Embedding-0.6B graph (32,768 tokens: 16 blocks x 16 heads x 28 layers) that torch.export had not
+  traced after 50 minutes.
+- TorchScript (asked for explicitly): it cannot carry the loop, so heads and query blocks are unrolled.
+
+Either way the masks shrink to (batch, 1, 1, seq) for padding; causality and windows are built per block.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,8 +31,11 @@ import torch
 from onnxembed.exporter.config import DECODER_MODEL_TYPES
 
 # Query rows per block of one head's scores at the model's max_seq_length: a model that takes 8,192 tokens
-# computes each head in 4 blocks, (batch, 2048, 8192) floats (64 MiB a text) at a time.
+# computes each head in 4 blocks, (batch, 2048, 8192) floats (64 MiB a text) at a time. The loop's steps are
+# at most this many rows too.
 QUERY_BLOCK_TOKENS = 2048
+# One loop step's scores, all heads, for one text at max_seq_length: the loop takes as many rows as fit.
+STEP_SCORE_BYTES = 256 << 20
 
 
 def heads_one_at_a_time(
@@ -77,6 +89,85 @@ def heads_one_at_a_time(
     return torch.stack(outputs, dim=1)
 
 
+def step_rows(num_heads: int, max_seq_length: int) -> int:
+    """Query rows per loop step: a power of two, at most QUERY_BLOCK_TOKENS, whose (heads, rows,
+    max_seq_length) float scores fit STEP_SCORE_BYTES (Qwen3-Embedding-0.6B, 16 heads at 32,768 tokens: 128
+    rows; ModernBERT-base, 12 heads at 8,192: 512), and at most half of max_seq_length: the export traces
+    two steps (see onnx_export), which must stay a length the model takes."""
+    budget = STEP_SCORE_BYTES // (4 * num_heads * max(1, max_seq_length))
+    fit = max(1, min(budget, max_seq_length // 2))
+    return int(min(QUERY_BLOCK_TOKENS, 1 << (fit.bit_length() - 1)))
+
+
+def looped_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    key_bias: torch.Tensor,
+    scale: float,
+    rows: int,
+    half_window: int | None = None,
+    causal_window: int | None = None,
+) -> torch.Tensor:
+    """softmax(q k^T * scale + key_bias) v computed ``rows`` query rows at a time, all heads together, in a
+    loop the exporter writes as an ONNX Scan.
+
+    query (batch, heads, seq, head_dim); key and value (batch, kv_heads, seq, head_dim), heads a multiple of
+    kv_heads; key_bias (batch, 1, 1, seq) float, 0 for real keys and the dtype's min for padding;
+    half_window: bidirectional, a key further than this from its query is hidden (ModernBERT's local layers);
+    causal_window: None for bidirectional, else causal, with a window of that many keys when not 0 (a
+    decoder's sliding layer). Returns (batch, heads, seq, head_dim), equal to eager attention on every real
+    query row.
+    """
+    from torch._higher_order_ops.scan import scan
+
+    batch, heads, seq, head_dim = query.shape
+    kv_heads = key.shape[1]
+    lowest = torch.finfo(query.dtype).min
+    # Grouped heads as (batch, kv_heads, group, rows, head_dim) against (batch, kv_heads, 1, ...) keys: the
+    # matmul broadcasts the group, so keys and values are never repeated per head.
+    # The scan refuses closed-over tensors that alias one another (ModernBERT's q, k and v are views of one
+    # qkv tensor): each is a copy, small beside one step's scores.
+    grouped = (query * scale).reshape(batch, kv_heads, heads // kv_heads, seq, head_dim)
+    keys_t = key.transpose(2, 3)[:, :, None].clone()
+    values = value[:, :, None].clone()
+    bias = key_bias[:, :, None].clone()  # (batch, 1, 1, 1, seq)
+    positions = torch.arange(seq)
+    last = positions[-1:].clone()
+    offsets = torch.arange(rows)
+
+    def step(carry: torch.Tensor, start: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        wanted = start + offsets
+        # the last step's rows past the end repeat the last query; their outputs are dropped below
+        block = grouped.index_select(3, torch.minimum(wanted, last))
+        scores = torch.matmul(block, keys_t) + bias
+        hidden = _hidden_keys(wanted[:, None], positions[None, :], half_window, causal_window)
+        if hidden is not None:
+            scores = scores.masked_fill(hidden, lowest)
+        probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+        return carry.clone(), torch.matmul(probs, values).reshape(batch, heads, rows, head_dim)
+
+    # the scan needs a carry; a one-element tensor costs nothing
+    _, outputs = scan(step, torch.zeros(1), torch.arange(0, seq, rows))
+    # (steps, batch, heads, rows, head_dim) -> (batch, heads, steps * rows, head_dim), cut back to seq rows
+    stacked = outputs.permute(1, 2, 0, 3, 4).reshape(batch, heads, -1, head_dim)
+    return stacked.index_select(2, positions)
+
+
+def _hidden_keys(
+    queries: torch.Tensor, keys: torch.Tensor, half_window: int | None, causal_window: int | None
+) -> torch.Tensor | None:
+    """Broadcast (queries, keys) bool: True where the key is hidden from the query, or None if none is."""
+    hidden = None
+    if half_window is not None:
+        hidden = (keys > queries + half_window) | (keys < queries - half_window)
+    if causal_window is not None:
+        hidden = keys > queries
+        if causal_window:
+            hidden = hidden | (keys <= queries - causal_window)
+    return hidden
+
+
 def _causal_block(start: Any, end: Any, seq: Any, window: int) -> torch.Tensor:
     """(end - start, seq) bool: True where a key is after its query, or (window > 0) window or more keys
     before it, as transformers' causal and sliding-window masks hide them."""
@@ -103,17 +194,17 @@ def outside_window(seq_len: int, half_window: int) -> torch.Tensor:
 
 
 def _modernbert_masks(self: Any, attention_mask: torch.Tensor, output_attentions: bool) -> tuple[Any, Any]:
-    return (
-        padding_bias(attention_mask, self.dtype),
-        outside_window(attention_mask.shape[1], self.config.local_attention // 2),
-    )
+    # The loop builds each step's window itself; the unrolled form slices one (seq, seq) bool.
+    half_window = self.config.local_attention // 2
+    window = None if self.lean_plan.looped else outside_window(attention_mask.shape[1], half_window)
+    return padding_bias(attention_mask, self.dtype), window
 
 
 def _modernbert_attention(
     module: Any,
     qkv: torch.Tensor,
     attention_mask: torch.Tensor,
-    sliding_window_mask: torch.Tensor,
+    sliding_window_mask: torch.Tensor | None,
     position_ids: torch.Tensor | None,
     local_attention: tuple[int, int],
     bs: int,
@@ -126,15 +217,20 @@ def _modernbert_attention(
     cos, sin = module.rotary_emb(qkv, position_ids=position_ids)
     query, key, value = qkv.transpose(3, 1).unbind(dim=2)
     query, key = apply_rotary_pos_emb(query, key, cos, sin)
-    window = sliding_window_mask if local_attention != (-1, -1) else None
-    output = heads_one_at_a_time(
-        query, key, value, attention_mask, window, module.head_dim**-0.5, module.num_heads, module.query_blocks
-    )
+    local = local_attention != (-1, -1)
+    plan: LeanPlan = module.lean_plan
+    scale = module.head_dim**-0.5
+    if plan.looped:
+        half = local_attention[1] if local else None
+        output = looped_attention(query, key, value, attention_mask, scale, plan.rows, half_window=half)
+    else:
+        window = sliding_window_mask if local else None
+        output = heads_one_at_a_time(query, key, value, attention_mask, window, scale, module.num_heads, plan.blocks)
     return (output.transpose(1, 2).reshape(bs, -1, dim),)
 
 
 @contextlib.contextmanager
-def _modernbert(model: Any, query_blocks: int) -> Iterator[None]:
+def _modernbert(model: Any, plan: LeanPlan) -> Iterator[None]:
     from transformers.models.modernbert import modeling_modernbert
 
     functions = modeling_modernbert.MODERNBERT_ATTENTION_FUNCTION
@@ -147,16 +243,16 @@ def _modernbert(model: Any, query_blocks: int) -> Iterator[None]:
     attentions: list[Any] = [
         module for module in model.modules() if isinstance(module, modeling_modernbert.ModernBertAttention)
     ]
-    for attention in attentions:
-        attention.query_blocks = query_blocks
+    for module in bases + attentions:
+        module.lean_plan = plan
     try:
         yield
     finally:
         functions["eager"] = eager
         for base in bases:
             del base._update_attention_mask
-        for attention in attentions:
-            del attention.query_blocks
+        for module in bases + attentions:
+            del module.lean_plan
 
 
 def _modernbert_patchable() -> bool:
@@ -182,17 +278,15 @@ def _decoder_attention(
     _padding_bias_only gave; causality (and the sliding window) is built per query block."""
     if attention_mask is None:
         raise RuntimeError("the lean decoder attention needs the padding bias; none was given")
-    output = heads_one_at_a_time(
-        query,
-        key,
-        value,
-        attention_mask,
-        None,
-        scaling,
-        query.shape[1],
-        module.query_blocks,
-        causal_window=sliding_window or 0,
-    )
+    plan: LeanPlan = module.lean_plan
+    window = sliding_window or 0
+    if plan.looped:
+        output = looped_attention(query, key, value, attention_mask, scaling, plan.rows, causal_window=window)
+    else:
+        heads = query.shape[1]
+        output = heads_one_at_a_time(
+            query, key, value, attention_mask, None, scaling, heads, plan.blocks, causal_window=window
+        )
     return output.transpose(1, 2).contiguous(), None
 
 
@@ -207,7 +301,7 @@ _MASK_FACTORIES = ("create_causal_mask", "create_sliding_window_causal_mask")
 
 
 @contextlib.contextmanager
-def _decoder(model: Any, query_blocks: int) -> Iterator[None]:
+def _decoder(model: Any, plan: LeanPlan) -> Iterator[None]:
     import importlib
 
     model_type = model.config.model_type
@@ -223,14 +317,14 @@ def _decoder(model: Any, query_blocks: int) -> Iterator[None]:
         if name in saved:
             setattr(modeling, name, _padding_bias_only)
     for attention in attentions:
-        attention.query_blocks = query_blocks
+        attention.lean_plan = plan
     try:
         yield
     finally:
         for name, function in saved.items():
             setattr(modeling, name, function)
         for attention in attentions:
-            del attention.query_blocks
+            del attention.lean_plan
 
 
 def _decoder_patchable(model_type: str) -> Any:
@@ -254,19 +348,48 @@ _FAMILIES = {
 
 
 def query_blocks(max_seq_length: int) -> int:
-    """Row blocks per head for a model that takes ``max_seq_length`` tokens."""
+    """Row blocks per head, unrolled, for a model that takes ``max_seq_length`` tokens."""
     return max(1, -(-max_seq_length // QUERY_BLOCK_TOKENS))
 
 
-@contextlib.contextmanager
-def lean_attention(model: Any, max_seq_length: int) -> Iterator[int]:
-    """Within the block, ``model`` (eager attention) runs the one-head-at-a-time attention when its family
-    has one; yields the query blocks per head (0: the family's own attention)."""
+@dataclasses.dataclass(frozen=True)
+class LeanPlan:
+    """How the patched attention computes: looped (``rows`` query rows a step, all heads) or unrolled
+    (each head in ``blocks`` query blocks)."""
+
+    looped: bool
+    rows: int = 0
+    blocks: int = 1
+
+    def describe(self) -> str:
+        if self.looped:
+            return f"query blocks of {self.rows} rows, all heads, in a graph loop"
+        return f"one head at a time, {self.blocks} query block(s)"
+
+
+def lean_family(model: Any) -> bool:
+    """Whether ``model`` (eager attention) gets the lean attention in an export."""
     family = _FAMILIES.get(getattr(model.config, "model_type", ""))
-    if family is None or model.config._attn_implementation != "eager" or not family[1]():
-        yield 0
+    return family is not None and model.config._attn_implementation == "eager" and family[1]()
+
+
+def loop_rows(model: Any, max_seq_length: int) -> int:
+    """The looped attention's rows per step for ``model``."""
+    return step_rows(int(model.config.num_attention_heads), max_seq_length)
+
+
+@contextlib.contextmanager
+def lean_attention(model: Any, max_seq_length: int, looped: bool = True) -> Iterator[LeanPlan | None]:
+    """Within the block, ``model`` (eager attention) runs the lean attention when its family has one:
+    ``looped`` (for dynamo) or unrolled (for TorchScript). Yields its plan, or None (the family's own
+    attention)."""
+    if not lean_family(model):
+        yield None
         return
-    patch = family[0]
-    blocks = query_blocks(max_seq_length)
-    with patch(model, blocks):
-        yield blocks
+    patch = _FAMILIES[model.config.model_type][0]
+    if looped:
+        plan = LeanPlan(True, rows=loop_rows(model, max_seq_length))
+    else:
+        plan = LeanPlan(False, blocks=query_blocks(max_seq_length))
+    with patch(model, plan):
+        yield plan

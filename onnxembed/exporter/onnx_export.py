@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import torch
 
-from onnxembed.exporter.attention import lean_attention
+from onnxembed.exporter.attention import lean_attention, lean_family, loop_rows
 from onnxembed.exporter.config import DECODER_MODEL_TYPES
 from onnxembed.exporter.errors import UnsupportedModelError
 from onnxembed.exporter.onnx_io import save
@@ -51,17 +51,20 @@ class _TokenEmbeddings(torch.nn.Module):
         return getattr(self.model(**inputs, return_dict=True), self.output)  # type: ignore[no-any-return]
 
 
-def export_sample(input_names: tuple[str, ...], vocab_size: int, pad_token_id: int) -> tuple[torch.Tensor, ...]:
-    """A batch of 2 x 8 with padding in the second row: a graph traced on an all-ones mask can drop the mask."""
+def export_sample(
+    input_names: tuple[str, ...], vocab_size: int, pad_token_id: int, length: int = 8
+) -> tuple[torch.Tensor, ...]:
+    """A batch of 2 x ``length`` with padding at the end of the second row: a graph traced on an all-ones mask
+    can drop the mask."""
     generator = torch.Generator().manual_seed(0)
-    input_ids = torch.randint(5, vocab_size, (2, 8), generator=generator)
-    attention_mask = torch.ones(2, 8, dtype=torch.int64)
-    attention_mask[1, 5:] = 0
-    input_ids[1, 5:] = pad_token_id
+    input_ids = torch.randint(5, vocab_size, (2, length), generator=generator)
+    attention_mask = torch.ones(2, length, dtype=torch.int64)
+    attention_mask[1, length * 5 // 8 :] = 0
+    input_ids[1, length * 5 // 8 :] = pad_token_id
     arrays = {
         "input_ids": input_ids,
         "attention_mask": attention_mask,
-        "token_type_ids": torch.zeros(2, 8, dtype=torch.int64),
+        "token_type_ids": torch.zeros(2, length, dtype=torch.int64),
     }
     return tuple(arrays[name] for name in input_names)
 
@@ -86,7 +89,9 @@ def choose_exporter(
     back to dynamo when the traced graph fails verification (an early transformers 5.x trace of the
     attention mask was wrong on padded batches; 5.24 with torch 2.13 traces every seed replica right).
     Unverified exports (--no-verify) cannot fall back, so on transformers 5.x they take dynamo, and so do
-    the families in TORCHSCRIPT_UNSUPPORTED always."""
+    the families in TORCHSCRIPT_UNSUPPORTED always (the decoders among them, whose attention dynamo exports
+    as a loop: see attention.py). ModernBERT stays on TorchScript, unrolled: its dynamo graph with the loop
+    ran sentences at 0.56x the TorchScript graph's speed (docs/performance.md#long-texts)."""
     reason = TORCHSCRIPT_UNSUPPORTED.get(model_type or "")
     if exporter == "torchscript" and reason:
         raise UnsupportedModelError(
@@ -119,14 +124,24 @@ def export_onnx(
     the model output the graph gives ("logits" for a classifier: (batch, num_labels))."""
     import onnx
 
+    lean = lean_family(model)
     method = choose_exporter(exporter, verified, getattr(model.config, "model_type", None))
+    looped = method == "dynamo"
+    length = 8
+    if looped and lean:
+        # Traced on one loop step, torch.export would fix the step count (and the length) at 1; two steps
+        # leave it dynamic.
+        length = loop_rows(model, max_seq_length) + 8
     wrapper = _TokenEmbeddings(model, output).eval()
-    sample = export_sample(input_names, int(model.config.vocab_size), pad_token_id)
+    sample = export_sample(input_names, int(model.config.vocab_size), pad_token_id, length)
     axes = {name: {0: "batch", 1: "sequence"} for name in input_names}
     axes[output] = {0: "batch", 1: "sequence"} if output == OUTPUT_NAME else {0: "batch"}
     out_file.parent.mkdir(parents=True, exist_ok=True)
-    lean = lean_attention(model, max_seq_length)
-    with tempfile.TemporaryDirectory() as scratch, torch.no_grad(), lean as query_blocks:
+    with (
+        tempfile.TemporaryDirectory() as scratch,
+        torch.no_grad(),
+        lean_attention(model, max_seq_length, looped) as plan,
+    ):
         traced = Path(scratch) / "model.onnx"
         if method == "torchscript":
             torch.onnx.export(
@@ -167,5 +182,5 @@ def export_onnx(
         "opset": OPSET,
         "external_data": external,
         "graph_bytes": size,
-        "attention": f"one head at a time, {query_blocks} query block(s)" if query_blocks else "eager",
+        "attention": plan.describe() if plan else "eager",
     }

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import onnx
 
 from onnxembed.errors import InvalidArgumentError
@@ -77,8 +78,9 @@ def optimize(src: Path, dst: Path, target: Target, num_heads: int, hidden_size: 
     options.enable_embed_layer_norm = False  # breaks onnxruntime's quantizer (shape inference)
     # onnxruntime's attention fusion assumes right padding.
     options.enable_attention = right_padded
+    graph = onnx.load(str(src))
     model = optimize_model(
-        str(src),
+        graph if with_layer_norm_bias(graph.graph) else str(src),
         model_type="bert",
         num_heads=num_heads,
         hidden_size=hidden_size,
@@ -90,6 +92,25 @@ def optimize(src: Path, dst: Path, target: Target, num_heads: int, hidden_size: 
     if target == "gpu":
         model.convert_float_to_float16(keep_io_types=True)
     model.save_model_to_file(str(dst), use_external_data_format=needs_external_data(src))
+
+
+def with_layer_norm_bias(graph: onnx.GraphProto) -> int:
+    """Give each bias-less LayerNormalization (dynamo's, for a norm without bias: ModernBERT) an explicit zero
+    bias, as TorchScript writes it; onnxruntime's SkipLayerNormalization fusion indexes a third input and
+    fails without one (IndexError, onnxruntime 1.32). Returns how many got one."""
+    from onnx import numpy_helper
+
+    initializers = {init.name: init for init in graph.initializer}
+    added = 0
+    for node in graph.node:
+        if node.op_type != "LayerNormalization" or len(node.input) != 2 or node.input[1] not in initializers:
+            continue
+        scale = numpy_helper.to_array(initializers[node.input[1]])
+        bias = numpy_helper.from_array(np.zeros_like(scale), f"{node.name or node.output[0]}_zero_bias")
+        graph.initializer.append(bias)
+        node.input.append(bias.name)
+        added += 1
+    return added
 
 
 def to_fp16(src: Path, dst: Path) -> None:
