@@ -21,6 +21,7 @@ import numpy as np
 import onnx
 
 from onnxembed.errors import InvalidArgumentError
+from onnxembed.exporter import onnx_io
 
 logger = logging.getLogger(__name__)
 
@@ -123,7 +124,8 @@ def to_fp16(src: Path, dst: Path) -> None:
 
 
 def needs_external_data(src: Path) -> bool:
-    return src.with_name(src.name + "_data").exists()
+    """Whether the graph at ``src`` keeps its weights outside (so what is made from it must too)."""
+    return bool(onnx_io.external_files(src))
 
 
 def _producers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
@@ -246,8 +248,7 @@ def quantize_int8(
             plain = Int8Recipe(recipe.name, keep_fp32=recipe.keep_fp32, per_channel=recipe.per_channel)
             how = quantize_int8(split, dst, plain, feeds, also_keep=kept)
         finally:
-            split.unlink(missing_ok=True)
-            split.with_name(split.name + "_data").unlink(missing_ok=True)
+            onnx_io.remove(split)
         return {**how, "outlier_channels": recipe.outlier_channels, "split_groups": list(recipe.split_outliers)}
     groups = matmul_groups(model)
     excluded = [name for group in recipe.keep_fp32 for name in groups[group]] + list(also_keep or [])
@@ -354,7 +355,7 @@ def split_outliers(
             model.graph.node.remove(node)
             kept.append(node.name + "_outliers")
     _topological_sort(model.graph)
-    onnx.save_model(model, str(dst), save_as_external_data=needs_external_data(src))
+    onnx_io.save(model, dst, needs_external_data(src))
     return kept
 
 

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from onnxembed.errors import InvalidArgumentError
-from onnxembed.exporter import quantize
-from onnxembed.exporter.accuracy import compare, rate
+from onnxembed.exporter import onnx_io, quantize
+from onnxembed.exporter.accuracy import compare, rate, timing_texts
 from onnxembed.exporter.graph_pooling import add_pooling
 from onnxembed.exporter.quantize import Target
 from onnxembed.manifest import Manifest, Variant
@@ -35,10 +35,9 @@ def _encoder(out: Path, file: str) -> Any:
     return Encoder(out, provider="cpu", variant=file)
 
 
-def _calibration_feeds(out: Path, texts: list[str]) -> list[dict[str, object]]:
+def _calibration_feeds(encoder: Any, texts: list[str]) -> list[dict[str, object]]:
     from onnxembed.runtime.batching import batches
 
-    encoder = _encoder(out, "fp32")
     planned = batches(texts, encoder._tokenizer, "", 32, 4096, False)
     return [{name: arrays[name] for name in encoder._input_names} for _, arrays in planned]
 
@@ -62,19 +61,24 @@ def build_variants(
     calibration, held_out = texts[: len(texts) // 2], texts[len(texts) // 2 :]
     fp32 = _encoder(out, "fp32")
     reference = fp32.encode(held_out)
-    fp32_rate = rate(fp32, held_out[:512])
+    timed = timing_texts(fp32, held_out[:512])
+    fp32_rate = rate(fp32, timed)
+    feeds = _calibration_feeds(fp32, calibration) if quantize_int8 else []
+    # a 0.6B decoder's fp32 session holds ~5 GB (weights and their packed copies): not kept beside the variants'
+    del fp32
     fp32_file = out / "onnx" / "model.onnx"
     variants: dict[str, Variant] = {}
 
     def measured(file: str, **extra: Any) -> dict[str, Any]:
         encoder = _encoder(out, file)
         accuracy: dict[str, Any] = {**compare(reference, encoder.encode(held_out)), "texts": len(held_out)}
-        accuracy["speedup_vs_fp32"] = rate(encoder, held_out[:512]) / fp32_rate
+        accuracy["speedup_vs_fp32"] = rate(encoder, timed) / fp32_rate
+        accuracy["timed_texts"] = len(timed)
         return {**accuracy, **extra}
 
     variants.update(_float_variants(out, measured, optimize, target, fp16, num_heads, hidden_size, right_padded))
     if quantize_int8:
-        variants["int8"] = _choose_int8(out, fp32_file, measured, calibration, int8_min_cosine)
+        variants["int8"] = _choose_int8(out, fp32_file, measured, feeds, int8_min_cosine)
     if pool_in_graph:
         if manifest is None:
             raise InvalidArgumentError("pool_in_graph needs the manifest (pooling modes, Normalize, dim)")
@@ -115,14 +119,14 @@ def _try_measure(measured: Any, file: str) -> dict[str, Any]:
         return {"accepted": True, "measured": f"not on CPU: {type(error).__name__}: {str(error)[:200]}"}
 
 
-def _choose_int8(out: Path, fp32_file: Path, measured: Any, calibration: list[str], budget: float) -> Variant:
+def _choose_int8(out: Path, fp32_file: Path, measured: Any, feeds: list[dict[str, object]], budget: float) -> Variant:
     """Try INT8_RECIPES fastest first; keep the first whose 1st-percentile cosine meets the budget."""
     file = quantize.int8_file_name()
     accuracy, accepted, tried = _first_accepted_int8(
         out,
         fp32_file,
         measured,
-        _calibration_feeds(out, calibration),
+        feeds,
         lambda accuracy: accuracy["p1_cosine"] >= budget,
         lambda recipe, accuracy: {
             "recipe": recipe,
@@ -243,7 +247,7 @@ def _first_accepted_int8(
         logger.info("int8 %s: %s", recipe.name, accuracy)
         accepted = accepts(accuracy)
         if accepted or recipe is quantize.INT8_RECIPES[-1]:
-            candidate.replace(out / file)
+            onnx_io.move(candidate, out / file)
             break
-        candidate.unlink()
+        onnx_io.remove(candidate)
     return accuracy, accepted, tried

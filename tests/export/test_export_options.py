@@ -12,7 +12,10 @@ import pytest
 
 from onnxembed import Encoder
 from onnxembed.exporter import ExportVerificationError, UnsupportedModelError, export
-from tests.replicas import MIXED_TEXTS, Replica
+from onnxembed.exporter.quantize import INT8_RECIPES
+from tests.replicas import DATA, MIXED_TEXTS, Replica
+
+CALIBRATION = DATA / "multilingual.txt"
 
 
 def _copy(replica: Replica, tmp_path: Path) -> Path:
@@ -37,6 +40,30 @@ def test_external_data(chinese_bert: Replica, tmp_path: Path) -> None:
     assert (tmp_path / "out" / "onnx" / "model.onnx_data").stat().st_size >= embedding_table_bytes
     actual = Encoder(tmp_path / "out", provider="cpu").encode(MIXED_TEXTS)
     np.testing.assert_allclose(actual, _encode_reference(chinese_bert.path, MIXED_TEXTS), atol=1e-4, rtol=0)
+
+
+def test_int8_of_an_external_data_graph_leaves_only_its_own_files(chinese_bert: Replica, tmp_path: Path) -> None:
+    # graphs over 2 GB keep their weights outside; onnxruntime's quantizer names them NAME.data, and every
+    # recipe tried (a budget none meets: all six) must go with its data, split graphs included
+    out = tmp_path / "out"
+    with pytest.warns(UserWarning, match="no int8 recipe met"):
+        manifest = export(
+            chinese_bert.path,
+            out,
+            external_data=True,
+            quantize="int8",
+            int8_min_cosine=1.0,
+            calibration_file=CALIBRATION,
+        )
+    int8 = manifest.variants["int8"]
+    assert len(int8.accuracy["tried"]) == len(INT8_RECIPES)
+    names = sorted(path.name for path in (out / "onnx").iterdir())
+    int8_name = Path(int8.file).name
+    assert names == sorted(["model.onnx", "model.onnx_data", int8_name, int8_name + "_data"])
+    actual = Encoder(out, provider="cpu", variant="int8").encode(MIXED_TEXTS)
+    reference = Encoder(out, provider="cpu", variant="fp32").encode(MIXED_TEXTS)
+    cosine = (actual * reference).sum(axis=1)
+    assert cosine.min() > 0.9
 
 
 def test_manifest_records_what_the_runtime_needs(xlm_roberta: Replica, tmp_path: Path) -> None:

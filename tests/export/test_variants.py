@@ -87,3 +87,30 @@ def test_int8_one_text_per_run_depends_on_the_text_alone(with_variants: Path) ->
 def test_bad_variant_options(chinese_bert: Replica, tmp_path: Path, kwargs, message) -> None:
     with pytest.raises(ValueError, match=message):
         export(chinese_bert.path, tmp_path / "out", **kwargs)
+
+
+class _ClockedEncoder:
+    """Encodes nothing; each text advances a fake clock by ``per_text`` seconds."""
+
+    def __init__(self, per_text: float) -> None:
+        self.per_text, self.now, self.calls = per_text, 0.0, []
+
+    def clock(self) -> float:
+        return self.now
+
+    def encode(self, texts: list[str]) -> None:
+        self.calls.append(len(texts))
+        self.now += self.per_text * len(texts)
+
+
+@pytest.mark.parametrize(("per_text", "expected"), [(0.5, 64), (0.05, 200), (0.0001, 512)])
+def test_variants_are_timed_on_as_many_texts_as_fit_the_pass(monkeypatch, per_text: float, expected: int) -> None:
+    # a large model's speed ratio is timed on fewer texts, not 512 four times per variant
+    from onnxembed.exporter import accuracy
+
+    encoder = _ClockedEncoder(per_text)
+    monkeypatch.setattr(accuracy.time, "perf_counter", encoder.clock)
+    texts = [f"text {k}" for k in range(512)]
+    chosen = accuracy.timing_texts(encoder, texts, seconds=10.0)
+    assert chosen == texts[:expected]
+    assert encoder.calls == [64, 64]
