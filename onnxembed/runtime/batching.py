@@ -10,7 +10,8 @@ docs/performance.md#cpu-batches-sorted-by-tokens-cut-by-cost.
 
 Models that pad on the left and count positions from the padding (BERT with padding_side="left") give
 results that depend on which texts share a batch; for them the batches are sentence-transformers' own
-(character-length order, fixed ``batch_size``) so that the embeddings match it exactly.
+(character-length order, fixed ``batch_size``) so that the embeddings match it exactly. Left-padded decoders
+are exempt (SHIFT_INVARIANT_ARCHITECTURES).
 """
 
 from __future__ import annotations
@@ -36,6 +37,12 @@ TOKENIZE_WINDOW = 4096
 
 Batch = tuple[np.ndarray, dict[str, np.ndarray]]  # (indices into texts, padded arrays)
 
+# Left-padded, yet a text's vector does not depend on how far it is padded: rotary position embeddings enter
+# attention only as differences of positions, so the shift that left padding gives every position cancels.
+# These run the planner's batches: sentence-transformers' character-length batches of 32 padded the
+# Qwen3-Embedding-0.6B shape's sentences to 2.4x their real tokens, these to 1.03x.
+SHIFT_INVARIANT_ARCHITECTURES = frozenset({"Qwen3Model", "Qwen2Model", "MistralModel", "LlamaModel"})
+
 
 # Where batches end. Every run costs a fixed time beyond its padded tokens (the weights stream from memory once
 # per run, each node is dispatched), so on CPU the cuts minimise  sum over batches of (run cost + rows x
@@ -56,13 +63,19 @@ def default_run_cost(provider: str, quantized: bool) -> int:
     return CPU_RUN_COST["int8" if quantized else "float"]
 
 
+def sentence_transformers_batches(manifest: Manifest) -> bool:
+    """Whether a model's vectors depend on which texts share its batches, so that it must run
+    sentence-transformers' own (see the module's docstring)."""
+    return manifest.padding_side == "left" and manifest.architecture not in SHIFT_INVARIANT_ARCHITECTURES
+
+
 @dataclass(frozen=True)
 class Batcher:
     """How one loaded model cuts its batches: its tokenizer and padding side, the provider's pad multiple and
     the variant's run cost. The Encoder, Reranker and SparseEncoder each hold one."""
 
     tokenizer: TextTokenizer
-    left_padded: bool
+    sentence_transformers_order: bool
     pad_multiple: int
     run_cost: int
 
@@ -70,7 +83,7 @@ class Batcher:
     def for_model(cls, tokenizer: TextTokenizer, manifest: Manifest, provider: str, variant: str) -> Batcher:
         return cls(
             tokenizer,
-            manifest.padding_side == "left",
+            sentence_transformers_batches(manifest),
             # Shapes that repeat let a GPU reuse its kernels' choices; results do not depend on padding length.
             1 if provider == "CPUExecutionProvider" else 8,
             # int8 runs cost less to start than float ones.
@@ -87,7 +100,7 @@ class Batcher:
             prompt,
             batch_size,
             max_batch_tokens,
-            self.left_padded,
+            self.sentence_transformers_order,
             self.pad_multiple,
             self.run_cost,
         )

@@ -25,7 +25,7 @@ from onnxembed.errors import InvalidArgumentError
 from onnxembed.kernels import exclude_prompt, normalize, pool
 from onnxembed.kernels.dense import dense
 from onnxembed.manifest import MODEL_INPUTS, POOLED_OUTPUT, Manifest, ModelLoadError
-from onnxembed.runtime.batching import Batch, Batcher, default_max_batch_tokens
+from onnxembed.runtime.batching import Batch, Batcher, default_max_batch_tokens, sentence_transformers_batches
 from onnxembed.runtime.pipeline import OverlappedRunner, progress_bar, run_serial
 from onnxembed.runtime.profile import EngineSettings, default_settings, find_profile, tuned_settings
 from onnxembed.runtime.session import create_session, resolve_provider
@@ -147,7 +147,7 @@ class EmbeddingEngine:
 
     def _default_batch_size(self, max_batch_tokens: int) -> int:
         # Left-padded models run sentence-transformers' own batches of 32 (see batching.py) everywhere.
-        if self.manifest.padding_side == "left":
+        if sentence_transformers_batches(self.manifest):
             return DEFAULT_CPU_BATCH_SIZE
         return self.settings.batch_size if self.provider == "CPUExecutionProvider" else max_batch_tokens
 
