@@ -37,8 +37,8 @@ def compare(reference: np.ndarray, candidate: np.ndarray, k: int = 10) -> dict[s
     }
 
 
-# About how long one timed pass of the speed measurement runs: a 0.6B decoder takes ~0.3 s a sentence on two
-# cores, and timing 512 sentences four times per variant would take the export most of an hour.
+# About how long one timed pass of the speed measurement runs: timing 512 texts four times per variant kept a
+# 0.6B decoder's export busy for most of its variants stage (docs/performance.md#decoders-qwen3-embedding-06b-shape).
 TIMING_PASS_SECONDS = 10.0
 TIMING_MIN_TEXTS = 64
 

@@ -64,7 +64,7 @@ def build_variants(
     timed = timing_texts(fp32, held_out[:512])
     fp32_rate = rate(fp32, timed)
     feeds = _calibration_feeds(fp32, calibration) if quantize_int8 else []
-    # a 0.6B decoder's fp32 session holds ~5 GB (weights and their packed copies): not kept beside the variants'
+    # a large model's fp32 session holds its weights and onnxruntime's packed copies: not kept beside int8's
     del fp32
     fp32_file = out / "onnx" / "model.onnx"
     variants: dict[str, Variant] = {}

@@ -39,8 +39,7 @@ Batch = tuple[np.ndarray, dict[str, np.ndarray]]  # (indices into texts, padded 
 
 # Left-padded, yet a text's vector does not depend on how far it is padded: rotary position embeddings enter
 # attention only as differences of positions, so the shift that left padding gives every position cancels.
-# These run the planner's batches: sentence-transformers' character-length batches of 32 padded the
-# Qwen3-Embedding-0.6B shape's sentences to 2.4x their real tokens, these to 1.03x.
+# These run the planner's batches, which pad far less (docs/performance.md#cpu-batches-sorted-by-tokens-cut-by-cost).
 SHIFT_INVARIANT_ARCHITECTURES = frozenset({"Qwen3Model", "Qwen2Model", "MistralModel", "LlamaModel"})
 
 
