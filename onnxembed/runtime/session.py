@@ -67,6 +67,9 @@ def create_session(onnx_path: Path, provider: str, threads: int | None) -> ort.I
         threads = positive_int(threads, "threads")
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # errors only: at load onnxruntime warns about its own rewrites (names inside a graph loop's subgraphs), on
+    # every Encoder a decoder or looped export opens, and none of it is the user's to act on
+    options.log_severity_level = 3
     if threads is not None:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1

@@ -114,6 +114,14 @@ def test_decoders_run_the_planners_batches_and_still_match(decoder: tuple[str, R
     _assert_same(reference.encode(texts), encoder.encode(texts))
 
 
+def test_loading_prints_no_onnxruntime_warnings(decoder: tuple[str, Replica, Path], capfd: Any) -> None:
+    # onnxruntime warns at load about renaming inside the attention loop's subgraphs: its own business
+    _, _, out = decoder
+    capfd.readouterr()
+    Encoder(out, provider="cpu", variant="fp32").encode(["a"])
+    assert "W:onnxruntime" not in capfd.readouterr().err
+
+
 def test_int8_keeps_its_recorded_accuracy_on_unseen_text(decoder: tuple[str, Replica, Path], reference: Any) -> None:
     _, _, out = decoder
     recorded = Manifest.read(out).variants["int8"].accuracy
