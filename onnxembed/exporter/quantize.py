@@ -124,8 +124,10 @@ def to_fp16(src: Path, dst: Path) -> None:
 
 
 def needs_external_data(src: Path) -> bool:
-    """Whether the graph at ``src`` keeps its weights outside (so what is made from it must too)."""
-    return bool(onnx_io.external_files(src))
+    """Whether the graph at ``src`` keeps its weights outside (so what is made from it must too): a data file
+    beside it under onnxembed's name (NAME_data) or onnxruntime's (NAME.data). A file check, not a read of
+    the graph, which for graphs with inline weights is the whole model."""
+    return any(src.with_name(src.name + suffix).exists() for suffix in ("_data", ".data"))
 
 
 def _producers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
