@@ -134,6 +134,9 @@ def looped_attention(
     bias = key_bias[:, :, None].clone()  # (batch, 1, 1, 1, seq)
     positions = torch.arange(seq)
     last = positions[-1:].clone()
+    # A text shorter than a step runs one step of its own length, not ``rows`` rows of which most repeat its
+    # last query: the graph's step size follows the length it runs at.
+    rows = torch.sym_min(rows, seq)
     offsets = torch.arange(rows)
 
     def step(carry: torch.Tensor, start: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

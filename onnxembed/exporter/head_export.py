@@ -108,8 +108,9 @@ def verify_logits_graph(
     import torch
 
     from onnxembed.exporter.verify import _graph_batches, attention_reach
+    from onnxembed.runtime.session import quiet_options
 
-    session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(onnx_file), sess_options=quiet_options(), providers=["CPUExecutionProvider"])
     worst = 0.0
     batches = _graph_batches(input_names, model.config.vocab_size, pad_token_id, max_len, attention_reach(model.config))
     with torch.no_grad():

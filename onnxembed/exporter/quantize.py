@@ -282,12 +282,15 @@ def activation_ranges(model_path: Path, tensor_names: list[str], feeds: list[dic
     import numpy as np
     import onnxruntime as ort
 
+    from onnxembed.runtime.session import quiet_options
+
     model = onnx.load(str(model_path))
     existing = {output.name for output in model.graph.output}
     for name in tensor_names:
         if name not in existing:
             model.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    graph = model.SerializeToString()
+    session = ort.InferenceSession(graph, sess_options=quiet_options(), providers=["CPUExecutionProvider"])
     maxima: dict[str, Any] = {}
     for feed in feeds:
         mask = np.asarray(feed["attention_mask"]).astype(bool)

@@ -85,7 +85,9 @@ def verify_graph(
     """Max abs difference of token embeddings on real tokens; raises ExportVerificationError over ``atol``."""
     import onnxruntime as ort
 
-    session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+    from onnxembed.runtime.session import quiet_options
+
+    session = ort.InferenceSession(str(onnx_file), sess_options=quiet_options(), providers=["CPUExecutionProvider"])
     worst = 0.0
     reach = attention_reach(model.config)
     for batch in _graph_batches(input_names, model.config.vocab_size, pad_token_id, max_len, reach, left_padded):

@@ -59,17 +59,22 @@ def resolve_provider(provider: str) -> str:
     return name
 
 
+def quiet_options() -> ort.SessionOptions:
+    """Session options that log onnxruntime's errors only: at load it warns about its own rewrites (names
+    inside a graph loop's subgraphs) for every decoder or looped graph, and none of it is the user's to act on."""
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return options
+
+
 def create_session(onnx_path: Path, provider: str, threads: int | None) -> ort.InferenceSession:
     """Load ``onnx_path`` on ``provider`` (already resolved) with ``threads`` intra-op threads."""
     if not onnx_path.is_file():
         raise ModelLoadError(f"ONNX file {onnx_path} does not exist")
     if threads is not None:
         threads = positive_int(threads, "threads")
-    options = ort.SessionOptions()
+    options = quiet_options()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    # errors only: at load onnxruntime warns about its own rewrites (names inside a graph loop's subgraphs), on
-    # every Encoder a decoder or looped export opens, and none of it is the user's to act on
-    options.log_severity_level = 3
     if threads is not None:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1

@@ -278,7 +278,8 @@ def test_decoder_graph_loops_over_query_blocks(
 ) -> None:
     """A Qwen3 replica (causal, left-padded, grouped-query attention; max_seq_length 64) exported in steps of
     8 query rows: its vectors are sentence-transformers' on texts of one step and of several; at 1,024 tokens
-    a step's largest tensor is one block of all heads' scores, and no (seq, seq) causal mask is built."""
+    a step's largest tensor is one block of all heads' scores, and no (seq, seq) causal mask is built; at 5
+    tokens a step is 5 rows."""
     from sentence_transformers import SentenceTransformer
 
     from onnxembed import Encoder
@@ -294,10 +295,14 @@ def test_decoder_graph_loops_over_query_blocks(
     expected = SentenceTransformer(str(qwen3_embedding.path), device="cpu").encode(texts, batch_size=4)
     np.testing.assert_allclose(Encoder(out).encode(texts, batch_size=4), expected, atol=1e-5, rtol=0)
 
-    seq, heads = 1024, 4  # tests/decoders.py
+    seq, heads, head_dim = 1024, 4, 8  # tests/decoders.py
     outside, step = _loop_intermediates(out, seq)
     assert max(step.values()) == heads * 8 * seq, sorted(step.items(), key=lambda item: -item[1])[:3]
     assert max(outside.values()) < seq * seq, "a (seq, seq) tensor outside the loop"
+    # a text shorter than a step runs a step of its own length: no rows repeating its last query
+    short = 5
+    _, step = _loop_intermediates(out, short)
+    assert max(step.values()) == heads * short * max(short, head_dim), sorted(step.items(), key=lambda item: -item[1])
 
 
 def _loop_intermediates(out: Path, seq: int) -> tuple[dict[str, int], dict[str, int]]:
