@@ -42,6 +42,7 @@ sys.path.insert(0, str(BENCH))
 from corpus import paragraphs, sentences  # noqa: E402
 from peaks import matmul_peaks  # noqa: E402
 
+from onnxembed.exporter.config import DECODER_MODEL_TYPES  # noqa: E402  (causal attention)
 from onnxembed.runtime.cpu import cpu_info  # noqa: E402
 
 SYSTEMS = ("st", "st-onnx", "fastembed", "onnxembed", "onnxembed-int8")
@@ -92,9 +93,6 @@ class TokenCounter:
         return [len(encoding.ids) for encoding in self._tokenizer.encode_batch(batch)]
 
 
-CAUSAL_MODEL_TYPES = {"qwen3", "qwen2", "mistral", "llama"}
-
-
 def attention_layers(exported: Path) -> tuple[int, list[int | None], bool]:
     """(query width = heads x head dim, each layer's key window or None for full attention, causal) from the
     export's config.json. A windowed layer is counted with its narrowest reading (ModernBERT's half window,
@@ -111,7 +109,7 @@ def attention_layers(exported: Path) -> tuple[int, list[int | None], bool]:
         types = config.get("layer_types") or ["full_attention"] * layers
         sliding = config.get("sliding_window")
         windows = [int(sliding) if kind == "sliding_attention" and sliding else None for kind in types]
-    return heads * head_dim, windows, config.get("model_type") in CAUSAL_MODEL_TYPES
+    return heads * head_dim, windows, config.get("model_type") in DECODER_MODEL_TYPES
 
 
 def attention_flops(lengths: list[int], width: int, windows: list[int | None], causal: bool) -> int:
