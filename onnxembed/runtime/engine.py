@@ -146,7 +146,8 @@ class EmbeddingEngine:
         return self.settings.max_batch_tokens if on_cpu else default_max_batch_tokens(self.provider)
 
     def _default_batch_size(self, max_batch_tokens: int) -> int:
-        # Left-padded models run sentence-transformers' own batches of 32 (see batching.py) everywhere.
+        # Models whose vectors depend on their padding run sentence-transformers' own batches of 32 everywhere
+        # (sentence_transformers_batches: left padding with absolute positions).
         if sentence_transformers_batches(self.manifest):
             return DEFAULT_CPU_BATCH_SIZE
         return self.settings.batch_size if self.provider == "CPUExecutionProvider" else max_batch_tokens
