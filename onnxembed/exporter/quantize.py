@@ -12,6 +12,7 @@ measured: docs/performance.md#int8-variants.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,19 +36,25 @@ _ELEMENTWISE_OPS = {"Add", "Sub", "Mul", "Div", "Erf", "Pow", "Tanh", "Sigmoid",
 
 @dataclass(frozen=True)
 class Int8Recipe:
-    """One way to quantize: which MatMuls stay fp32, and which have their outlier input channels split off."""
+    """One way to quantize: which MatMuls stay fp32, which have their outlier input channels split off, and
+    which have their inputs' channels evened out first."""
 
     name: str
     keep_fp32: tuple[str, ...] = ()  # node groups kept in fp32: "ffn_output", "ffn_input", "attention_output"
     split_outliers: tuple[str, ...] = ()  # node groups whose outlier input channels run in fp32 (see split_outliers)
     outlier_channels: int = 4
     per_channel: bool = True
+    smooth: tuple[str, ...] = ()  # node groups whose inputs are smoothed (see smooth_inputs)
+    smooth_alpha: float = 0.7
 
 
 # Fastest first, so the first that meets the accuracy budget is the fastest that does (measured speed and
 # accuracy of each, and what was tried and dropped: docs/performance.md#int8-variants).
 INT8_RECIPES = (
     Int8Recipe("all-matmul"),
+    # the FFN input's outliers smoothed (one Mul on a hidden-wide tensor) rather than split (a Gather, a rank-4
+    # MatMul and an Add, the last two FFN-wide)
+    Int8Recipe("smooth-ffn-input", smooth=("ffn_input",), split_outliers=("ffn_output",)),
     Int8Recipe("split-ffn-outliers", split_outliers=("ffn_output", "ffn_input")),
     # decoders: outlier channels of the residual stream reach q/k/v through RMSNorm as well
     Int8Recipe("split-outliers", split_outliers=("ffn_output", "ffn_input", "attention_input")),
@@ -242,13 +249,23 @@ def quantize_int8(
     MatMuls to leave in fp32."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    if recipe.smooth:
+        smoothed = dst.with_name(dst.stem + "_smooth.onnx")
+        smooth_inputs(src, smoothed, recipe.smooth, feeds, recipe.smooth_alpha)
+        try:
+            rest = dataclasses.replace(recipe, smooth=())
+            how = quantize_int8(smoothed, dst, rest, feeds, also_keep=also_keep)
+        finally:
+            onnx_io.remove(smoothed)
+        smoothing = {"smoothed_groups": list(recipe.smooth), "smooth_alpha": recipe.smooth_alpha}
+        return {**how, "recipe": recipe.name, **smoothing}
     model = onnx.load(str(src))
     if recipe.split_outliers:
         split = dst.with_name(dst.stem + "_split.onnx")
         kept = split_outliers(src, split, recipe.split_outliers, feeds, recipe.outlier_channels)
         try:
             plain = Int8Recipe(recipe.name, keep_fp32=recipe.keep_fp32, per_channel=recipe.per_channel)
-            how = quantize_int8(split, dst, plain, feeds, also_keep=kept)
+            how = quantize_int8(split, dst, plain, feeds, also_keep=[*kept, *(also_keep or [])])
         finally:
             onnx_io.remove(split)
         return {**how, "outlier_channels": recipe.outlier_channels, "split_groups": list(recipe.split_outliers)}
@@ -298,6 +315,59 @@ def activation_ranges(model_path: Path, tensor_names: list[str], feeds: list[dic
             peak = np.abs(value[mask]).max(axis=0)  # padded positions carry no real activations
             maxima[name] = peak if name not in maxima else np.maximum(maxima[name], peak)
     return maxima
+
+
+def smooth_inputs(src: Path, dst: Path, groups: tuple[str, ...], feeds: list[dict[str, Any]], alpha: float) -> None:
+    """Even out the input channels of each chosen MatMul before int8 (SmoothQuant): X @ W = (X / s) @ (s W).
+
+    Dynamic quantization scales a whole activation tensor at once, so a few channels with huge values leave
+    the rest a few int8 steps; dividing channel j by s_j = max|X_j|^alpha / max|W_j|^(1 - alpha) (ranges
+    from the calibration batches; max|W_j| over every MatMul reading X) moves part of that range into the
+    weights, which are quantized per output channel. One Mul per input tensor, shared by its readers; exact
+    in fp32 arithmetic up to rounding."""
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(src))
+    initializers = {tensor.name: tensor for tensor in model.graph.initializer}
+    by_group = matmul_groups(model)
+    chosen = {name for group in groups for name in by_group[group]}
+    by_input: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        if node.op_type == "MatMul" and node.name in chosen and node.input[1] in initializers:
+            by_input.setdefault(node.input[0], []).append(node)
+    ranges = activation_ranges(src, list(by_input), feeds)
+    for index, (x, readers) in enumerate(by_input.items()):
+        weights = [numpy_helper.to_array(initializers[node.input[1]]) for node in readers]
+        weight_peaks = np.max([np.abs(weight).max(axis=1) for weight in weights], axis=0)
+        # a channel that never fired, or whose weights are all zero, keeps its scale (1 at the floor)
+        scale = np.maximum(np.asarray(ranges[x]), 1e-5) ** alpha / np.maximum(weight_peaks, 1e-5) ** (1 - alpha)
+        scale = scale.astype(np.float32)
+        tag = f"onnxembed_smooth_{index}"
+        model.graph.initializer.append(numpy_helper.from_array((1 / scale).astype(np.float32), tag + "_inverse"))
+        model.graph.node.append(helper.make_node("Mul", [x, tag + "_inverse"], [tag + "_x"], name=tag))
+        for node, weight in zip(readers, weights, strict=True):
+            scaled = numpy_helper.from_array((weight * scale[:, None]).astype(np.float32), node.name + "_smoothed")
+            model.graph.initializer.append(scaled)
+            node.input[0], node.input[1] = tag + "_x", scaled.name
+    _drop_unread(model.graph, {node.name + "_smoothed" for nodes in by_input.values() for node in nodes})
+    _topological_sort(model.graph)
+    onnx_io.save(model, dst, needs_external_data(src))
+
+
+def _drop_unread(graph: onnx.GraphProto, keep: set[str]) -> None:
+    """Remove initializers that no node reads, in the graph or its loops' bodies (the weights smoothing
+    replaced: a copy of each would double the file)."""
+    read: set[str] = set()
+    stack = [graph]
+    while stack:
+        current = stack.pop()
+        for node in current.node:
+            read.update(node.input)
+            stack.extend(attribute.g for attribute in node.attribute if attribute.type == onnx.AttributeProto.GRAPH)
+    read |= {output.name for output in graph.output} | keep
+    unread = [tensor for tensor in graph.initializer if tensor.name not in read]
+    for tensor in unread:
+        graph.initializer.remove(tensor)
 
 
 def split_outliers(

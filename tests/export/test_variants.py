@@ -114,3 +114,67 @@ def test_variants_are_timed_on_as_many_texts_as_fit_the_pass(monkeypatch, per_te
     chosen = accuracy.timing_texts(encoder, texts, seconds=10.0)
     assert chosen == texts[:expected]
     assert encoder.calls == [64, 64]
+
+
+def test_smoothing_an_input_keeps_the_fp32_graph_exact(chinese_bert: Replica, tmp_path: Path) -> None:
+    """smooth_inputs divides each FFN input's channels by a scale and multiplies the weights' rows by it: the
+    fp32 graph it writes gives the same token embeddings, one Mul per layer more, with weights that changed."""
+    import onnx
+    import onnxruntime as ort
+
+    from onnxembed.exporter import quantize
+    from onnxembed.exporter.variants import _calibration_feeds
+
+    out = tmp_path / "out"
+    export(chinese_bert.path, out, quantize=None)
+    fp32 = Encoder(out, variant="fp32")
+    feeds = _calibration_feeds(fp32, CORPUS)
+    source, smoothed = out / "onnx" / "model.onnx", tmp_path / "smoothed.onnx"
+    quantize.smooth_inputs(source, smoothed, ("ffn_input",), feeds, alpha=0.7)
+
+    before, after = onnx.load(str(source)), onnx.load(str(smoothed))
+    layers = len(quantize.matmul_groups(before)["ffn_input"])
+    muls = [len([node for node in graph.graph.node if node.op_type == "Mul"]) for graph in (before, after)]
+    assert layers >= 2 and muls[1] == muls[0] + layers
+    assert len(after.graph.initializer) == len(before.graph.initializer) + layers  # replaced weights are gone
+    changed = [init for init in after.graph.initializer if init.name.endswith("_smoothed")]
+    original = {init.name: onnx.numpy_helper.to_array(init) for init in before.graph.initializer}
+    for init in changed:
+        weight = onnx.numpy_helper.to_array(init)
+        assert not any(np.allclose(weight, value) for value in original.values() if value.shape == weight.shape)
+    sessions = [ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]) for path in (source, smoothed)]
+    for feed in [*feeds, *_calibration_feeds(fp32, MIXED_TEXTS)]:
+        expected, actual = (session.run(None, feed)[0] for session in sessions)
+        np.testing.assert_allclose(actual, expected, atol=1e-4, rtol=1e-4)
+
+
+def _reference_sentences(limit: int) -> list[str]:
+    """Sentences of Python's language reference (pydoc_data): English prose the calibration never reads (it
+    reads the docstrings of 18 standard library packages)."""
+    import re
+
+    from pydoc_data.topics import topics
+
+    found: dict[str, None] = {}
+    for topic in topics.values():
+        for sentence in re.split(r"(?<=[.!?])\s+", " ".join(topic.split())):
+            if 6 <= len(sentence.split()) <= 40 and sentence[0].isupper():
+                found.setdefault(sentence)
+    return list(found)[:limit]
+
+
+@pytest.mark.slow
+def test_real_minilm_int8_meets_the_budget_on_unseen_text(minilm: Replica, tmp_path: Path) -> None:
+    """all-MiniLM-L6-v2, real weights: the int8 variant the exporter chooses keeps the int8 budget (mean cosine
+    >= 0.996, p1 >= 0.99, top-10 overlap >= 0.93) against sentence-transformers' own fp32 vectors, on 400
+    sentences the calibration never saw, in the runtime's batches."""
+    from sentence_transformers import SentenceTransformer
+
+    texts = _reference_sentences(400)
+    assert len(texts) == 400
+    manifest = export(minilm.path, tmp_path / "out", quantize="int8")
+    assert manifest.variants["int8"].accuracy["accepted"]
+    reference = SentenceTransformer(str(minilm.path), device="cpu").encode(texts)
+    measured = compare(reference, Encoder(tmp_path / "out", variant="int8").encode(texts))
+    assert measured["mean_cosine"] >= 0.996 and measured["p1_cosine"] >= 0.99, measured
+    assert measured["top10_overlap"] >= 0.93, measured
