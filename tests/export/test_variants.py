@@ -152,7 +152,6 @@ def _reference_sentences(limit: int) -> list[str]:
     """Sentences of Python's language reference (pydoc_data): English prose the calibration never reads (it
     reads the docstrings of 18 standard library packages)."""
     import re
-
     from pydoc_data.topics import topics
 
     found: dict[str, None] = {}
