@@ -379,7 +379,12 @@ def split_outliers(
     values (found here from calibration ranges) leave the others a few int8 steps. For every input tensor
     X of the chosen MatMuls: X_rest = X * mask (outlier channels zeroed, one cheap pass shared by the
     MatMuls reading X) goes through the original, quantizable MatMul, and Gather(X, outliers) @ W[outliers]
-    adds the outliers' share in fp32. Exact in fp32 arithmetic. Returns the fp32 MatMuls' names."""
+    adds the outliers' share in fp32. Exact in fp32 arithmetic. Returns the fp32 MatMuls' names.
+
+    Where X is an elementwise function of MatMuls that nothing else reads, with f(0) = 0 (GELU(x W1 + b1),
+    SiLU(x Wg) * x Wu), the outlier channels are zeroed at the source instead: those columns of W1 (and of
+    b1) become 0, so X carries 0 there with no mask pass over it, and a copy of the function on just those
+    columns gives the outliers."""
     import numpy as np
     from onnx import helper, numpy_helper
 
@@ -396,18 +401,27 @@ def split_outliers(
     for index, (x, readers) in enumerate(by_input.items()):
         peaks = np.asarray(ranges[x])
         outliers = np.sort(np.argsort(-peaks)[:channels]).astype(np.int64)
-        mask = np.ones(len(peaks), dtype=np.float32)
-        mask[outliers] = 0.0
         tag = f"onnxembed_split_{index}"
-        model.graph.initializer.extend(
-            [numpy_helper.from_array(outliers, tag + "_channels"), numpy_helper.from_array(mask, tag + "_mask")]
-        )
-        model.graph.node.extend(
-            [
-                helper.make_node("Gather", [x, tag + "_channels"], [tag + "_outliers"], axis=-1, name=tag + "_gather"),
-                helper.make_node("Mul", [x, tag + "_mask"], [tag + "_rest"], name=tag + "_mask"),
-            ]
-        )
+        chain = _elementwise_source(model.graph, x, readers, len(peaks))
+        copied = None if chain is None else _zero_at_source(model, chain, x, outliers, tag)
+        if copied is not None:
+            rest = x
+            kept.extend(copied)
+        else:
+            rest = tag + "_rest"
+            mask = np.ones(len(peaks), dtype=np.float32)
+            mask[outliers] = 0.0
+            model.graph.initializer.extend(
+                [numpy_helper.from_array(outliers, tag + "_channels"), numpy_helper.from_array(mask, tag + "_mask")]
+            )
+            model.graph.node.extend(
+                [
+                    helper.make_node(
+                        "Gather", [x, tag + "_channels"], [tag + "_outliers"], axis=-1, name=tag + "_gather"
+                    ),
+                    helper.make_node("Mul", [x, tag + "_mask"], [rest], name=tag + "_mask"),
+                ]
+            )
         for node in readers:
             weight = numpy_helper.to_array(initializers[node.input[1]])
             outlier_weight = numpy_helper.from_array(weight[outliers], node.name + "_outlier_weight")
@@ -421,7 +435,7 @@ def split_outliers(
                         [output + "_outliers"],
                         name=node.name + "_outliers",
                     ),
-                    helper.make_node("MatMul", [tag + "_rest", node.input[1]], [output + "_rest"], name=node.name),
+                    helper.make_node("MatMul", [rest, node.input[1]], [output + "_rest"], name=node.name),
                     helper.make_node(
                         "Add", [output + "_rest", output + "_outliers"], [output], name=node.name + "_sum"
                     ),
@@ -432,6 +446,160 @@ def split_outliers(
     _topological_sort(model.graph)
     onnx_io.save(model, dst, needs_external_data(src))
     return kept
+
+
+_CHANNELWISE_OPS = {"Add", "Sub", "Mul", "Div", "Erf", "Tanh", "Sigmoid", "Relu", "Neg", "Pow", "Sqrt", "Abs"}
+
+
+@dataclass
+class _Chain:
+    """The elementwise nodes between weighted MatMuls and X (inputs first), and those MatMuls."""
+
+    nodes: list[onnx.NodeProto]
+    matmuls: list[onnx.NodeProto]
+    scalars: list[onnx.NodeProto]  # Constant nodes of one value that the chain reads
+
+
+def _elementwise_source(graph: onnx.GraphProto, x: str, readers: list[onnx.NodeProto], channels: int) -> _Chain | None:
+    """The chain that makes ``x`` from weighted MatMuls through elementwise ops whose constants are scalars or
+    per-channel vectors, when nothing outside it (but ``readers``) reads any of its values; else None."""
+    producers = _producers(graph)
+    constants = {tensor.name: tensor for tensor in graph.initializer}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    nodes: list[onnx.NodeProto] = []
+    matmuls: list[onnx.NodeProto] = []
+    scalars: list[onnx.NodeProto] = []
+    pending, seen = [x], set()
+    while pending:
+        name = pending.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        node = producers.get(name)
+        if node is None:
+            return None
+        if node.op_type == "Constant" and _constant_size(node) == 1:
+            scalars.append(node)
+            continue
+        if node.op_type == "MatMul" and node.input[1] in constants:
+            if tuple(constants[node.input[1]].dims)[-1:] != (channels,):
+                return None
+            matmuls.append(node)
+            continue
+        if node.op_type not in _CHANNELWISE_OPS:
+            return None
+        nodes.append(node)
+        for value in node.input:
+            if value in constants:
+                if _size(constants[value]) not in (1, channels):
+                    return None
+            else:
+                pending.append(value)
+    if not matmuls or not nodes:
+        return None
+    inside = {id(node) for node in nodes + matmuls} | {id(node) for node in readers}
+    for node in nodes + matmuls:
+        if any(id(reader) not in inside for out in node.output for reader in consumers.get(out, [])):
+            return None
+    # the weights and per-channel constants it will zero must be its own
+    inside = {id(node) for node in nodes + matmuls}
+    owned = [node.input[1] for node in matmuls] + [
+        name for node in nodes for name in node.input if name in constants and _size(constants[name]) > 1
+    ]
+    if any(id(reader) not in inside for name in owned for reader in consumers.get(name, [])):
+        return None
+    if any(tuple(constants[name].dims)[-1:] != (channels,) for name in owned):
+        return None
+    nodes.reverse()
+    return _Chain(nodes, matmuls, scalars)
+
+
+def _size(tensor: onnx.TensorProto) -> int:
+    return int(np.prod(tensor.dims)) if tensor.dims else 1
+
+
+def _constant_size(node: onnx.NodeProto) -> int:
+    """Elements of a Constant node's tensor value (0 when it holds something else)."""
+    for attribute in node.attribute:
+        if attribute.name == "value":
+            return _size(attribute.t)
+        if attribute.name in ("value_float", "value_int"):
+            return 1
+    return 0
+
+
+def _zero_at_source(model: onnx.ModelProto, chain: _Chain, x: str, outliers: Any, tag: str) -> list[str] | None:
+    """Copy ``chain`` for the ``outliers`` columns alone (its output tag + "_outliers"), then zero those columns
+    of its MatMul weights and per-channel constants; returns the copied MatMuls' names (they stay fp32). Only
+    if the chain gives 0 where its MatMuls give 0 (checked by running it on zeros); else the graph is left as
+    it was and None returned."""
+    from onnx import helper, numpy_helper
+    from onnx.reference import ReferenceEvaluator
+
+    graph = model.graph
+    constants = {tensor.name: tensor for tensor in graph.initializer}
+    vectors = {name for node in chain.nodes for name in node.input if name in constants and _size(constants[name]) > 1}
+    zeroed = {name: numpy_helper.to_array(constants[name]).copy() for name in vectors}
+    for array in zeroed.values():
+        array[..., outliers] = 0.0
+    # f(0) = 0: the chain on zeros (with its constants zeroed as they will be) must give zeros
+    probe = helper.make_graph(
+        list(chain.scalars) + list(chain.nodes),
+        "probe",
+        [helper.make_tensor_value_info(node.output[0], onnx.TensorProto.FLOAT, None) for node in chain.matmuls],
+        [helper.make_tensor_value_info(x, onnx.TensorProto.FLOAT, None)],
+        [
+            numpy_helper.from_array(zeroed.get(name, numpy_helper.to_array(constants[name])), name)
+            for name in {n for node in chain.nodes for n in node.input if n in constants}
+        ],
+    )
+    width = int(constants[chain.matmuls[0].input[1]].dims[-1])
+    zeros = {node.output[0]: np.zeros((1, width), dtype=np.float32) for node in chain.matmuls}
+    opset = [entry for entry in model.opset_import if entry.domain in ("", "ai.onnx")]
+    (result,) = ReferenceEvaluator(helper.make_model(probe, opset_imports=opset, ir_version=model.ir_version)).run(
+        None, zeros
+    )
+    if np.any(result[..., outliers] != 0):
+        return None
+    renamed: dict[str, str] = {}
+    copies = []
+    for node in chain.matmuls:
+        weight = numpy_helper.to_array(constants[node.input[1]])
+        small = numpy_helper.from_array(np.ascontiguousarray(weight[..., outliers]), f"{tag}_{node.name}_columns")
+        graph.initializer.append(small)
+        renamed[node.output[0]] = f"{tag}_{node.output[0]}"
+        copies.append(
+            helper.make_node(
+                "MatMul", [node.input[0], small.name], [renamed[node.output[0]]], name=f"{tag}_{node.name}"
+            )
+        )
+        weight = weight.copy()
+        weight[..., outliers] = 0.0
+        constants[node.input[1]].CopyFrom(numpy_helper.from_array(weight, node.input[1]))
+    for node in chain.nodes:
+        inputs = []
+        for name in node.input:
+            if name in vectors:
+                array = numpy_helper.to_array(constants[name])
+                small = numpy_helper.from_array(np.ascontiguousarray(array[..., outliers]), f"{tag}_{name}")
+                graph.initializer.append(small)
+                inputs.append(small.name)
+            else:
+                inputs.append(renamed.get(name, name))
+        renamed[node.output[0]] = tag + "_outliers" if node.output[0] == x else f"{tag}_{node.output[0]}"
+        copies.append(
+            helper.make_node(
+                node.op_type, inputs, [renamed[node.output[0]]], name=f"{tag}_{node.name}", domain=node.domain
+            )
+        )
+        copies[-1].attribute.extend(node.attribute)
+    for name in vectors:
+        constants[name].CopyFrom(numpy_helper.from_array(zeroed[name], name))
+    graph.node.extend(copies)
+    return [node.name for node in copies if node.op_type == "MatMul"]
 
 
 def _topological_sort(graph: onnx.GraphProto) -> None:

@@ -10,7 +10,10 @@ import pytest
 
 from onnxembed import Encoder, export
 from onnxembed.exporter.accuracy import compare
+from tests import decoders
 from tests.replicas import CORPUS, DATA, MIXED_TEXTS, Replica
+
+qwen3_embedding = decoders.qwen3_embedding
 
 CALIBRATION = DATA / "multilingual.txt"
 
@@ -177,3 +180,53 @@ def test_real_minilm_int8_meets_the_budget_on_unseen_text(minilm: Replica, tmp_p
     measured = compare(reference, Encoder(tmp_path / "out", variant="int8").encode(texts))
     assert measured["mean_cosine"] >= 0.996 and measured["p1_cosine"] >= 0.99, measured
     assert measured["top10_overlap"] >= 0.93, measured
+
+
+@pytest.mark.parametrize("family", ["chinese_bert", "qwen3_embedding"])
+def test_outlier_split_is_exact_and_zeroes_the_ffn_output_at_its_source(
+    family: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """split_outliers on the FFN MatMuls of a BERT (GELU(x W1 + b1)) and a Qwen3 (SiLU(x Wg) * x Wu) replica:
+    the fp32 graph it writes gives the same token embeddings. The FFN output's input is zeroed at its source
+    (those columns of W1, b1 or Wg/Wu are 0, a copy of the activation makes the outliers: no mask pass over
+    it), while the FFN input, a norm's output the residual also reads, keeps the mask."""
+    import onnx
+    import onnxruntime as ort
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    from onnxembed.exporter import quantize
+    from onnxembed.exporter.variants import _calibration_feeds
+
+    replica: Replica = request.getfixturevalue(family)
+    # distinct biases and norms, as trained models have: the replicas' zero biases are one shared constant in
+    # the graph, which the split must not zero for one layer (it keeps the mask there)
+    model = SentenceTransformer(str(replica.path), device="cpu")
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.ndim == 1:
+                parameter.add_(0.05 * torch.randn(parameter.shape, generator=generator))
+    model.save(str(tmp_path / "src"))
+    out = tmp_path / "out"
+    export(tmp_path / "src", out, quantize=None)
+    fp32 = Encoder(out, variant="fp32")
+    feeds = _calibration_feeds(fp32, CORPUS)
+    source, split = out / "onnx" / "model.onnx", tmp_path / "split.onnx"
+    kept = quantize.split_outliers(source, split, ("ffn_output", "ffn_input"), feeds, 4)
+
+    before, after = onnx.load(str(source)), onnx.load(str(split))
+    groups = quantize.matmul_groups(before)
+    ffn_inputs = {name for name in groups["ffn_input"]}
+    layers = len(groups["ffn_output"])
+    masks = [node for node in after.graph.node if node.op_type == "Mul" and node.name.endswith("_mask")]
+    reads = {node.input[0] for node in before.graph.node if node.name in ffn_inputs}
+    assert layers >= 2 and {node.input[0] for node in masks} == reads  # masks on the FFN inputs only
+    weights = {init.name: onnx.numpy_helper.to_array(init) for init in after.graph.initializer}
+    zeroed = [name for name, weight in weights.items() if weight.ndim == 2 and not weight[:, :].any(axis=0).all()]
+    assert len(zeroed) >= layers, zeroed  # W1 (BERT) or Wg and Wu (Qwen3) of every layer lost 4 columns
+    assert len(kept) >= 2 * layers  # the outlier MatMuls of both splits stay fp32
+    sessions = [ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]) for path in (source, split)]
+    for feed in [*feeds, *_calibration_feeds(fp32, MIXED_TEXTS)]:
+        expected, actual = (session.run(None, feed)[0] for session in sessions)
+        np.testing.assert_allclose(actual, expected, atol=1e-4, rtol=1e-4)
