@@ -560,7 +560,8 @@ def _zero_at_source(model: onnx.ModelProto, chain: _Chain, x: str, outliers: Any
     zeros = {node.output[0]: np.zeros((1, width), dtype=np.float32) for node in chain.matmuls}
     opset = [entry for entry in model.opset_import if entry.domain in ("", "ai.onnx")]
     evaluator = ReferenceEvaluator(helper.make_model(probe, opset_imports=opset, ir_version=model.ir_version))
-    result = np.asarray(evaluator.run(None, zeros)[0])
+    (output,) = evaluator.run(None, zeros)
+    result = np.asarray(output)
     if np.any(result[..., outliers] != 0):
         return None
     renamed: dict[str, str] = {}
