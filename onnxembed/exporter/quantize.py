@@ -317,6 +317,22 @@ def activation_ranges(model_path: Path, tensor_names: list[str], feeds: list[dic
     return maxima
 
 
+def _chosen_inputs(
+    src: Path, groups: tuple[str, ...], feeds: list[dict[str, Any]]
+) -> tuple[onnx.ModelProto, dict[str, onnx.TensorProto], dict[str, list[onnx.NodeProto]], dict[str, Any]]:
+    """The graph at ``src``, its initializers, the weighted MatMuls of ``groups`` by the input they read, and
+    each such input's per-channel calibration range."""
+    model = onnx.load(str(src))
+    initializers = {tensor.name: tensor for tensor in model.graph.initializer}
+    by_group = matmul_groups(model)
+    chosen = {name for group in groups for name in by_group[group]}
+    by_input: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        if node.op_type == "MatMul" and node.name in chosen and node.input[1] in initializers:
+            by_input.setdefault(node.input[0], []).append(node)
+    return model, initializers, by_input, activation_ranges(src, list(by_input), feeds)
+
+
 def smooth_inputs(src: Path, dst: Path, groups: tuple[str, ...], feeds: list[dict[str, Any]], alpha: float) -> None:
     """Even out the input channels of each chosen MatMul before int8 (SmoothQuant): X @ W = (X / s) @ (s W).
 
@@ -327,15 +343,7 @@ def smooth_inputs(src: Path, dst: Path, groups: tuple[str, ...], feeds: list[dic
     in fp32 arithmetic up to rounding."""
     from onnx import helper, numpy_helper
 
-    model = onnx.load(str(src))
-    initializers = {tensor.name: tensor for tensor in model.graph.initializer}
-    by_group = matmul_groups(model)
-    chosen = {name for group in groups for name in by_group[group]}
-    by_input: dict[str, list[onnx.NodeProto]] = {}
-    for node in model.graph.node:
-        if node.op_type == "MatMul" and node.name in chosen and node.input[1] in initializers:
-            by_input.setdefault(node.input[0], []).append(node)
-    ranges = activation_ranges(src, list(by_input), feeds)
+    model, initializers, by_input, ranges = _chosen_inputs(src, groups, feeds)
     for index, (x, readers) in enumerate(by_input.items()):
         weights = [numpy_helper.to_array(initializers[node.input[1]]) for node in readers]
         weight_peaks = np.max([np.abs(weight).max(axis=1) for weight in weights], axis=0)
@@ -388,15 +396,7 @@ def split_outliers(
     import numpy as np
     from onnx import helper, numpy_helper
 
-    model = onnx.load(str(src))
-    initializers = {tensor.name: tensor for tensor in model.graph.initializer}
-    by_group = matmul_groups(model)
-    chosen = {name for group in groups for name in by_group[group]}
-    by_input: dict[str, list[onnx.NodeProto]] = {}
-    for node in model.graph.node:
-        if node.op_type == "MatMul" and node.name in chosen and node.input[1] in initializers:
-            by_input.setdefault(node.input[0], []).append(node)
-    ranges = activation_ranges(src, list(by_input), feeds)
+    model, initializers, by_input, ranges = _chosen_inputs(src, groups, feeds)
     kept = []
     for index, (x, readers) in enumerate(by_input.items()):
         peaks = np.asarray(ranges[x])
