@@ -31,6 +31,7 @@ sys.path.insert(0, str(BENCH))
 from corpus import paragraphs, sentences  # noqa: E402
 
 from onnxembed import Encoder  # noqa: E402
+from onnxembed.kernels import normalize, pool  # noqa: E402
 from onnxembed.runtime.batching import default_max_batch_tokens  # noqa: E402
 from onnxembed.runtime.cpu import cpu_info  # noqa: E402
 from onnxembed.runtime.session import create_session  # noqa: E402
@@ -86,12 +87,9 @@ def main() -> None:
 
 def _pooled(outputs: list[np.ndarray], feeds: list[dict[str, np.ndarray]]) -> np.ndarray:
     """Mean-pooled, normalized token embeddings: enough to compare graphs of one model with one another."""
-    vectors = []
-    for hidden, feed in zip(outputs, feeds, strict=True):
-        mask = feed["attention_mask"][..., None].astype(np.float32)
-        pooled = (hidden * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1e-9)
-        vectors.append(pooled / np.linalg.norm(pooled, axis=1, keepdims=True))
-    return np.concatenate(vectors)
+    return np.concatenate(
+        [normalize(pool(hidden, feed["attention_mask"])) for hidden, feed in zip(outputs, feeds, strict=True)]
+    )
 
 
 if __name__ == "__main__":

@@ -448,7 +448,8 @@ def split_outliers(
     return kept
 
 
-_CHANNELWISE_OPS = {"Add", "Sub", "Mul", "Div", "Erf", "Tanh", "Sigmoid", "Relu", "Neg", "Pow", "Sqrt", "Abs"}
+# elementwise ops a chain to zero at its source may pass through (a Cast would change what 0 is stored as)
+_CHANNELWISE_OPS = (_ELEMENTWISE_OPS - {"Cast"}) | {"Relu", "Neg", "Abs"}
 
 
 @dataclass
