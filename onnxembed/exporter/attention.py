@@ -129,7 +129,7 @@ def looped_attention(
     # The scan refuses closed-over tensors that alias one another (ModernBERT's q, k and v are views of one
     # qkv tensor): each is a copy, small beside one step's scores.
     grouped = (query * scale).reshape(batch, kv_heads, heads // kv_heads, seq, head_dim)
-    keys_t = key.transpose(2, 3)[:, :, None].clone()
+    keys = key[:, :, None].clone()
     values = value[:, :, None].clone()
     bias = key_bias[:, :, None].clone()  # (batch, 1, 1, 1, seq)
     positions = torch.arange(seq)
@@ -143,18 +143,42 @@ def looped_attention(
         wanted = start + offsets
         # the last step's rows past the end repeat the last query; their outputs are dropped below
         block = grouped.index_select(3, torch.minimum(wanted, last))
-        scores = torch.matmul(block, keys_t) + bias
-        hidden = _hidden_keys(wanted[:, None], positions[None, :], half_window, causal_window)
+        visible = _visible_keys(start, rows, seq, half_window, causal_window)
+        key_bias = bias[..., visible]
+        hidden = _hidden_keys(wanted[:, None], positions[None, visible], half_window, causal_window)
         if hidden is not None:
-            scores = scores.masked_fill(hidden, lowest)
+            # one (batch, rows, keys) bias for padding and causality, added in one pass over the scores
+            # (heads times larger); a where, not a sum, so that two lowests never overflow to -inf
+            key_bias = torch.where(hidden, lowest, key_bias)
+        scores = torch.matmul(block, keys[:, :, :, visible].transpose(3, 4)) + key_bias
         probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
-        return carry.clone(), torch.matmul(probs, values).reshape(batch, heads, rows, head_dim)
+        output = torch.matmul(probs, values[:, :, :, visible])
+        return carry.clone(), output.reshape(batch, heads, rows, head_dim)
 
     # the scan needs a carry; a one-element tensor costs nothing
     _, outputs = scan(step, torch.zeros(1), torch.arange(0, seq, rows))
     # (steps, batch, heads, rows, head_dim) -> (batch, heads, steps * rows, head_dim), cut back to seq rows
     stacked = outputs.permute(1, 2, 0, 3, 4).reshape(batch, heads, -1, head_dim)
     return stacked.index_select(2, positions)
+
+
+def _visible_keys(
+    start: torch.Tensor, rows: Any, seq: Any, half_window: int | None, causal_window: int | None
+) -> slice:
+    """The keys that some query row of the step starting at ``start`` may see. A causal step skips the keys
+    after its last row (half of a long text's attention), a windowed one those beyond its window; each step's
+    scores are then (rows, visible keys), a length that differs per step, which the ONNX Scan carries as a
+    Slice on the step's start. Bidirectional attention without a window sees every key (no Slice)."""
+    if half_window is None and causal_window is None:
+        return slice(None)
+    at = start.item()
+    torch._check(at >= 0)
+    torch._check(at < seq)
+    if half_window is not None:
+        first, end = at - half_window, at + rows + half_window
+    else:
+        first, end = (at - causal_window + 1 if causal_window else 0), at + rows
+    return slice(torch.sym_max(first, 0), torch.sym_min(end, seq))
 
 
 def _hidden_keys(

@@ -239,10 +239,14 @@ def test_modernbert_graph_loops_over_query_blocks(
     expected = SentenceTransformer(str(modernbert.path), device="cpu").encode(texts, batch_size=4)
     np.testing.assert_allclose(Encoder(out).encode(texts, batch_size=4), expected, atol=1e-5, rtol=0)
 
-    seq, heads = 1024, 4  # tests/families.py's ModernBERT replica
+    seq, heads, half_window = 1024, 4, 4  # tests/families.py's ModernBERT replica
     outside, step = _loop_intermediates(out, seq)
     assert max(step.values()) == heads * rows * seq, sorted(step.items(), key=lambda item: -item[1])[:3]
     assert max(outside.values()) < seq * seq
+    # the second layer is local: a step scores only the keys within the window of its rows
+    _, step = _loop_intermediates(out, seq, step_index=3, loop=1)
+    largest = sorted(step.items(), key=lambda item: -item[1])[:3]
+    assert max(step.values()) == heads * rows * (rows + 2 * half_window), largest
 
 
 def test_modernbert_torchscript_keeps_unrolled_blocks(
@@ -296,19 +300,26 @@ def test_decoder_graph_loops_over_query_blocks(
     np.testing.assert_allclose(Encoder(out).encode(texts, batch_size=4), expected, atol=1e-5, rtol=0)
 
     seq, heads, head_dim = 1024, 4, 8  # tests/decoders.py
-    outside, step = _loop_intermediates(out, seq)
+    outside, step = _loop_intermediates(out, seq, step_index=-1)
     assert max(step.values()) == heads * 8 * seq, sorted(step.items(), key=lambda item: -item[1])[:3]
     assert max(outside.values()) < seq * seq, "a (seq, seq) tensor outside the loop"
+    # causal: a step scores only the keys up to its last row, so the first step's scores are (8, 8) a head
+    _, step = _loop_intermediates(out, seq, step_index=0)
+    assert max(step.values()) == heads * 8 * head_dim, sorted(step.items(), key=lambda item: -item[1])[:3]
+    _, step = _loop_intermediates(out, seq, step_index=63)
+    assert max(step.values()) == heads * 8 * 512, sorted(step.items(), key=lambda item: -item[1])[:3]
     # a text shorter than a step runs a step of its own length: no rows repeating its last query
     short = 5
     _, step = _loop_intermediates(out, short)
     assert max(step.values()) == heads * short * max(short, head_dim), sorted(step.items(), key=lambda item: -item[1])
 
 
-def _loop_intermediates(out: Path, seq: int) -> tuple[dict[str, int], dict[str, int]]:
+def _loop_intermediates(
+    out: Path, seq: int, step_index: int = 0, loop: int = 0
+) -> tuple[dict[str, int], dict[str, int]]:
     """Element counts by name of ``out``'s fp32 graph run on one ``seq``-token text: every value outside the
-    loops, and every value of the first layer's loop body run for its first step (fed the outer values it
-    reads, as onnxruntime's Scan would)."""
+    loops, and every value of loop number ``loop`` (a layer's) run for its step ``step_index`` (fed the outer
+    values it reads, as onnxruntime's Scan would)."""
     import onnxruntime as ort
 
     model = onnx.load(str(out / "onnx" / "model.onnx"))
@@ -318,14 +329,14 @@ def _loop_intermediates(out: Path, seq: int) -> tuple[dict[str, int], dict[str, 
     inits = {init.name: onnx.numpy_helper.to_array(init) for init in model.graph.initializer}
     known = {**inits, **values}
 
-    body = next(attr.g for attr in loops[0].attribute if attr.name == "body")
+    body = next(attr.g for attr in loops[loop].attribute if attr.name == "body")
     produced = {name for node in body.node for name in node.output} | {value.name for value in body.input}
     produced |= {init.name for init in body.initializer}
     outer = sorted({name for node in body.node for name in node.input if name and name not in produced})
-    carry_init, starts = (known[name] for name in loops[0].input)
+    carry_init, starts = (known[name] for name in loops[loop].input)
     feeds = {
         body.input[0].name: carry_init,
-        body.input[1].name: np.asarray(starts[0]),
+        body.input[1].name: np.asarray(starts[step_index]),
         **{name: known[name] for name in outer},
     }
     step_graph = onnx.helper.make_graph(
