@@ -99,6 +99,13 @@ def step_rows(num_heads: int, max_seq_length: int) -> int:
     return int(min(QUERY_BLOCK_TOKENS, 1 << (fit.bit_length() - 1)))
 
 
+# What the loop adds to a hidden key's score: half float16's min, not the dtype's, because the fp16 variant
+# converts the graph's constants, and float16's min plus a score below -16 is -inf. A step in which a row sees
+# no real key (a left-padded text's padding rows) would then give that row NaN, which the next layer's real
+# rows read as 0 x NaN. exp(this - the row's max) is 0 in float32 as exp(min) is, so fp32 results are the same.
+HIDDEN_KEY_BIAS = -32752.0
+
+
 def looped_attention(
     query: torch.Tensor,
     key: torch.Tensor,
@@ -123,7 +130,6 @@ def looped_attention(
 
     batch, heads, seq, head_dim = query.shape
     kv_heads = key.shape[1]
-    lowest = torch.finfo(query.dtype).min
     # Grouped heads as (batch, kv_heads, group, rows, head_dim) against (batch, kv_heads, 1, ...) keys: the
     # matmul broadcasts the group, so keys and values are never repeated per head.
     # The scan refuses closed-over tensors that alias one another (ModernBERT's q, k and v are views of one
@@ -131,7 +137,7 @@ def looped_attention(
     grouped = (query * scale).reshape(batch, kv_heads, heads // kv_heads, seq, head_dim)
     keys = key[:, :, None].clone()
     values = value[:, :, None].clone()
-    bias = key_bias[:, :, None].clone()  # (batch, 1, 1, 1, seq)
+    bias = key_bias[:, :, None].clamp(min=HIDDEN_KEY_BIAS)  # (batch, 1, 1, 1, seq)
     positions = torch.arange(seq)
     last = positions[-1:].clone()
     # A text shorter than a step runs one step of its own length, not ``rows`` rows of which most repeat its
@@ -148,8 +154,8 @@ def looped_attention(
         hidden = _hidden_keys(wanted[:, None], positions[None, visible], half_window, causal_window)
         if hidden is not None:
             # one (batch, rows, keys) bias for padding and causality, added in one pass over the scores
-            # (heads times larger); a where, not a sum, so that two lowests never overflow to -inf
-            key_bias = torch.where(hidden, lowest, key_bias)
+            # (heads times larger); a where, not a sum, so that two biases never add up
+            key_bias = torch.where(hidden, HIDDEN_KEY_BIAS, key_bias)
         scores = torch.matmul(block, keys[:, :, :, visible].transpose(3, 4)) + key_bias
         probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
         output = torch.matmul(probs, values[:, :, :, visible])

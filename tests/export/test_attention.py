@@ -150,6 +150,24 @@ def test_looped_attention_equals_sdpa(
     assert torch.allclose(actual.transpose(1, 2)[real], expected.transpose(1, 2)[real], atol=1e-5)
 
 
+def test_looped_attention_keeps_rows_that_see_no_key_finite_in_float16() -> None:
+    """A left-padded text's padding rows see only padding or future keys in the first steps; with scores below
+    -16, float16's min added to each is -inf, and a row of -inf would be NaN (reaching real rows as 0 x NaN in
+    the next layer). Every row stays finite and the real rows equal SDPA."""
+    seq, rows = 8, 4
+    query = torch.full((1, 2, seq, 8), 3.0, dtype=torch.float16)
+    key = torch.full((1, 2, seq, 8), -3.0, dtype=torch.float16)  # every score 0.3 x -72 = -21.6
+    value = torch.randn(1, 2, seq, 8, generator=torch.Generator().manual_seed(0)).to(torch.float16)
+    attention_mask = torch.ones(1, seq, dtype=torch.int64)
+    attention_mask[0, :5] = 0
+    bias = padding_bias(attention_mask, torch.float16)
+    actual = looped_attention(query, key, value, bias, 0.3, rows, causal_window=0)
+    assert torch.isfinite(actual).all()
+    expected = _sdpa(query.float(), key.float(), value.float(), attention_mask, 0.3, None, 0)
+    real = attention_mask.bool()
+    assert torch.allclose(actual.float().transpose(1, 2)[real], expected.transpose(1, 2)[real], atol=1e-2)
+
+
 class _Looped(torch.nn.Module):
     def __init__(self, rows: int, half_window: int | None, causal_window: int | None) -> None:
         super().__init__()
