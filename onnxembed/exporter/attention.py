@@ -30,12 +30,15 @@ import torch
 
 from onnxembed.exporter.config import DECODER_MODEL_TYPES
 
-# Query rows per block of one head's scores at the model's max_seq_length: a model that takes 8,192 tokens
-# computes each head in 4 blocks, (batch, 2048, 8192) floats (64 MiB a text) at a time. The loop's steps are
-# at most this many rows too.
+# Query rows per block of one head's scores at the model's max_seq_length (unrolled, TorchScript): a model
+# that takes 8,192 tokens computes each head in 4 blocks, (batch, 2048, 8192) floats (64 MiB a text) at a time.
 QUERY_BLOCK_TOKENS = 2048
-# One loop step's scores, all heads, for one text at max_seq_length: the loop takes as many rows as fit.
+# One loop step's scores, all heads, for one text at max_seq_length: the loop takes as many rows as fit,
+# and at most LOOP_STEP_ROWS: a local-window step scores rows + window keys, so short steps waste less, and
+# ModernBERT-base at 8,192 tokens peaked lower at 128 rows than at 512, no slower
+# (docs/performance.md#long-texts).
 STEP_SCORE_BYTES = 256 << 20
+LOOP_STEP_ROWS = 128
 
 
 def heads_one_at_a_time(
@@ -90,13 +93,13 @@ def heads_one_at_a_time(
 
 
 def step_rows(num_heads: int, max_seq_length: int) -> int:
-    """Query rows per loop step: a power of two, at most QUERY_BLOCK_TOKENS, whose (heads, rows,
+    """Query rows per loop step: a power of two, at most LOOP_STEP_ROWS, whose (heads, rows,
     max_seq_length) float scores fit STEP_SCORE_BYTES (Qwen3-Embedding-0.6B, 16 heads at 32,768 tokens: 128
-    rows; ModernBERT-base, 12 heads at 8,192: 512), and at most half of max_seq_length: the export traces
-    two steps (see onnx_export), which must stay a length the model takes."""
+    rows; e5-mistral, 32 heads at 32,768: 64), and at most half of max_seq_length: the export traces two
+    steps (see onnx_export), which must stay a length the model takes."""
     budget = STEP_SCORE_BYTES // (4 * num_heads * max(1, max_seq_length))
     fit = max(1, min(budget, max_seq_length // 2))
-    return int(min(QUERY_BLOCK_TOKENS, 1 << (fit.bit_length() - 1)))
+    return int(min(LOOP_STEP_ROWS, 1 << (fit.bit_length() - 1)))
 
 
 # What the loop adds to a hidden key's score: half float16's min, not the dtype's, because the fp16 variant

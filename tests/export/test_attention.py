@@ -218,26 +218,30 @@ def test_looped_attention_exports_a_loop_that_follows_the_length(
 
 
 def test_step_rows_fit_the_budget() -> None:
-    """Qwen3-Embedding-0.6B (16 heads, 32,768 tokens) and ModernBERT-base (12 heads, 8,192): one step's
-    scores for one text stay within STEP_SCORE_BYTES; short models take QUERY_BLOCK_TOKENS rows."""
+    """Qwen3-Embedding-0.6B (16 heads, 32,768 tokens) and e5-mistral (32 heads): one step's scores for one
+    text stay within STEP_SCORE_BYTES; models with fewer heads or tokens take LOOP_STEP_ROWS rows
+    (ModernBERT-base, 12 heads at 8,192)."""
     from onnxembed.exporter import attention
 
-    for heads, seq in [(16, 32768), (12, 8192), (16, 8192)]:
+    for heads, seq in [(16, 32768), (32, 32768), (8, 131072)]:
         rows = step_rows(heads, seq)
         assert heads * rows * seq * 4 <= attention.STEP_SCORE_BYTES < 2 * heads * rows * seq * 4
-    # at most half of max_seq_length (the export traces two steps), never over QUERY_BLOCK_TOKENS
-    assert step_rows(12, 512) == 256
-    assert step_rows(1, 1 << 20) <= attention.QUERY_BLOCK_TOKENS
+    assert step_rows(16, 32768) == 128
+    assert step_rows(12, 8192) == attention.LOOP_STEP_ROWS == 128
+    # at most half of max_seq_length (the export traces two steps), never over LOOP_STEP_ROWS
+    assert step_rows(12, 128) == 64
+    assert step_rows(1, 4096) == attention.LOOP_STEP_ROWS
+    assert step_rows(1, 1 << 20) <= attention.LOOP_STEP_ROWS
 
 
 @pytest.mark.parametrize(("block_tokens", "rows"), [(None, 64), (16, 16)])
 def test_modernbert_graph_loops_over_query_blocks(
     block_tokens: int | None, rows: int, modernbert: Replica, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Exported with dynamo (the loop's exporter) in steps of half its max_seq_length (128) or of
-    QUERY_BLOCK_TOKENS: its vectors are sentence-transformers' on texts of one step and of several, padded;
-    run on one 1,024-token text, the largest tensor of a step is one block of all heads' scores (heads x rows
-    x seq floats), and nothing outside the loop holds (seq, seq) values."""
+    """Exported with auto, which takes dynamo (the loop's exporter) for ModernBERT, in steps of half its
+    max_seq_length (128) or of LOOP_STEP_ROWS: its vectors are sentence-transformers' on texts of one step
+    and of several, padded; run on one 1,024-token text, the largest tensor of a step is one block of all
+    heads' scores (heads x rows x seq floats), and nothing outside the loop holds (seq, seq) values."""
     from sentence_transformers import SentenceTransformer
 
     from onnxembed import Encoder
@@ -247,9 +251,9 @@ def test_modernbert_graph_loops_over_query_blocks(
     if not attention._modernbert_patchable():
         pytest.skip("transformers 5.x: ModernBERT keeps its eager attention (its attention table is gone)")
     if block_tokens is not None:
-        monkeypatch.setattr(attention, "QUERY_BLOCK_TOKENS", block_tokens)
+        monkeypatch.setattr(attention, "LOOP_STEP_ROWS", block_tokens)
     out = tmp_path / "modernbert"
-    export(modernbert.path, out, exporter="dynamo")
+    export(modernbert.path, out)
     manifest = Manifest.read(out)
     assert manifest.source["attention"] == f"query blocks of {rows} rows, all heads, in a graph loop"
     assert manifest.source["exporter"] == "dynamo"
@@ -270,9 +274,9 @@ def test_modernbert_graph_loops_over_query_blocks(
 def test_modernbert_torchscript_keeps_unrolled_blocks(
     modernbert: Replica, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """auto keeps ModernBERT on TorchScript (its graph is faster on short texts), which cannot carry the loop:
-    it unrolls one head and one block of 32 rows at a time (4 blocks at max_seq_length 128), and its largest
-    tensor at 1,024 tokens is one such block."""
+    """exporter="torchscript" (no longer auto's choice for ModernBERT) cannot carry the loop: it unrolls one
+    head and one block of 32 rows at a time (4 blocks at max_seq_length 128), and its largest tensor at 1,024
+    tokens is one such block."""
     from sentence_transformers import SentenceTransformer
 
     from onnxembed import Encoder
@@ -283,7 +287,7 @@ def test_modernbert_torchscript_keeps_unrolled_blocks(
         pytest.skip("transformers 5.x: ModernBERT keeps its eager attention (its attention table is gone)")
     monkeypatch.setattr(attention, "QUERY_BLOCK_TOKENS", 32)
     out = tmp_path / "modernbert"
-    export(modernbert.path, out)
+    export(modernbert.path, out, exporter="torchscript")
     assert Manifest.read(out).source["exporter"] == "torchscript"
     assert Manifest.read(out).source["attention"] == "one head at a time, 4 query block(s)"
     texts = [*MIXED_TEXTS, "word " * 400]
@@ -308,7 +312,7 @@ def test_decoder_graph_loops_over_query_blocks(
     from onnxembed.exporter import attention
     from tests.replicas import MIXED_TEXTS
 
-    monkeypatch.setattr(attention, "QUERY_BLOCK_TOKENS", 8)
+    monkeypatch.setattr(attention, "LOOP_STEP_ROWS", 8)
     out = tmp_path / "qwen3"
     export(qwen3_embedding.path, out, quantize=None)
     manifest = Manifest.read(out)

@@ -17,6 +17,7 @@ from onnxembed import Encoder, export
 from onnxembed.cli import main
 from onnxembed.exporter import UnsupportedModelError
 from onnxembed.exporter.accuracy import compare
+from onnxembed.exporter.attention import _modernbert_patchable
 from onnxembed.exporter.onnx_export import choose_exporter
 from onnxembed.manifest import Manifest
 from tests import families
@@ -33,8 +34,13 @@ ARCHITECTURES = {
     "mt5_encoder": "MT5EncoderModel",
     "embedding_gemma": "Gemma3TextModel",
 }
-# what exporter="auto" takes: TorchScript where it traces right (its graphs fuse best), dynamo for Gemma3
-EXPORTERS = {"modernbert": "torchscript", "t5_encoder": "torchscript", "mt5_encoder": "torchscript"}
+# what exporter="auto" takes: TorchScript where it traces right (its graphs fuse best), dynamo for Gemma3 and
+# for ModernBERT where its attention loops (transformers 4.x)
+EXPORTERS = {
+    "modernbert": "dynamo" if _modernbert_patchable() else "torchscript",
+    "t5_encoder": "torchscript",
+    "mt5_encoder": "torchscript",
+}
 
 
 def _unseen_texts() -> list[str]:
@@ -119,6 +125,10 @@ def test_auto_takes_dynamo_where_torchscript_cannot_trace() -> None:
     assert choose_exporter("auto", verified=False, model_type="gemma3_text") == "dynamo"
     assert choose_exporter("dynamo", model_type="gemma3_text") == "dynamo"
     assert choose_exporter("auto", model_type="modernbert") == "torchscript"
+    # ModernBERT's looped attention beat TorchScript's unrolled graph; without the loop TorchScript stays
+    assert choose_exporter("auto", model_type="modernbert", loops=True) == "dynamo"
+    assert choose_exporter("auto", model_type="bert", loops=True) == "torchscript"
+    assert choose_exporter("torchscript", model_type="modernbert", loops=True) == "torchscript"
 
 
 def test_torchscript_on_gemma3_is_refused_clearly(embedding_gemma: Replica, tmp_path: Path) -> None:
