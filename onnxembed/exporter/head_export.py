@@ -74,9 +74,10 @@ def trace_and_verify(
     atol: float,
 ) -> tuple[dict[str, Any], float | None]:
     """Trace ``model``'s ``output`` ((batch, n)) to ``onnx_file`` and check it against torch (see
-    :func:`verify_logits_graph`); a TorchScript graph that fails is exported again with dynamo ("auto" only).
+    :func:`verify_logits_graph`); a graph that fails is exported again with the other exporter ("auto" only,
+    see fallback_exporter).
     Returns what export_onnx did and the max abs difference (None unverified). Rerankers and sparse encoders."""
-    from onnxembed.exporter.onnx_export import export_onnx
+    from onnxembed.exporter.onnx_export import export_onnx, fallback_exporter
 
     args = (model, input_names, pad_token_id, onnx_file)
     trace = export_onnx(*args, exporter, external_data, verified=verify, output=output, max_seq_length=max_seq_length)
@@ -86,10 +87,12 @@ def trace_and_verify(
     try:
         return trace, verify_logits_graph(*check)
     except ExportVerificationError as error:
-        if exporter != "auto" or trace["exporter"] != "torchscript":
+        first = trace["exporter"]
+        other = fallback_exporter(exporter, first, getattr(model.config, "model_type", None))
+        if other is None:
             raise
-        logger.warning("the TorchScript graph failed verification (%s); exporting with dynamo", error)
-        trace = export_onnx(*args, "dynamo", external_data, output=output, max_seq_length=max_seq_length)
+        logger.warning("the %s graph failed verification (%s); exporting with %s", first, error, other)
+        trace = export_onnx(*args, other, external_data, output=output, max_seq_length=max_seq_length)
         return trace, verify_logits_graph(*check)
 
 

@@ -89,8 +89,9 @@ def choose_exporter(
 ) -> Literal["torchscript", "dynamo"]:
     """auto: TorchScript first. Its graphs are the ones onnxruntime's transformer optimizer fuses into
     Attention nodes (the dynamo graph of all-MiniLM-L6-v2 got no Attention fusion); the export job falls
-    back to dynamo when the traced graph fails verification (an early transformers 5.x trace of the
-    attention mask was wrong on padded batches; 5.24 with torch 2.13 traces every seed replica right).
+    back to the other exporter when the graph fails verification (fallback_exporter; an early transformers
+    5.x trace of the attention mask was wrong on padded batches; 5.24 with torch 2.13 traces every seed
+    replica right).
     Unverified exports (--no-verify) cannot fall back, so on transformers 5.x they take dynamo, and so do
     the families in TORCHSCRIPT_UNSUPPORTED always (the decoders among them, whose attention dynamo exports
     as a loop: see attention.py). ModernBERT takes dynamo where its attention ``loops`` (transformers 4.x):
@@ -111,6 +112,18 @@ def choose_exporter(
     import transformers
 
     return "torchscript" if int(transformers.__version__.split(".")[0]) < 5 else "dynamo"
+
+
+def fallback_exporter(
+    exporter: Exporter, first: str, model_type: str | None = None
+) -> Literal["torchscript", "dynamo"] | None:
+    """auto's second try when the ``first`` graph fails verification: the other exporter, where the family
+    has one (TorchScript cannot trace the families in TORCHSCRIPT_UNSUPPORTED); None for an explicit choice."""
+    if exporter != "auto":
+        return None
+    if first == "torchscript":
+        return "dynamo"
+    return None if (model_type or "") in TORCHSCRIPT_UNSUPPORTED else "torchscript"
 
 
 def export_onnx(

@@ -160,7 +160,8 @@ def export(
         model_dir: Where to write the export (created; an earlier export there is replaced only with
             ``overwrite``).
         base_model: The base model directory of a PEFT adapter, overriding adapter_config.json.
-        exporter: "auto" (TorchScript where it traces right, else dynamo), "torchscript" or "dynamo".
+        exporter: "auto" (TorchScript where it traces right, dynamo where the attention loops or TorchScript
+            cannot trace; the other one when the graph fails verification), "torchscript" or "dynamo".
         external_data: Store weights beside the graph (None: only when over 2 GB).
         overwrite: Replace an earlier export in ``model_dir``.
         verify: Compare the graph with torch and the whole pipeline with ``SentenceTransformer.encode``.
@@ -393,7 +394,7 @@ def _export_transformer(
     """Load the Transformer module, trace it to ONNX and check the graph against torch."""
     from onnxembed.exporter.errors import ExportVerificationError
     from onnxembed.exporter.load import load_encoder
-    from onnxembed.exporter.onnx_export import OUTPUT_NAME, export_onnx
+    from onnxembed.exporter.onnx_export import OUTPUT_NAME, export_onnx, fallback_exporter
     from onnxembed.exporter.verify import verify_graph
 
     loaded = load_encoder(st_config, base_model)
@@ -426,23 +427,25 @@ def _export_transformer(
         try:
             graph_diff = verify_graph(*verify_args, max(atol, 1e-4), left_padded)
         except ExportVerificationError as error:
-            if exporter != "auto" or trace["exporter"] != "torchscript":  # only a TorchScript graph can fall back
+            first = trace["exporter"]
+            other = fallback_exporter(exporter, first, getattr(model.config, "model_type", None))
+            if other is None:
                 raise
-            logger.warning("the TorchScript graph failed verification (%s); exporting with dynamo", error)
+            logger.warning("the %s graph failed verification (%s); exporting with %s", first, error, other)
             try:
                 trace = export_onnx(
                     model,
                     input_names,
                     tokenizer.pad_token_id,
                     out / ONNX_FILE,
-                    "dynamo",
+                    other,
                     external_data,
                     max_seq_length=loaded.max_seq_length,
                 )
                 graph_diff = verify_graph(*verify_args, max(atol, 1e-4), left_padded)
             except Exception as second:
                 raise ExportVerificationError(
-                    f"the TorchScript graph failed verification ({error}), and the dynamo export then failed: "
+                    f"the {first} graph failed verification ({error}), and the {other} export then failed: "
                     f"{type(second).__name__}: {second}"
                 ) from second
 

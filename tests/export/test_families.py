@@ -18,7 +18,7 @@ from onnxembed.cli import main
 from onnxembed.exporter import UnsupportedModelError
 from onnxembed.exporter.accuracy import compare
 from onnxembed.exporter.attention import _modernbert_patchable
-from onnxembed.exporter.onnx_export import choose_exporter
+from onnxembed.exporter.onnx_export import choose_exporter, fallback_exporter
 from onnxembed.manifest import Manifest
 from tests import families
 from tests.families import FAMILY_FIXTURES
@@ -129,6 +129,37 @@ def test_auto_takes_dynamo_where_torchscript_cannot_trace() -> None:
     assert choose_exporter("auto", model_type="modernbert", loops=True) == "dynamo"
     assert choose_exporter("auto", model_type="bert", loops=True) == "torchscript"
     assert choose_exporter("torchscript", model_type="modernbert", loops=True) == "torchscript"
+
+
+def test_auto_redoes_a_modernbert_graph_that_fails_verification_with_the_other_exporter(
+    modernbert: Replica, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """auto's first ModernBERT graph (the looped dynamo one on transformers 4.x, TorchScript on 5.x) is
+    redone with the other exporter when it fails verification, and the result is sentence-transformers'."""
+    from sentence_transformers import SentenceTransformer
+
+    import onnxembed.exporter.verify as verify
+
+    real = verify.verify_graph
+    calls: list[Path] = []
+
+    def first_fails(*args: Any, **kwargs: Any) -> Any:
+        calls.append(args[1])
+        if len(calls) == 1:
+            raise verify.ExportVerificationError("stand-in for a graph that failed verification")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(verify, "verify_graph", first_fails)
+    out = tmp_path / "out"
+    manifest = export(modernbert.path, out, quantize=None)
+    first = "dynamo" if _modernbert_patchable() else "torchscript"
+    assert len(calls) == 2
+    assert manifest.source["exporter"] == {"dynamo": "torchscript", "torchscript": "dynamo"}[first]
+    expected = SentenceTransformer(str(modernbert.path), device="cpu").encode(MIXED_TEXTS)
+    np.testing.assert_allclose(Encoder(out).encode(MIXED_TEXTS), expected, atol=1e-5, rtol=0)
+    # families TorchScript cannot trace have no second exporter; an explicit choice never falls back
+    assert fallback_exporter("auto", "dynamo", "gemma3_text") is None
+    assert fallback_exporter("dynamo", "dynamo", "modernbert") is None
 
 
 def test_torchscript_on_gemma3_is_refused_clearly(embedding_gemma: Replica, tmp_path: Path) -> None:
