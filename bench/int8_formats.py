@@ -9,7 +9,11 @@ activations are quantized per run to uint8 by DynamicQuantizeLinear, so dynamic 
 - per-tensor / per-channel weight scales;
 - reduce_range (7-bit weights, what the exporter uses without VNNI, where AVX2's u8 x s8 multiply-add
   saturates) on and off;
-- int8 (u8s8) or uint8 (u8u8) weights.
+- int8 (u8s8) or uint8 (u8u8) weights;
+- with ``--static``: static quantization in the QDQ format with int8 activations and weights (s8s8, per-channel
+  weights; activation ranges by MinMax and by the 99.999th percentile over calibration batches of text the
+  measurement does not read), and the dynamic all-MatMul quantization of onnxruntime's attention-fused graph
+  with its Attention nodes quantized too (QAttention).
 
 Each graph runs in an Encoder (provider cpu, default engine) on the stdlib-docstring sentences and paragraphs
 (bench/corpus.py); all graphs take turns, rounds outermost, and a rate is the median round. The ratio to fp32
@@ -62,6 +66,87 @@ def quantize(fp32: Path, out: Path, per_channel: bool, reduce_range: bool, weigh
     )
 
 
+def calibration_feeds(exported: Path) -> list[dict[str, np.ndarray]]:
+    """Encoder batches of sentences and paragraphs that the measurement (the first 400 / 60) does not read."""
+    from onnxembed.runtime.batching import batches
+
+    encoder = Encoder(exported, provider="cpu", variant="fp32", profile=False)
+    texts = sentences(2000)[1000:1256] + paragraphs(500)[200:232]
+    return [
+        {name: arrays[name] for name in encoder._input_names}
+        for _, arrays in batches(texts, encoder._tokenizer, "", 32, 4096, False)
+    ]
+
+
+def same_shape(feeds: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+    """The batches of full size, each right-padded to the longest (pad id 0, mask 0)."""
+    rows = max(len(feed["input_ids"]) for feed in feeds)
+    width = max(feed["input_ids"].shape[1] for feed in feeds)
+    return [
+        {name: np.pad(array, ((0, 0), (0, width - array.shape[1]))) for name, array in feed.items()}
+        for feed in feeds
+        if len(feed["input_ids"]) == rows
+    ]
+
+
+def quantize_static_qdq(fp32: Path, out: Path, feeds: list[dict[str, np.ndarray]], method: str) -> None:
+    """s8s8 QDQ: int8 activations with ranges fixed by calibration, per-channel int8 weights."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._feeds = iter(feeds)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self._feeds, None)
+
+    extra = {"ActivationSymmetric": True, "MatMulConstBOnly": True}
+    if method == "Percentile":
+        extra["CalibPercentile"] = 99.999
+        feeds = same_shape(feeds)  # the histogram calibrators stack every batch's tensors
+    quantize_static(
+        str(fp32),
+        str(out),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        op_types_to_quantize=["MatMul"],
+        per_channel=True,
+        activation_type=QuantType.QInt8,
+        weight_type=QuantType.QInt8,
+        calibrate_method=getattr(CalibrationMethod, method),
+        extra_options=extra,
+    )
+
+
+def quantize_attention_fused(exported: Path, fp32: Path, out: Path) -> None:
+    """onnxruntime's attention-fused graph (right padding), its MatMuls and Attention nodes quantized dynamically
+    (Attention becomes QAttention), per-channel full-range int8 weights."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from onnxembed.exporter.quantize import optimize
+
+    config = json.loads((exported / "config.json").read_text())
+    fused = out.with_name(out.stem + "_fused.onnx")
+    optimize(fp32, fused, "cpu", config["num_attention_heads"], config["hidden_size"], right_padded=True)
+    quantize_dynamic(
+        str(fused),
+        str(out),
+        op_types_to_quantize=["MatMul", "Attention"],
+        per_channel=True,
+        reduce_range=False,
+        weight_type=QuantType.QInt8,
+        extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT},
+    )
+    fused.unlink()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("exported", type=Path)
@@ -69,6 +154,7 @@ def main() -> None:
     parser.add_argument("--sentences", type=int, default=400)
     parser.add_argument("--paragraphs", type=int, default=60)
     parser.add_argument("--json-out", type=Path)
+    parser.add_argument("--static", action="store_true", help="also static QDQ s8s8 and QAttention graphs")
     args = parser.parse_args()
     manifest = Manifest.read(args.exported)
     graphs = {"fp32": manifest.variants["fp32"].file}
@@ -79,6 +165,19 @@ def main() -> None:
         if not (args.exported / relative).is_file():
             quantize(args.exported / graphs["fp32"], args.exported / relative, per_channel, reduce_range, weight_type)
         graphs[name] = relative
+    if args.static:
+        fp32 = args.exported / graphs["fp32"]
+        feeds: list[dict[str, np.ndarray]] = []
+        for method in ("MinMax", "Percentile"):
+            relative = f"onnx/bench_static_qdq_s8s8_{method.lower()}.onnx"
+            if not (args.exported / relative).is_file():
+                feeds = feeds or calibration_feeds(args.exported)
+                quantize_static_qdq(fp32, args.exported / relative, feeds, method)
+            graphs[f"static QDQ s8s8 per-channel, {method}"] = relative
+        relative = "onnx/bench_qattention.onnx"
+        if not (args.exported / relative).is_file():
+            quantize_attention_fused(args.exported, fp32, args.exported / relative)
+        graphs["fused attention, QAttention + per-channel u8s8"] = relative
     texts = {"sentences": sentences(args.sentences), "paragraphs": paragraphs(args.paragraphs)}
     load_start = os.getloadavg()
     encoders = {
