@@ -106,7 +106,7 @@ def quantize_static_qdq(fp32: Path, out: Path, feeds: list[dict[str, np.ndarray]
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self._feeds, None)
 
-    extra = {"ActivationSymmetric": True, "MatMulConstBOnly": True}
+    extra: dict[str, bool | float] = {"ActivationSymmetric": True, "MatMulConstBOnly": True}
     if method == "Percentile":
         extra["CalibPercentile"] = 99.999
         feeds = same_shape(feeds)  # the histogram calibrators stack every batch's tensors
