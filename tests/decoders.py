@@ -26,7 +26,9 @@ E5_MISTRAL_PROMPTS = {"query": "Instruct: Given a web search query, retrieve rel
 QWEN_SPLIT = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
-MAX_SEQ_LENGTH = 64  # short, so LONG_TEXT is truncated and the end token must still be appended
+# short, so LONG_TEXT is truncated and the end token must still be appended; past the 65 tokens of
+# Qwen3-Embedding's query instruction, so prompted texts keep some of their own tokens
+MAX_SEQ_LENGTH = 128
 
 
 def _qwen_tokenizer(padding_side: str) -> Any:
@@ -103,18 +105,18 @@ def _save(out: Path, hf_model: Any, tokenizer: Any, *, pooling: str, prompts: di
 
 def _decoder_config(config_cls: Any, tokenizer: Any, hidden: int = 32, **extra: Any) -> Any:
     """GQA (4 query heads, 2 key/value heads), RoPE, RMSNorm, SiLU-gated MLP: the shape all these bases share."""
-    return config_cls(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden,
-        intermediate_size=2 * hidden,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        **extra,
-    )
+    shape = {
+        "vocab_size": len(tokenizer),
+        "hidden_size": hidden,
+        "intermediate_size": 2 * hidden,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 512,
+        "pad_token_id": tokenizer.pad_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+    }
+    return config_cls(**{**shape, **extra})
 
 
 def _with_end_token_embedding(model: Any, tokenizer: Any) -> Any:
@@ -159,21 +161,25 @@ def build_decoder(
     pooling: str = "lasttoken",
     outliers: bool = False,
     hidden: int = 32,
+    config: dict[str, Any] | None = None,
 ) -> Replica:
     """A ``family`` decoder saved as its embedding model is: last-token pooling with the instruction prompts of
     Qwen3-Embedding (Qwen tokenizers) or e5-mistral (Llama tokenizers), or plain mean pooling without prompts;
-    ``outliers`` injects synthetic outlier channels (with_outlier_channels)."""
+    ``outliers`` injects synthetic outlier channels (with_outlier_channels); ``config`` sets more of the
+    transformers config (rope_scaling, say)."""
     import torch
     import transformers
 
     config_name, model_name, make_tokenizer, seed, extra = _FAMILIES[family]
     torch.manual_seed(seed)
     tokenizer = make_tokenizer(padding_side)
-    head_dim = {"head_dim": hidden // 4} if family == "qwen3" else {}
-    config = _decoder_config(getattr(transformers, config_name), tokenizer, hidden, **head_dim, **extra)
+    # Qwen3's head_dim is its own setting: twice hidden / heads here, as Qwen3-Embedding-0.6B has 16 x 128 > 1024
+    head_dim = {"head_dim": hidden // 2} if family == "qwen3" else {}
+    settings = {**extra, **(config or {})}
+    hf_config = _decoder_config(getattr(transformers, config_name), tokenizer, hidden, **head_dim, **settings)
     if tokenizer.bos_token_id is not None:
-        config.bos_token_id = tokenizer.bos_token_id
-    model = _with_end_token_embedding(_louder(getattr(transformers, model_name)(config)), tokenizer)
+        hf_config.bos_token_id = tokenizer.bos_token_id
+    model = _with_end_token_embedding(_louder(getattr(transformers, model_name)(hf_config)), tokenizer)
     if outliers:
         model = with_outlier_channels(model)
     prompts = None

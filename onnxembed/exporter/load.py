@@ -9,6 +9,7 @@ Not in scope: tracing to ONNX (onnx_export.py) and checking the result (verify.p
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ class LoadedEncoder:
     max_seq_length: int
     architecture: str
     adapter: dict[str, Any] | None  # what was merged, for the manifest
+    capped_from: int | None = None  # sentence-transformers' max_seq_length where the export had to lower it
 
 
 def resolve_source(src: str | Path) -> Path:
@@ -153,10 +155,46 @@ def load_encoder(
     positions = getattr(model.config, "max_position_embeddings", -1)
     if "model_max_length" not in tokenizer_kwargs and positions != -1:
         tokenizer.model_max_length = min(tokenizer.model_max_length, positions)
-    max_seq_length = tokenizer.model_max_length
+    wanted = int(tokenizer.model_max_length)
+    max_seq_length = _within_fixed_rope(model.config, wanted, weights_dir)
+    tokenizer.model_max_length = max_seq_length
     if st_config.do_lower_case:
         _add_lowercase(tokenizer)
-    return LoadedEncoder(model, tokenizer, int(max_seq_length), architecture, adapter)
+    capped_from = wanted if max_seq_length < wanted else None
+    return LoadedEncoder(model, tokenizer, int(max_seq_length), architecture, adapter, capped_from)
+
+
+def rope_types(config: Any) -> set[str]:
+    """The RoPE scalings a transformers config asks for ({"default"} when none); transformers 5 may give one per
+    layer type."""
+    scaling = getattr(config, "rope_scaling", None) or {}
+    per_layer = [value for value in scaling.values() if isinstance(value, dict)]
+    return {str(entry.get("rope_type", entry.get("type", "default"))) for entry in per_layer or [scaling]}
+
+
+def _within_fixed_rope(config: Any, max_seq_length: int, source: Path) -> int:
+    """max_seq_length, capped where the RoPE frequencies would depend on the batch. Dynamic NTK scaling
+    recomputes them from a batch's padded length once it passes max_position_embeddings, and keeps them for
+    later calls (so vectors depend on what ran before); below that length it keeps the trained ones, which a
+    graph can carry. LongRoPE switches frequency sets at that length: not carried."""
+    kinds = rope_types(config)
+    positions = getattr(config, "max_position_embeddings", None)
+    if "longrope" in kinds:
+        raise UnsupportedModelError(
+            f"{source}: rope_scaling 'longrope' switches its RoPE frequencies by each batch's length; onnxembed "
+            "does not export it"
+        )
+    dynamic = sorted(kind for kind in kinds if "dynamic" in kind)
+    if dynamic and positions and max_seq_length > positions:
+        warnings.warn(
+            f"{source}: rope_scaling {dynamic[0]!r} recomputes its RoPE frequencies from each batch's length past "
+            f"max_position_embeddings ({positions}) and keeps them between calls, which no fixed graph "
+            f"reproduces; max_seq_length capped at {positions} (was {max_seq_length}): longer texts are truncated "
+            "there",
+            stacklevel=3,
+        )
+        return int(positions)
+    return max_seq_length
 
 
 def _add_lowercase(tokenizer: Any) -> None:

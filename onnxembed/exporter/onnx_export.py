@@ -7,9 +7,11 @@ Not in scope: checking that the graph is right (verify.py).
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -49,6 +51,28 @@ class _TokenEmbeddings(torch.nn.Module):
         if self.no_cache:
             inputs["use_cache"] = False
         return getattr(self.model(**inputs, return_dict=True), self.output)  # type: ignore[no-any-return]
+
+
+@contextlib.contextmanager
+def _trained_rope(model: torch.nn.Module) -> Iterator[None]:
+    """Trace dynamic NTK RoPE with its trained frequencies: transformers decides per batch whether to recompute
+    them (a branch on the data torch.export cannot trace), and up to max_position_embeddings, where load.py caps
+    max_seq_length, it keeps them."""
+
+    def fixed(kind: Any) -> Any:  # transformers 5 keeps one kind per layer type in a dict
+        if isinstance(kind, dict):
+            return {layer: fixed(value) for layer, value in kind.items()}
+        return "default" if "dynamic" in str(kind) else kind
+
+    modules = [module for module in model.modules() if "dynamic" in str(getattr(module, "rope_type", ""))]
+    kinds = [module.rope_type for module in modules]
+    for module, kind in zip(modules, kinds, strict=True):
+        module.rope_type = fixed(kind)
+    try:
+        yield
+    finally:
+        for module, kind in zip(modules, kinds, strict=True):
+            module.rope_type = kind
 
 
 def export_sample(
@@ -158,6 +182,7 @@ def export_onnx(
         tempfile.TemporaryDirectory() as scratch,
         torch.no_grad(),
         lean_attention(model, max_seq_length, looped) as plan,
+        _trained_rope(model),
     ):
         traced = Path(scratch) / "model.onnx"
         if method == "torchscript":

@@ -466,7 +466,12 @@ def _export_transformer(
         similarity_fn_name=st_config.similarity_fn_name or "cosine",
         truncate_dim=st_config.truncate_dim,
         architecture=loaded.architecture,
-        source={"path": str(source), "adapter": loaded.adapter, **trace},
+        source={
+            "path": str(source),
+            "adapter": loaded.adapter,
+            **trace,
+            **({"max_seq_length_capped_from": loaded.capped_from} if loaded.capped_from else {}),
+        },
         versions=_versions(),
         variants={"fp32": Variant(file=ONNX_FILE, dtype="fp32")},
         dense=dense,

@@ -302,7 +302,7 @@ def test_modernbert_torchscript_keeps_unrolled_blocks(
 def test_decoder_graph_loops_over_query_blocks(
     qwen3_embedding: Replica, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A Qwen3 replica (causal, left-padded, grouped-query attention; max_seq_length 64) exported in steps of
+    """A Qwen3 replica (causal, left-padded, grouped-query attention; max_seq_length 128) exported in steps of
     8 query rows: its vectors are sentence-transformers' on texts of one step and of several; at 1,024 tokens
     a step's largest tensor is one block of all heads' scores, and no (seq, seq) causal mask is built; at 5
     tokens a step is 5 rows."""
@@ -321,7 +321,7 @@ def test_decoder_graph_loops_over_query_blocks(
     expected = SentenceTransformer(str(qwen3_embedding.path), device="cpu").encode(texts, batch_size=4)
     np.testing.assert_allclose(Encoder(out).encode(texts, batch_size=4), expected, atol=1e-5, rtol=0)
 
-    seq, heads, head_dim = 1024, 4, 8  # tests/decoders.py
+    seq, heads, head_dim = 1024, 4, 16  # tests/decoders.py
     outside, step = _loop_intermediates(out, seq, step_index=-1)
     assert max(step.values()) == heads * 8 * seq, sorted(step.items(), key=lambda item: -item[1])[:3]
     assert max(outside.values()) < seq * seq, "a (seq, seq) tensor outside the loop"

@@ -153,10 +153,10 @@ def test_other_paddings_poolings_and_bases(family: str, padding_side: str, pooli
 
 def test_int8_splits_synthetic_outlier_channels(tmp_path: Path) -> None:
     """SYNTHETIC: a Qwen3 replica (hidden 128) with two outlier channels x30 in every RMSNorm weight and up
-    projection, as trained decoders have and random weights lack. Quantizing every MatMul collapses (p1 cosine
-    below 0.9); splitting the outlier channels of q/k/v, gate/up and down inputs into fp32 is what recovers it
-    (the FFN-only split and keeping the FFN in fp32 do not), and the recorded accuracy holds on unseen text.
-    Real-weight accuracy is still to be measured."""
+    projection, as trained decoders have and random weights lack. Quantizing every MatMul misses the 0.97 budget
+    (p1 0.93 here), and so do the FFN-only recipes; splitting the outlier channels of q/k/v, gate/up and down
+    inputs into fp32 is what meets it, and the recorded accuracy holds on unseen text. Real-weight accuracy is
+    still to be measured."""
     from sentence_transformers import SentenceTransformer
 
     replica = decoders.build_decoder(tmp_path / "src", outliers=True, hidden=128)
@@ -169,8 +169,8 @@ def test_int8_splits_synthetic_outlier_channels(tmp_path: Path) -> None:
     )
     int8 = manifest.variants["int8"].accuracy
     tried = {entry["recipe"]: entry["p1_cosine"] for entry in int8["tried"]}
-    assert tried["all-matmul"] < 0.9, tried
-    assert tried["split-ffn-outliers"] < 0.97, tried  # the budget: splitting the FFN alone does not meet it
+    # the budget: neither quantizing everything nor treating the FFN alone meets it
+    assert all(tried[recipe] < 0.97 for recipe in ("all-matmul", "smooth-ffn-input", "split-ffn-outliers")), tried
     assert int8["recipe"] == "split-outliers" and int8["accepted"], int8
     assert int8["p1_cosine"] >= 0.97 and int8["mean_cosine"] >= 0.996, int8
     texts = _unseen_texts()
@@ -228,3 +228,64 @@ def test_vectors_do_not_depend_on_padding(decoder: tuple[str, Replica, Path], re
     padded = encoder.encode(["a short query", LONG_TEXT], batch_size=2)[:1]
     _assert_same(alone, padded)
     assert np.isfinite(padded).all()
+
+
+@pytest.mark.parametrize(
+    "rope_scaling",
+    [
+        {"rope_type": "dynamic", "factor": 2.0},
+        {
+            "rope_type": "llama3",
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 32,
+        },
+    ],
+    ids=["dynamic", "llama3"],
+)
+def test_rope_scaling_within_the_position_table(rope_scaling: dict[str, Any], tmp_path: Path) -> None:
+    """Llama with RoPE scaling, texts up to max_seq_length (128) within max_position_embeddings (512). Dynamic NTK
+    scaling branches per batch on the data in torch (untraceable) but keeps its trained frequencies there."""
+    from sentence_transformers import SentenceTransformer
+
+    replica = decoders.build_decoder(tmp_path / "src", "llama", "right", config={"rope_scaling": rope_scaling})
+    reference = SentenceTransformer(str(replica.path), device="cpu")
+    manifest = export(replica.path, tmp_path / "out")
+    assert manifest.max_seq_length == reference.max_seq_length == decoders.MAX_SEQ_LENGTH
+    encoder = Encoder(tmp_path / "out", provider="cpu")
+    texts = _unseen_texts()
+    for prompt_name in (None, "query"):
+        _assert_same(reference.encode(texts, prompt_name=prompt_name), encoder.encode(texts, prompt_name=prompt_name))
+
+
+def test_dynamic_rope_past_the_position_table_is_capped_with_a_warning(tmp_path: Path) -> None:
+    """max_seq_length 128 past max_position_embeddings 100: torch would recompute the frequencies from each
+    batch's length there and keep them for later calls, so the export truncates at 100 and says why."""
+    from sentence_transformers import SentenceTransformer
+
+    config = {"rope_scaling": {"rope_type": "dynamic", "factor": 2.0}, "max_position_embeddings": 100}
+    replica = decoders.build_decoder(tmp_path / "src", "llama", "right", config=config)
+    # sentence-transformers caps at the position table unless sentence_bert_config.json names a length, as many
+    # published models' files do
+    st_file = replica.path / "sentence_bert_config.json"
+    st_file.write_text(json.dumps({**json.loads(st_file.read_text()), "max_seq_length": decoders.MAX_SEQ_LENGTH}))
+    reference = SentenceTransformer(str(replica.path), device="cpu")
+    assert reference.max_seq_length == decoders.MAX_SEQ_LENGTH
+    with pytest.warns(UserWarning, match=r"'dynamic' recomputes .* max_seq_length capped at 100 \(was 128\)"):
+        manifest = export(replica.path, tmp_path / "out")
+    assert manifest.max_seq_length == 100
+    assert manifest.source["max_seq_length_capped_from"] == decoders.MAX_SEQ_LENGTH
+    # within the table the vectors are sentence-transformers' (a fresh model: its frequencies never grew)
+    short = [text for text in _unseen_texts() if len(reference.tokenizer(text)["input_ids"]) <= 100]
+    assert len(short) > 60
+    _assert_same(reference.encode(short), Encoder(tmp_path / "out", provider="cpu").encode(short))
+
+
+def test_longrope_is_refused_by_name(tmp_path: Path) -> None:
+    # head_dim 8: four frequency factors each
+    scaling = {"rope_type": "longrope", "factor": 2.0, "short_factor": [1.0] * 4, "long_factor": [2.0] * 4}
+    config = {"rope_scaling": scaling}
+    replica = decoders.build_decoder(tmp_path / "src", "llama", "right", config=config)
+    with pytest.raises(UnsupportedModelError, match="rope_scaling 'longrope'"):
+        export(replica.path, tmp_path / "out")
