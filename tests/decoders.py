@@ -180,6 +180,10 @@ def build_decoder(
     if tokenizer.bos_token_id is not None:
         hf_config.bos_token_id = tokenizer.bos_token_id
     model = _with_end_token_embedding(_louder(getattr(transformers, model_name)(hf_config)), tokenizer)
+    with torch.no_grad():  # transformers zeroes Linear biases at init: Qwen2's q/k/v biases would prove nothing
+        for module in model.modules():
+            if isinstance(module, torch.nn.Linear) and module.bias is not None:
+                module.bias.normal_(0.0, 0.3)
     if outliers:
         model = with_outlier_channels(model)
     prompts = None

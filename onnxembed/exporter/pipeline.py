@@ -11,8 +11,9 @@ import inspect
 import json
 import logging
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
+from functools import partial, wraps
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -128,6 +129,32 @@ class _Written:
     causal: bool = False  # a decoder: onnxruntime's BERT attention fusion assumes bidirectional attention
 
 
+def _no_partial_output(function: Callable[..., Manifest]) -> Callable[..., Manifest]:
+    """An export that fails (or is interrupted) into a directory that was empty or absent leaves nothing there: a
+    half-written directory holds modules.json and a tokenizer but no graph, and would block the next run. A
+    graph that fails verification stays for inspection (its manifest removed), as the docstring says."""
+
+    @wraps(function)
+    def wrapper(model_name_or_path: str | Path, model_dir: str | Path, **options: Any) -> Manifest:
+        from onnxembed.exporter.errors import ExportVerificationError
+
+        out = Path(model_dir)
+        existed = out.exists()
+        fresh = not existed or (out.is_dir() and not any(out.iterdir()))
+        try:
+            return function(model_name_or_path, model_dir, **options)
+        except ExportVerificationError:
+            raise
+        except BaseException:
+            if fresh and out.is_dir():
+                for path in out.iterdir() if existed else [out]:  # a directory the user made stays, emptied
+                    shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+            raise
+
+    return wrapper
+
+
+@_no_partial_output
 def export(
     model_name_or_path: str | Path,
     model_dir: str | Path,

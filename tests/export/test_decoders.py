@@ -131,15 +131,28 @@ def test_int8_keeps_its_recorded_accuracy_on_unseen_text(decoder: tuple[str, Rep
     assert abs(measured["mean_cosine"] - recorded["mean_cosine"]) <= 0.005, (measured, recorded)
 
 
+# Qwen2 also as it ships a sliding window: full layers up to max_window_layers, sliding ones after
+QWEN2_SLIDING = {"use_sliding_window": True, "sliding_window": 6, "max_window_layers": 1}
+
+
 @pytest.mark.parametrize(
-    ("family", "padding_side", "pooling"),
-    [("qwen3", "right", "lasttoken"), ("qwen2", "left", "mean"), ("llama", "right", "lasttoken")],
+    ("family", "padding_side", "pooling", "config"),
+    [
+        ("qwen3", "right", "lasttoken", None),
+        ("qwen2", "left", "mean", None),
+        ("llama", "right", "lasttoken", None),
+        ("qwen2", "left", "lasttoken", QWEN2_SLIDING),
+    ],
+    ids=["qwen3-right", "qwen2-mean", "llama", "qwen2-sliding"],
 )
-def test_other_paddings_poolings_and_bases(family: str, padding_side: str, pooling: str, tmp_path: Path) -> None:
-    """Qwen3 padded on the right, a mean-pooled decoder (Qwen2, left padding) and LlamaModel: fp32 and optimized."""
+def test_other_paddings_poolings_and_bases(
+    family: str, padding_side: str, pooling: str, config: dict[str, Any] | None, tmp_path: Path
+) -> None:
+    """Qwen3 padded on the right, a mean-pooled decoder (Qwen2, left padding), LlamaModel, and Qwen2 with a full
+    and a sliding layer: fp32 and optimized."""
     from sentence_transformers import SentenceTransformer
 
-    replica = decoders.build_decoder(tmp_path / "src", family, padding_side, pooling)
+    replica = decoders.build_decoder(tmp_path / "src", family, padding_side, pooling, config=config)
     reference = SentenceTransformer(str(replica.path), device="cpu")
     assert reference.tokenizer.padding_side == padding_side
     manifest = export(replica.path, tmp_path / "out", optimize=True, calibration_file=DATA / "multilingual.txt")

@@ -158,6 +158,31 @@ def test_refuses_to_overwrite(chinese_bert: Replica, tmp_path: Path) -> None:
     assert (out / "notes.txt").read_text() == "mine"
 
 
+def test_a_failed_export_leaves_no_half_written_directory(
+    chinese_bert: Replica, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The trace fails after the tokenizer and modules.json were written: a directory export created is gone, one
+    the user made is left empty, and the next run needs no overwrite."""
+    import onnxembed.exporter.onnx_export as onnx_export
+
+    real = onnx_export.export_onnx
+
+    def fails(*args, **kwargs):
+        raise RuntimeError("stand-in trace failure")
+
+    monkeypatch.setattr(onnx_export, "export_onnx", fails)
+    with pytest.raises(RuntimeError, match="stand-in"):
+        export(chinese_bert.path, tmp_path / "new" / "out")
+    assert not (tmp_path / "new" / "out").exists()
+    made = tmp_path / "made"
+    made.mkdir()
+    with pytest.raises(RuntimeError, match="stand-in"):
+        export(chinese_bert.path, made)
+    assert made.is_dir() and not any(made.iterdir())
+    monkeypatch.setattr(onnx_export, "export_onnx", real)
+    assert export(chinese_bert.path, made, verify=False).dim == 32
+
+
 def test_a_wrong_graph_fails_verification(chinese_bert: Replica, cls_pooling_bert: Replica, tmp_path: Path) -> None:
     """Verification compares against the source: a graph from another model must not pass."""
     import torch
