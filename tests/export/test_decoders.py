@@ -166,8 +166,8 @@ def test_other_paddings_poolings_and_bases(
 
 def test_int8_splits_synthetic_outlier_channels(tmp_path: Path) -> None:
     """SYNTHETIC: a Qwen3 replica (hidden 128) with two outlier channels x30 in every RMSNorm weight and up
-    projection, as trained decoders have and random weights lack. Quantizing every MatMul misses the 0.97 budget
-    (p1 0.93 here), and so do the FFN-only recipes; splitting the outlier channels of q/k/v, gate/up and down
+    projection, as trained decoders have and random weights lack. Quantizing every MatMul misses the 0.97 budget,
+    and so do the FFN-only recipes; splitting the outlier channels of q/k/v, gate/up and down
     inputs into fp32 is what meets it, and the recorded accuracy holds on unseen text. Real-weight accuracy is
     still to be measured."""
     from sentence_transformers import SentenceTransformer
