@@ -67,15 +67,13 @@ def quantize(fp32: Path, out: Path, per_channel: bool, reduce_range: bool, weigh
 
 
 def calibration_feeds(exported: Path) -> list[dict[str, np.ndarray]]:
-    """Encoder batches of sentences and paragraphs that the measurement (the first 400 / 60) does not read."""
-    from onnxembed.runtime.batching import batches
+    """Encoder batches of sentences and paragraphs that the measurement (the first 400 / 60) does not read, cut
+    as the exporter cuts its calibration batches."""
+    from onnxembed.exporter.variants import _calibration_feeds
 
     encoder = Encoder(exported, provider="cpu", variant="fp32", profile=False)
     texts = sentences(2000)[1000:1256] + paragraphs(500)[200:232]
-    return [
-        {name: arrays[name] for name in encoder._input_names}
-        for _, arrays in batches(texts, encoder._tokenizer, "", 32, 4096, False)
-    ]
+    return _calibration_feeds(encoder, texts)  # type: ignore[return-value]  # arrays, typed as object there
 
 
 def same_shape(feeds: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
