@@ -5,6 +5,7 @@ the command line and runs the command named.
 from __future__ import annotations
 
 import argparse
+import io
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -51,7 +52,12 @@ def run(args: argparse.Namespace) -> None:
     from onnxembed.runtime import Encoder
 
     encoder = Encoder(args.model_dir, provider=args.provider, threads=args.threads)
-    stream = sys.stdin if args.input == "-" else open(args.input, encoding="utf-8")  # noqa: SIM115
+    # Lines end at "\n" only, as _count_lines and embed-corpus count them: Python's universal newlines would
+    # also end one at a lone "\r" and give more rows than lines.
+    if args.input == "-":
+        stream = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", newline="\n")
+    else:
+        stream = open(args.input, encoding="utf-8", newline="\n")  # noqa: SIM115
     total = None if args.input == "-" else _count_lines(args.input)
     output = Path(args.output)
     partial = output.with_name(output.name + ".partial")
@@ -77,6 +83,6 @@ def run(args: argparse.Namespace) -> None:
         partial.replace(output)
     finally:
         partial.unlink(missing_ok=True)
-        if stream is not sys.stdin:
+        if args.input != "-":
             stream.close()
     print(f"wrote {output}: {writer.rows} x {width} {np.dtype(dtype).name}", file=sys.stderr)

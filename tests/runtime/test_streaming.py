@@ -65,3 +65,20 @@ def test_cli_streams_packed_bits(tiny_export: Path, chinese_bert, tmp_path: Path
     expected = SentenceTransformer(str(chinese_bert.path), device="cpu").encode(texts, precision="ubinary")
     np.testing.assert_array_equal(np.load(tmp_path / "out.npy"), expected)
     assert sorted(path.name for path in tmp_path.iterdir()) == ["in.txt", "out.npy"]
+
+
+def test_encode_cli_ends_lines_at_newlines_only(tiny_export: Path, chinese_bert, tmp_path: Path) -> None:
+    """A lone carriage return stays inside its line (as embed-corpus reads it); CRLF endings are stripped.
+    Through the file argument and stdin alike."""
+    from sentence_transformers import SentenceTransformer
+
+    raw = b"first line\r\nsecond \r part of the same line\nthird line\n"
+    (tmp_path / "in.txt").write_bytes(raw)
+    expected = SentenceTransformer(str(chinese_bert.path), device="cpu").encode(
+        ["first line", "second \r part of the same line", "third line"]
+    )
+    command = [sys.executable, "-m", "onnxembed", "encode", str(tiny_export)]
+    subprocess.run([*command, str(tmp_path / "in.txt"), "-o", "file.npy", "--no-progress"], check=True, cwd=tmp_path)
+    subprocess.run([*command, "-o", "stdin.npy", "--no-progress"], input=raw, check=True, cwd=tmp_path)
+    for name in ("file.npy", "stdin.npy"):
+        np.testing.assert_allclose(np.load(tmp_path / name), expected, atol=1e-5)
