@@ -127,6 +127,10 @@ class Encoder(EmbeddingEngine):
         truncate_dim: int | None = None,
         max_batch_tokens: int | None = None,
         sentences: str | Iterable[str] | None = None,
+        convert_to_numpy: bool = True,
+        convert_to_tensor: bool = False,
+        output_value: str | None = "sentence_embedding",
+        device: str | None = None,
     ) -> np.ndarray:
         """Embed texts as ``SentenceTransformer.encode`` does, step by step.
 
@@ -155,6 +159,11 @@ class Encoder(EmbeddingEngine):
             truncate_dim: Keep this many leading dimensions (default: the Encoder's).
             max_batch_tokens: Padded tokens per batch at most (default: the best measured for the provider).
             sentences: The older name of ``inputs``.
+            convert_to_numpy: One array (True) or a list of one array per text (False).
+            convert_to_tensor: Not supported (the runtime has no torch); raises.
+            output_value: "sentence_embedding" only (token embeddings are not carried); others raise.
+            device: None, or the device this Encoder's provider runs on ("cpu", "cuda"); the provider is
+                chosen with ``Encoder(..., provider=...)``, so another device raises.
 
         Returns:
             ``(n, dim)`` float32 in input order, or ``(dim,)`` for a single str; int8/uint8 for those
@@ -162,7 +171,9 @@ class Encoder(EmbeddingEngine):
 
         Raises:
             ArgumentTypeError: ``inputs`` is not a str or an iterable of str.
-            InvalidArgumentError: An unknown prompt name or precision, or a bad number.
+            InvalidArgumentError: An unknown prompt name or precision, a bad number, or one of
+                sentence-transformers' options this runtime cannot honour (convert_to_tensor, output_value,
+                another device).
 
         Example:
             >>> embeddings = encoder.encode(["first text", "second text"], prompt_name="query")
@@ -170,6 +181,7 @@ class Encoder(EmbeddingEngine):
             ((2, 384), dtype('float32'))
         """
         sentences = one_of_inputs(inputs, sentences, "a str or an iterable of str")
+        self._check_torch_options(convert_to_tensor, output_value, device)
         single = isinstance(sentences, str)
         texts: list[str] = [sentences] if isinstance(sentences, str) else checked_texts(sentences)
         max_batch_tokens = positive_int(
@@ -195,7 +207,22 @@ class Encoder(EmbeddingEngine):
             # Zero rows have no ranges of their own; any ranges give the right shape and dtype.
             ranges = None if len(embeddings) else np.zeros((2, dim), dtype=np.float32)
             embeddings = quantize_embeddings(embeddings, precision, ranges=ranges)
+        if not convert_to_numpy:
+            return embeddings[0] if single else list(embeddings)  # type: ignore[return-value]
         return embeddings[0] if single else embeddings
+
+    def _check_torch_options(self, convert_to_tensor: bool, output_value: str | None, device: str | None) -> None:
+        """Refuse, by name, what sentence-transformers' encode does with torch and this runtime cannot."""
+        if convert_to_tensor:
+            raise InvalidArgumentError("convert_to_tensor=True needs torch; the onnxembed runtime returns numpy arrays")
+        if output_value != "sentence_embedding":
+            raise InvalidArgumentError(
+                f"output_value={output_value!r} is not supported: an export carries sentence embeddings only"
+            )
+        if device is not None and str(device).split(":")[0] != self._device:
+            raise InvalidArgumentError(
+                f"device={device!r}, but this Encoder runs on {self.provider}; choose one with Encoder(provider=...)"
+            )
 
     def encode_query(self, inputs: str | Iterable[str] | None = None, **options: Any) -> np.ndarray:
         """:meth:`encode` with the model's "query" prompt, as ``SentenceTransformer.encode_query``.

@@ -103,3 +103,30 @@ def test_paraphrase_mining_matches_sentence_transformers(pair) -> None:
     actual = paraphrase_mining(Encoder(out), texts, top_k=3)
     assert [(i, j) for _, i, j in actual[:10]] == [(i, j) for _, i, j in expected[:10]]
     np.testing.assert_allclose([s for s, _, _ in actual], [s for s, _, _ in expected[: len(actual)]], atol=1e-4)
+
+
+def test_torch_side_options(pair) -> None:
+    """convert_to_numpy, device and output_value with the values sentence-transformers' encode takes; what
+    needs torch (tensors, token embeddings, another device) is refused by name."""
+    from onnxembed.errors import InvalidArgumentError
+
+    reference, out, _ = pair
+    encoder = Encoder(out)
+    texts = TEXTS[:5]
+    expected = reference.encode(texts, convert_to_numpy=True, device="cpu", output_value="sentence_embedding")
+    actual = encoder.encode(texts, convert_to_numpy=True, device="cpu", output_value="sentence_embedding")
+    np.testing.assert_allclose(actual, expected, atol=1e-5, rtol=0)
+    as_list = encoder.encode(texts, convert_to_numpy=False)
+    expected_list = reference.encode(texts, convert_to_numpy=False)
+    assert isinstance(as_list, list) and len(as_list) == len(expected_list) == len(texts)
+    for row, tensor in zip(as_list, expected_list, strict=True):
+        np.testing.assert_allclose(row, tensor.numpy(), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(encoder.encode(texts[0], convert_to_numpy=False), expected[0], atol=1e-5, rtol=0)
+    for options, name in [
+        ({"convert_to_tensor": True}, "convert_to_tensor"),
+        ({"output_value": "token_embeddings"}, "output_value"),
+        ({"output_value": None}, "output_value"),
+        ({"device": "cuda:0"}, "device"),
+    ]:
+        with pytest.raises(InvalidArgumentError, match=name):
+            encoder.encode(texts, **options)
