@@ -55,7 +55,10 @@ def add_parser(commands: Any) -> None:
     )
     serve.add_argument("--max-connections", type=int, default=1024, help="open connections (default 1024)")
     serve.add_argument(
-        "--request-timeout", type=float, default=10.0, help="seconds to send a request's headers and body (default 10)"
+        "--request-timeout",
+        type=float,
+        default=10.0,
+        help="seconds to send a request's headers and body, and to read on while an answer waits (default 10)",
     )
     serve.add_argument(
         "--shutdown-timeout", type=int, default=30, help="seconds to finish requests on SIGTERM (default 30)"

@@ -1,8 +1,9 @@
 """The HTTP API on Starlette: OpenAI's /v1/embeddings, text-embeddings-inference's /embed and /similarity,
-/v1/models, /health, /metrics; ``POST /`` answers as /embed (text-embeddings-inference's clients). With a
-reranker (alone, or beside the embedding model) also /rerank, /v1/rerank and /v2/rerank (rerank.py); ``POST /``
-answers as /rerank when the reranker is the served model. A sparse (SPLADE) model has /embed_sparse instead of
-the embedding routes, and ``POST /`` answers as it (sparse.py).
+Cohere's /v1/embed and /v2/embed (cohere.py), /v1/models, /health, /metrics; ``POST /`` answers as /embed
+(text-embeddings-inference's clients). With a reranker (alone, or beside the embedding model) also /rerank,
+/v1/rerank and /v2/rerank (rerank.py); ``POST /`` answers as /rerank when the reranker is the served model. A
+sparse (SPLADE) model has /embed_sparse instead of the embedding routes, and ``POST /`` answers as it
+(sparse.py).
 
 In scope: routes, turning errors into ``{"error": {"message", "type"}}``, the token limit check
 (only texts cut at max_seq_length are recounted), per-request post-processing of the workers' rows
@@ -179,9 +180,20 @@ class EmbeddingService:
             raise ClientGone("the client hung up while its request waited")
         return answer.result()
 
-    def check_dimensions(self, dimensions: int | None) -> None:
+    def check_truncation_direction(self, payload: dict[str, Any]) -> None:
+        """text-embeddings-inference's ``truncation_direction`` ("Right" or "Left"), when given: the model's
+        own side is accepted, the other refused rather than ignored (batches cut every text on that side)."""
+        if payload.get("truncation_direction") is None:
+            return
+        direction = choice_field(payload, "truncation_direction", ("Right", "Left"))
+        side = self.encoder.manifest.truncation_side
+        if direction.lower() != side:
+            message = f"truncation_direction {direction!r} is not supported: this model truncates on the {side}"
+            raise ApiError(422, message, INVALID)
+
+    def check_dimensions(self, dimensions: int | None, name: str = "dimensions") -> None:
         if dimensions is not None and not 1 <= dimensions <= self.encoder.dim:
-            raise ApiError(422, f"'dimensions' must be in 1..{self.encoder.dim}; got {dimensions}", INVALID)
+            raise ApiError(422, f"'{name}' must be in 1..{self.encoder.dim}; got {dimensions}", INVALID)
 
 
 async def openai_embeddings(request: Request) -> Response:
@@ -192,7 +204,9 @@ async def openai_embeddings(request: Request) -> Response:
     encoding_format = choice_field(payload, "encoding_format", ("float", "base64"))
     dimensions = optional_field(payload, "dimensions", int)
     service.check_dimensions(dimensions)
-    rows, tokens = await service.embed(request, texts, service.prompt(payload), truncate=True)
+    prompt = service.prompt(payload)
+    del payload  # unread fields are not held while the texts wait (parsing.py)
+    rows, tokens = await service.embed(request, texts, prompt, truncate=True)
     if dimensions is not None:  # as OpenAI's text-embedding-3: shorten, then re-normalize
         rows = normalize(rows[:, :dimensions])
     data = [
@@ -215,9 +229,12 @@ async def tei_embed(request: Request) -> Response:
     texts = texts_field(payload, "inputs", service.config)
     normalize_rows = optional_field(payload, "normalize", bool, True)
     truncate = optional_field(payload, "truncate", bool, False)
+    service.check_truncation_direction(payload)
     dimensions = optional_field(payload, "dimensions", int)
     service.check_dimensions(dimensions)
-    rows, _ = await service.embed(request, texts, service.prompt(payload), truncate=truncate)
+    prompt = service.prompt(payload)
+    del payload
+    rows, _ = await service.embed(request, texts, prompt, truncate=truncate)
     if dimensions is not None:
         rows = rows[:, :dimensions]
     if normalize_rows:
@@ -240,7 +257,9 @@ async def tei_similarity(request: Request) -> Response:
     # the source counts among max_inputs, so that every request within the limits fits the queue
     sentences = texts_field(inputs, "sentences", service.config, service.config.max_inputs - 1)
     truncate = optional_field(payload, "truncate", bool, False)
-    rows, _ = await service.embed(request, source + sentences, service.prompt(payload), truncate=truncate)
+    prompt = service.prompt(payload)
+    del payload, inputs
+    rows, _ = await service.embed(request, source + sentences, prompt, truncate=truncate)
     scores = service.encoder.similarity(rows[:1], rows[1:])[0]
     return VectorsResponse(np.ascontiguousarray(scores, dtype=np.float32))
 
@@ -304,6 +323,7 @@ ROUTES = [Route("/", tei_embed, methods=["POST"]), *EMBEDDING_ROUTES, *COMMON_RO
 def _routes(embedding: bool, reranking: bool, sparse: bool = False) -> list[Route]:
     """The routes of the models served; ``POST /`` is the embedding model's /embed (a sparse model's
     /embed_sparse), else the reranker's /rerank."""
+    from onnxembed.serve.cohere import cohere_embed_v1, cohere_embed_v2
     from onnxembed.serve.rerank import cohere_rerank, tei_rerank
     from onnxembed.serve.sparse import tei_embed_sparse
 
@@ -317,7 +337,11 @@ def _routes(embedding: bool, reranking: bool, sparse: bool = False) -> list[Rout
         embedding_routes = [Route("/embed_sparse", tei_embed_sparse, methods=["POST"])]
     else:
         root = Route("/", tei_embed if embedding else tei_rerank, methods=["POST"])
-        embedding_routes = EMBEDDING_ROUTES if embedding else []
+        cohere = [
+            Route("/v1/embed", cohere_embed_v1, methods=["POST"]),
+            Route("/v2/embed", cohere_embed_v2, methods=["POST"]),
+        ]
+        embedding_routes = [*EMBEDDING_ROUTES, *cohere] if embedding else []
     return [root, *embedding_routes, *(rerank if reranking else []), *COMMON_ROUTES]
 
 

@@ -34,7 +34,7 @@ class ServeConfig:
     retry_after_s: int = 1
     max_concurrent_requests: int = 512  # POSTs being read or answered at once; beyond it 429 (TEI's default)
     max_connections: int = 1024  # open connections; beyond it a new one gets 503 and is closed
-    request_timeout_s: float = 10.0  # to send a request's headers and body; then the connection is closed
+    request_timeout_s: float = 10.0  # to send a request's headers and body, or to read on while an answer waits
     drain_timeout_s: float | None = 30.0  # on shutdown, to finish the queued texts; then they get 503
     max_documents: int = 1000  # documents in one rerank request (Cohere's advice); beyond it 413
     reranker_name: str | None = None  # the served reranker's name, when there is one

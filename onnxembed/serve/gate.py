@@ -20,7 +20,18 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from onnxembed.serve.parsing import DISCARD_BODIES, discard_body
 
 OPEN_PATHS = ("/health",)  # answered without the API key, for load balancers
-BODY_PATHS = ("/", "/v1/embeddings", "/embed", "/similarity", "/rerank", "/v1/rerank", "/v2/rerank")
+BODY_PATHS = (
+    "/",
+    "/v1/embeddings",
+    "/embed",
+    "/similarity",
+    "/v1/embed",
+    "/v2/embed",
+    "/rerank",
+    "/v1/rerank",
+    "/v2/rerank",
+    "/embed_sparse",
+)
 DISCONNECTED = 499  # nginx's "client closed request": what a route answers a client that is gone
 
 
@@ -77,8 +88,12 @@ class Gate:
                 response.headers["WWW-Authenticate"] = "Bearer"
             elif scope["method"] == "POST" and path in BODY_PATHS:
                 content_type = headers.get(b"content-type")
+                encoding = headers.get(b"content-encoding", b"identity").decode("latin-1").strip().lower()
                 if not json_content_type(None if content_type is None else content_type.decode("latin-1")):
                     message = "the body must be JSON (Content-Type: application/json)"
+                    response = error_response(415, message, "unsupported_media_type")
+                elif encoding not in ("", "identity"):
+                    message = f"Content-Encoding {encoding} is not supported; send the body uncompressed"
                     response = error_response(415, message, "unsupported_media_type")
                 elif self.in_flight >= config.max_concurrent_requests:
                     message = f"{self.in_flight} requests are in flight (limit {config.max_concurrent_requests})"

@@ -8,11 +8,15 @@ Statuses: 400 anything the JSON parser refuses (invalid UTF-8, a lone surrogate 
 nesting); 413 body, input count or input length over a limit (as text-embeddings-inference); 422 a field of
 the wrong type or value, no input, or an empty string (OpenAI and text-embeddings-inference reject empty
 strings too). A client that hangs up mid-body raises ClientGone.
+
+Routes keep the fields they read and drop the parsed body before they wait for the model: a body's unknown
+fields are never read, and held while queued they would cost memory that no limit counts.
 """
 
 from __future__ import annotations
 
 import asyncio
+import weakref
 from typing import Any
 
 import orjson
@@ -27,6 +31,10 @@ TOO_LARGE = "payload_too_large"
 # Bodies over this size are parsed on a worker thread: orjson reads ~1 GB/s, so an 8 MiB body would hold the
 # event loop (every other connection) for milliseconds.
 PARSE_OFF_LOOP_BYTES = 64 << 10
+# At most this many of those at once: parsed JSON takes up to ~30x its bytes ({} and [] are 64-byte objects),
+# so 8 MiB bodies parsed side by side would each hold ~250 MB until done.
+MAX_PARSES_OFF_LOOP = 2
+_parse_slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = weakref.WeakKeyDictionary()
 # Before an early answer (413, 401, ...) the rest of the body is read and dropped, so that a client still
 # sending (urllib sends all before reading, and asks to close after) reads the answer instead of a reset.
 # Up to this many body limits, and only while bytes keep coming: a client that promised more than it sends
@@ -67,7 +75,12 @@ async def read_json(request: Request, max_body_bytes: int) -> dict[str, Any]:
         raise ClientGone("the client hung up while sending its body") from error
     body = b"".join(chunks)
     del chunks
-    payload = await run_in_threadpool(parse_json, body) if size > PARSE_OFF_LOOP_BYTES else parse_json(body)
+    if size > PARSE_OFF_LOOP_BYTES:
+        slots = _parse_slots.setdefault(asyncio.get_running_loop(), asyncio.Semaphore(MAX_PARSES_OFF_LOOP))
+        async with slots:
+            payload = await run_in_threadpool(parse_json, body)
+    else:
+        payload = parse_json(body)
     if not isinstance(payload, dict):
         raise ApiError(422, f"request body must be a JSON object; got {_json_type(payload)}", INVALID)
     return payload
@@ -97,7 +110,8 @@ def texts_field(payload: dict[str, Any], name: str, config: ServeConfig, max_cou
         raise ApiError(413, f"'{name}' has {len(texts)} texts; the limit is {max_count}", TOO_LARGE)
     for index, text in enumerate(texts):
         if not isinstance(text, str):
-            raise ApiError(422, f"'{name}'[{index}] must be a string; got {_json_type(text)}", INVALID)
+            hint = " (token ids are not accepted: send the text)" if isinstance(text, (int, list)) else ""
+            raise ApiError(422, f"'{name}'[{index}] must be a string; got {_json_type(text)}{hint}", INVALID)
         if not text:
             raise ApiError(422, f"'{name}'[{index}] is empty; send at least one character", INVALID)
         if len(text) > config.max_input_chars:

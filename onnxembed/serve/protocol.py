@@ -2,16 +2,22 @@
 clients.
 
 In scope: a deadline for each request's headers and body (slowloris, a trickled body, a Content-Length
-that promises more than is sent), a cap on open connections, a bound on the body bytes read and discarded
-after an early answer (413, 429...). Not in scope: anything about requests' content (gate.py, parsing.py).
+that promises more than is sent), a deadline for a client to read on while its answer waits to be sent,
+a cap on open connections, a bound on the body bytes read and discarded after an early answer (413,
+429...). Not in scope: anything about requests' content (gate.py, parsing.py).
 
 uvicorn has none of these on its own: its keep-alive timer runs only between requests and every byte
-received cancels it, so a client sending one byte every few seconds holds a connection forever.
+received cancels it, so a client sending one byte every few seconds holds a connection forever; and a
+client that never reads holds its connection (closing waits for the unsent answer to drain) and, with a
+second request pipelined behind the first, a request slot too (the route waits to send).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
+import struct
 from typing import Any, ClassVar
 
 import h11
@@ -33,7 +39,8 @@ LINGER_S = 1.0  # a refused connection stays open this long, so that its request
 class GuardedH11Protocol(H11Protocol):
     """One connection. The deadline runs from the connection's start (or a new request's first byte) until
     the request's body is complete; when it passes, the client gets a 408 if no answer was started, and
-    the connection is closed (a route still reading the body sees a disconnect)."""
+    the connection is closed (a route still reading the body sees a disconnect). While an answer waits
+    unsent, the client must read some of it every ``request_timeout_s``, or the connection is dropped."""
 
     request_timeout_s: ClassVar[float] = 10.0
     max_connections: ClassVar[int] = 1024
@@ -44,6 +51,9 @@ class GuardedH11Protocol(H11Protocol):
         self._deadline: asyncio.TimerHandle | None = None
         self._discarded = 0
         self._refused = False
+        self._send_watch: asyncio.TimerHandle | None = None
+        self._unsent = 0  # bytes waiting in the transport at the last look
+        self._drained = False  # the transport fell below its low-water mark since the last look
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         refuse = len(self.connections) >= self.max_connections  # counted before this one joins
@@ -79,7 +89,47 @@ class GuardedH11Protocol(H11Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        if self._send_watch is not None:
+            self._send_watch.cancel()
+            self._send_watch = None
         super().connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self._watch_sending()
+
+    def resume_writing(self) -> None:
+        self._drained = True
+        super().resume_writing()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._watch_sending()  # an answer still in the transport's buffer must drain, even after close()
+
+    def _watch_sending(self) -> None:
+        if self._send_watch is None and self.transport.get_write_buffer_size() > 0:
+            self._unsent = self.transport.get_write_buffer_size()
+            self._drained = False
+            self._send_watch = self.loop.call_later(self.request_timeout_s, self._check_sending)
+
+    def _check_sending(self) -> None:
+        self._send_watch = None
+        unsent = self.transport.get_write_buffer_size()
+        if unsent == 0:
+            return
+        if unsent < self._unsent or self._drained:  # the client read some since the last look
+            self._watch_sending()
+            return
+        # Nothing read for a whole period: drop the connection and its unsent bytes (close() would wait for
+        # them forever); a route waiting to send sees a disconnect and frees its request slot.
+        if self.cycle is not None and not self.cycle.response_complete:
+            self.cycle.disconnected = True
+            self.cycle.message_event.set()
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None:  # a reset, so that the kernel drops the unsent bytes too instead of retrying them
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.transport.abort()
 
     def _arm(self) -> None:
         if self._deadline is None:

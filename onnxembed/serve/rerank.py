@@ -100,6 +100,7 @@ async def tei_rerank(request: Request) -> Response:
     raw_scores = optional_field(payload, "raw_scores", bool, False)
     return_text = optional_field(payload, "return_text", bool, False)
     truncate = optional_field(payload, "truncate", bool, False)
+    del payload  # unread fields are not held while the texts wait (parsing.py)
     logits, _ = await _scores(request, query, texts, truncate)
     scores = logits if raw_scores else activate(logits[:, None], service.reranker.activation_fn)[:, 0]
     results = []
@@ -140,6 +141,7 @@ async def cohere_rerank(request: Request) -> Response:
     max_tokens = optional_field(payload, "max_tokens_per_doc", int)
     if max_tokens is not None and max_tokens < 1:
         raise ApiError(422, f"'max_tokens_per_doc' must be a positive integer; got {max_tokens}", INVALID)
+    del payload
     scored = documents
     if max_tokens is not None and max_tokens < service.reranker.max_seq_length:
         scored = await run_in_threadpool(service.reranker._tokenizer.heads, documents, max_tokens)

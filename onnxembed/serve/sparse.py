@@ -50,6 +50,7 @@ async def tei_embed_sparse(request: Request) -> Response:
     texts = texts_field(payload, "inputs", service.config)
     truncate = optional_field(payload, "truncate", bool, False)
     task, prompt = _task_and_prompt(model, payload)
+    del payload  # unread fields are not held while the texts wait (parsing.py)
     try:
         to_table = model._routes_to_table(task)
     except InvalidArgumentError as error:  # a route the model lacks, or no default route

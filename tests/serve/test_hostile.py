@@ -8,6 +8,8 @@ Every loop here is bounded in count, every socket has a timeout; the server's ow
 
 from __future__ import annotations
 
+import errno
+import gzip
 import json
 import re
 import socket
@@ -152,6 +154,13 @@ def test_content_types(server: Server, content_type: str | None, status: int) ->
     assert got == status, answer
 
 
+def test_compressed_bodies_are_415(server: Server) -> None:
+    body = gzip.compress(b'{"inputs": "x"}')
+    head = _head("/embed", len(body)).replace(b"\r\n\r\n", b"\r\nContent-Encoding: gzip\r\n\r\n")
+    status, _, answer = _exchange(server, head + body)
+    assert status == 415 and b"Content-Encoding gzip" in answer, answer
+
+
 @pytest.mark.parametrize("key", ["wrong", "", "caf\xe9", "x" * 10_000])
 def test_wrong_keys(server: Server, key: str) -> None:
     got, headers, answer = _post(server, "/embed", b'{"inputs": "x"}', key=key)
@@ -231,6 +240,39 @@ def test_too_many_requests_in_flight_is_429(server: Server, encoder: Encoder) ->
             break
         time.sleep(0.05)
     _assert_healthy(server, encoder)
+
+
+def test_clients_that_stop_reading_are_dropped(make_server: Any, tiny_export: Path, encoder: Encoder) -> None:
+    """Clients that send requests and never read the answers (three pipelined, so that the second waits to
+    be sent) lose their connections once nothing was read for the request timeout: a reset instead of the
+    rest of the answers, and their request slots come back. Each answer (~1.5 MB) is more than the kernel
+    buffers for a client that reads nothing, so the rest waits in the server."""
+    options = {**OPTIONS, "max-queue": "50000"}  # all twelve requests queue at once
+    server = make_server(tiny_export, *[f"--{name}={value}" for name, value in options.items()])
+    body = json.dumps({"inputs": ["a"] * 4000, "normalize": False}).encode()
+    host, port = server.url.removeprefix("http://").split(":")
+    stalled: list[socket.socket] = []
+    reset = [False] * 4
+    try:
+        for _ in range(4):  # --max-concurrent-requests 4
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect((host, int(port)))
+            sock.sendall((_head("/embed", len(body)) + body) * 3)
+            stalled.append(sock)
+        for _ in range(300):  # bounded (30 s): until the server has reset all four; reading nothing meanwhile
+            for index, sock in enumerate(stalled):
+                reset[index] |= sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == errno.ECONNRESET
+            if all(reset):
+                break
+            time.sleep(0.1)
+        assert all(reset), reset
+    finally:
+        for sock in stalled:
+            sock.close()
+    _assert_healthy(server, encoder)
+    for _ in range(8):  # the slots are free again
+        assert server.request("/embed", {"inputs": "x"}).status == 200
 
 
 def test_connection_cap(server: Server, encoder: Encoder) -> None:

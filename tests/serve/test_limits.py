@@ -124,3 +124,52 @@ def test_health_is_503_once_a_worker_thread_died(tiny_export: Path) -> None:
         response = client.get("/health")
         assert response.status_code == 503 and "died" in response.json()["reason"]
         app.state.service.batcher._threads.remove(dead)
+
+
+def test_large_bodies_are_parsed_two_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Parsed JSON can take ~30x its bytes, so at most MAX_PARSES_OFF_LOOP large bodies are parsed at once;
+    the rest wait their turn and still get their payloads."""
+    import asyncio
+    import json
+    import time
+
+    from starlette.requests import Request
+
+    from onnxembed.serve import parsing
+
+    running = 0
+    most = 0
+    lock = threading.Lock()
+    parse = parsing.parse_json
+
+    def slow_parse(body: bytes) -> Any:
+        nonlocal running, most
+        with lock:
+            running += 1
+            most = max(most, running)
+        time.sleep(0.05)
+        with lock:
+            running -= 1
+        return parse(body)
+
+    monkeypatch.setattr(parsing, "parse_json", slow_parse)
+    body = json.dumps({"input": "x", "junk": ["y"] * (parsing.PARSE_OFF_LOOP_BYTES // 4)}).encode()
+
+    def request() -> Request:
+        sent = False
+
+        async def receive() -> dict[str, Any]:
+            nonlocal sent
+            if sent:
+                return {"type": "http.disconnect"}
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        return Request({"type": "http", "method": "POST", "headers": []}, receive)
+
+    async def main() -> list[dict[str, Any]]:
+        return await asyncio.gather(*(parsing.read_json(request(), len(body)) for _ in range(6)))
+
+    payloads = asyncio.run(main())
+    assert [payload["input"] for payload in payloads] == ["x"] * 6
+    assert most == parsing.MAX_PARSES_OFF_LOOP == 2

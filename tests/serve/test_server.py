@@ -121,6 +121,12 @@ def test_tei_embed_normalize_and_truncate(server: Server, encoder: Encoder) -> N
     np.testing.assert_allclose(_vectors(truncated.body, "embed"), encoder.encode([LONG_TEXT]), atol=ATOL)
 
 
+def test_tei_truncation_direction_of_the_model_is_accepted(server: Server, encoder: Encoder) -> None:
+    response = server.request("/embed", {"inputs": [LONG_TEXT], "truncate": True, "truncation_direction": "Right"})
+    assert response.status == 200, response.body
+    np.testing.assert_allclose(_vectors(response.body, "embed"), _expected(encoder, "embed", [LONG_TEXT]), atol=ATOL)
+
+
 def test_tei_refuses_exactly_the_inputs_over_the_limit(server: Server, encoder: Encoder, st_tokens: Any) -> None:
     """The server learns token counts from its batches and recounts only texts that reached the limit:
     a text of exactly max_seq_length tokens passes, one token more is 413, whichever input it is."""
@@ -197,6 +203,8 @@ BAD_REQUESTS: list[tuple[str, Any, bytes | None, int]] = [
     ("/v1/embeddings", None, b'{"input": "' + b"y" * LIMITS["max_body_bytes"] + b'"}', 413),
     ("/embed", {"inputs": "x", "normalize": "yes"}, None, 422),
     ("/embed", {"inputs": "x", "truncate": 1}, None, 422),
+    ("/embed", {"inputs": "x", "truncation_direction": "Left"}, None, 422),  # the model truncates on the right
+    ("/embed", {"inputs": "x", "truncation_direction": "sideways"}, None, 422),
     ("/similarity", {"source_sentence": "x"}, None, 422),
     ("/similarity", {"source_sentence": 3, "sentences": ["y"]}, None, 422),
     ("/similarity", {"source_sentence": "x", "sentences": []}, None, 422),

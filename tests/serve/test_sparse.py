@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -85,6 +87,12 @@ def test_bad_input(served: Server) -> None:
     assert reply.status == 413 and "more than 40 tokens" in reply.body["error"]["message"]
     assert served.request("/embed", {"inputs": ["a"]}).status == 404  # dense routes are not mounted for SPLADE
     assert served.request("/embed_sparse", {"inputs": ["a"]}, key=None).status == 401
+    form = urllib.request.Request(served.url + "/embed_sparse", data=b'{"inputs": ["a"]}', method="POST")
+    form.add_header("Content-Type", "text/plain")  # what a web page may post cross-site: the gate's 415
+    form.add_header("Authorization", f"Bearer {API_KEY}")
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(form, timeout=30)
+    assert refused.value.code == 415
 
 
 def test_queued_results_are_kept_sparse(inference_free_splade: Replica, exports_dir: Path, reference: Any) -> None:

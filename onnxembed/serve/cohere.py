@@ -1,0 +1,127 @@
+"""Cohere's embed API: ``POST /v2/embed`` (the official ``cohere`` client's ``ClientV2.embed``) and ``POST
+/v1/embed`` (``Client.embed``).
+
+In scope: the request fields (``texts``, ``input_type``, ``embedding_types``, ``truncate``, ``max_tokens``,
+``output_dimension``, ``model``) and the two response shapes. Not in scope: batching and the statuses every
+route shares (app.py, parsing.py, gate.py).
+
+``input_type`` picks the model's prompt as ``encode_query`` / ``encode_document`` do: "search_query" the
+"query" prompt, "search_document" the first of "document", "passage" and "corpus"; "classification" and
+"clustering" a prompt of that name (any case) where the model has one; else the model's default prompt.
+``truncate`` "END" (Cohere's default) cuts texts over max_seq_length on the right, "NONE" makes them a 413,
+"START" is accepted only for a model that truncates on the left. ``max_tokens`` cuts each text after that many
+of its tokens first. ``embedding_types``: "float", "base64" (little-endian float32 bytes), and "int8", "uint8",
+"binary", "ubinary" as sentence-transformers' ``quantize_embeddings`` makes them, the int8 and uint8 ranges taken
+from the request's own rows (so those two depend on the texts sent together, as ``encode(precision=...)``
+does). ``output_dimension`` keeps that many leading dimensions and re-normalizes, as the OpenAI route's
+``dimensions``. Images are not embedded (422).
+"""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from typing import Any
+
+import numpy as np
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+
+from onnxembed.kernels import normalize, quantize_embeddings
+from onnxembed.serve.config import ApiError
+from onnxembed.serve.parsing import INVALID, choice_field, optional_field, read_json, texts_field
+
+EMBEDDING_TYPES = ("float", "int8", "uint8", "binary", "ubinary", "base64")
+INPUT_TYPES = ("search_document", "search_query", "classification", "clustering")
+
+
+async def cohere_embed_v2(request: Request) -> Response:
+    return await _cohere_embed(request, version=2)
+
+
+async def cohere_embed_v1(request: Request) -> Response:
+    return await _cohere_embed(request, version=1)
+
+
+async def _cohere_embed(request: Request, version: int) -> Response:
+    from onnxembed.serve.app import VectorsResponse
+
+    service = request.app.state.service
+    encoder = service.encoder
+    payload = await read_json(request, service.config.max_body_bytes)
+    for unsupported in ("images", "inputs"):
+        if payload.get(unsupported) is not None:
+            raise ApiError(422, f"'{unsupported}' is not supported: this server embeds 'texts' only", INVALID)
+    texts = texts_field(payload, "texts", service.config)
+    optional_field(payload, "model", str)  # any name is accepted, as on the other routes
+    if version == 2 and payload.get("input_type") is None:
+        raise ApiError(422, f"'input_type' is required: one of {', '.join(INPUT_TYPES)}", INVALID)
+    input_type = choice_field(payload, "input_type", INPUT_TYPES) if payload.get("input_type") is not None else None
+    by_type = payload.get("embedding_types") is not None or version == 2
+    types = _embedding_types(payload)
+    truncate = choice_field(payload, "truncate", ("END", "NONE", "START"))
+    side = encoder.manifest.truncation_side
+    given = payload.get("truncate") is not None
+    if given and truncate != "NONE" and (truncate == "START") != (side == "left"):
+        raise ApiError(422, f"truncate {truncate!r} is not supported: this model truncates on the {side}", INVALID)
+    max_tokens = optional_field(payload, "max_tokens", int)
+    if max_tokens is not None and max_tokens < 1:
+        raise ApiError(422, f"'max_tokens' must be a positive integer; got {max_tokens}", INVALID)
+    cut = max_tokens is not None and max_tokens < encoder.max_seq_length
+    if cut and (truncate == "NONE" or side != "right"):
+        message = f"'max_tokens' below max_seq_length ({encoder.max_seq_length}) needs truncate 'END'"
+        raise ApiError(422, message + ("" if side == "right" else " and a model that truncates on the right"), INVALID)
+    dimensions = optional_field(payload, "output_dimension", int)
+    service.check_dimensions(dimensions, "output_dimension")
+    prompt = encoder.prompts.get(_prompt_name(encoder, input_type), "") if input_type else service.prompt({})
+    del payload  # unread fields are not held while the texts wait (parsing.py)
+    sent = texts
+    if cut:
+        texts = await run_in_threadpool(encoder._tokenizer.heads, texts, max_tokens)
+    rows, tokens = await service.embed(request, texts, prompt, truncate=truncate != "NONE")
+    if dimensions is not None:
+        rows = normalize(rows[:, :dimensions])
+    embeddings = {kind: _encoded(rows, kind) for kind in types}
+    meta = {"api_version": {"version": str(version)}, "billed_units": {"input_tokens": tokens}}
+    body: dict[str, Any] = {"id": str(uuid.uuid4()), "texts": sent, "meta": meta}
+    if by_type:
+        body.update(embeddings=embeddings, response_type="embeddings_by_type")
+    else:
+        body.update(embeddings=embeddings["float"], response_type="embeddings_floats")
+    return VectorsResponse(body)
+
+
+def _embedding_types(payload: dict[str, Any]) -> list[str]:
+    given = payload.get("embedding_types")
+    if given is None:
+        return ["float"]
+    if not isinstance(given, list) or not given or not all(isinstance(kind, str) for kind in given):
+        raise ApiError(422, f"'embedding_types' must be a non-empty list of: {', '.join(EMBEDDING_TYPES)}", INVALID)
+    for kind in given:
+        if kind not in EMBEDDING_TYPES:
+            raise ApiError(422, f"'embedding_types' has {kind!r}; choose from {', '.join(EMBEDDING_TYPES)}", INVALID)
+    return list(dict.fromkeys(given))
+
+
+def _prompt_name(encoder: Any, input_type: str) -> str | None:
+    """The model's prompt for a Cohere input_type (None: the model has none for it)."""
+    prompts = encoder.prompts
+    if input_type == "search_query":
+        names: tuple[str, ...] = ("query",)
+    elif input_type == "search_document":
+        names = ("document", "passage", "corpus")
+    else:
+        names = tuple(name for name in prompts if name.lower() == input_type)
+    found = next((name for name in names if name in prompts), None)
+    return found if found is not None else encoder.manifest.default_prompt_name
+
+
+def _encoded(rows: np.ndarray, kind: str) -> Any:
+    rows = np.ascontiguousarray(rows, dtype=np.float32)
+    if kind == "float":
+        return rows
+    if kind == "base64":
+        return [base64.b64encode(row.astype("<f4").tobytes()).decode("ascii") for row in rows]
+    ranges = np.stack([rows.min(axis=0), rows.max(axis=0)])  # the rows' own, as the default, without its warning
+    return quantize_embeddings(rows, kind, ranges=ranges)  # type: ignore[arg-type]

@@ -1,0 +1,105 @@
+"""Cohere's embed API (/v2/embed, /v1/embed) over real HTTP, through the official ``cohere`` client where it is
+installed: every embedding type against sentence-transformers' ``encode`` and ``quantize_embeddings`` on the
+same texts, input_type choosing the model's prompts, truncate and max_tokens, and the refusals."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tests.replicas import CORPUS, LONG_TEXT, Replica, exported
+from tests.serve.conftest import API_KEY, Server, start_server, stop_server
+
+pytest.importorskip("uvicorn", reason="the server needs the serve extra: pip install 'onnxembed[serve]'")
+
+TEXTS = CORPUS[:6] + ["日本語の文です", "emoji 🙂 and more"]
+
+
+@pytest.fixture(scope="module")
+def served(mpnet_prompts: Replica, exports_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    out = exported(mpnet_prompts, exports_dir)
+    running = start_server(out, tmp_path_factory.mktemp("cohere") / "server.log", "--api-key", API_KEY)
+    try:
+        yield running
+    finally:
+        stop_server(running)
+
+
+@pytest.fixture(scope="module")
+def reference(mpnet_prompts: Replica) -> Any:
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(mpnet_prompts.path), device="cpu")
+
+
+def test_official_client_every_embedding_type(served: Server, reference: Any) -> None:
+    cohere = pytest.importorskip("cohere", reason="the cohere client is in the dev extra")
+    from sentence_transformers.quantization import quantize_embeddings
+
+    client = cohere.ClientV2(base_url=served.url, api_key=API_KEY)
+    types = ["float", "int8", "uint8", "binary", "ubinary", "base64"]
+    for input_type, prompt_name in [("search_query", "query"), ("search_document", "document")]:
+        response = client.embed(texts=TEXTS, model="m", input_type=input_type, embedding_types=types)
+        expected = reference.encode(TEXTS, prompt_name=prompt_name)
+        embeddings = response.embeddings
+        np.testing.assert_allclose(np.array(embeddings.float_), expected, atol=1e-5, rtol=0)
+        decoded = np.stack([np.frombuffer(base64.b64decode(row), dtype="<f4") for row in embeddings.base64])
+        np.testing.assert_allclose(decoded, expected, atol=1e-5, rtol=0)
+        for kind in ("binary", "ubinary"):
+            np.testing.assert_array_equal(np.array(getattr(embeddings, kind)), quantize_embeddings(expected, kind))
+        for kind in ("int8", "uint8"):  # buckets from the request's own rows: fp32 noise may move one by one
+            difference = np.abs(np.array(getattr(embeddings, kind)) - quantize_embeddings(expected, kind).astype(int))
+            assert difference.max() <= 1 and difference.mean() < 0.01
+        assert response.response_type == "embeddings_by_type" and list(response.texts) == TEXTS
+        assert response.meta.billed_units.input_tokens > len(TEXTS)
+
+
+def test_v1_floats_and_the_default_prompt(served: Server, reference: Any) -> None:
+    response = served.request("/v1/embed", {"texts": TEXTS[:3]})  # no input_type: the default prompt (query)
+    assert response.status == 200, response.body
+    assert response.body["response_type"] == "embeddings_floats"
+    expected = reference.encode(TEXTS[:3])
+    np.testing.assert_allclose(np.array(response.body["embeddings"]), expected, atol=1e-5, rtol=0)
+    by_type = served.request("/v1/embed", {"texts": TEXTS[:3], "embedding_types": ["float"]})
+    assert by_type.body["response_type"] == "embeddings_by_type"
+    np.testing.assert_allclose(np.array(by_type.body["embeddings"]["float"]), expected, atol=1e-5, rtol=0)
+
+
+def test_truncate_max_tokens_and_output_dimension(served: Server, reference: Any) -> None:
+    body = {"texts": [LONG_TEXT], "input_type": "search_document"}
+    cut = served.request("/v2/embed", body)  # truncate END by default
+    expected = reference.encode([LONG_TEXT], prompt_name="document")
+    np.testing.assert_allclose(np.array(cut.body["embeddings"]["float"]), expected, atol=1e-5, rtol=0)
+    assert served.request("/v2/embed", {**body, "truncate": "NONE"}).status == 413
+    assert served.request("/v2/embed", {**body, "truncate": "START"}).status == 422  # the model cuts the end
+    offsets = reference.tokenizer(LONG_TEXT, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    head = LONG_TEXT[: offsets[4][1]]  # the text through its fifth token
+    few = served.request("/v2/embed", {**body, "max_tokens": 5})
+    np.testing.assert_allclose(
+        np.array(few.body["embeddings"]["float"]), reference.encode([head], prompt_name="document"), atol=1e-5, rtol=0
+    )
+    short = served.request("/v2/embed", {**body, "output_dimension": 8})
+    rows = np.array(short.body["embeddings"]["float"])
+    np.testing.assert_allclose(rows, expected[:, :8] / np.linalg.norm(expected[:, :8]), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        ({"texts": ["a"]}, "input_type"),  # required on v2, as Cohere's API
+        ({"texts": ["a"], "input_type": "image"}, "input_type"),
+        ({"texts": ["a"], "input_type": "search_query", "embedding_types": ["float16"]}, "embedding_types"),
+        ({"texts": ["a"], "input_type": "search_query", "embedding_types": []}, "embedding_types"),
+        ({"images": ["data:image/png;base64,AAAA"], "input_type": "image"}, "images"),
+        ({"texts": ["a"], "input_type": "search_query", "max_tokens": 0}, "max_tokens"),
+        ({"texts": ["a"], "input_type": "search_query", "output_dimension": 4096}, "output_dimension"),
+    ],
+)
+def test_refusals_name_the_field(served: Server, payload: dict[str, Any], message: str) -> None:
+    response = served.request("/v2/embed", payload)
+    assert response.status == 422 and message in response.body["error"]["message"], response.body
