@@ -27,7 +27,10 @@ FORMAT_VERSION = 2
 RERANKER_FORMAT_VERSION = 3
 # 4 added sparse encoders (SPLADE: task "sparse", splade, static_route); written only for them, as 3 for rerankers.
 SPARSE_FORMAT_VERSION = 4
-READABLE_FORMAT_VERSIONS = (1, 2, 3, 4)
+# 5 added a sparse encoder's max_active_dims; written only where the model sets one, so that a reader of 4 says
+# which format it cannot read instead of dropping the limit.
+SPARSE_LIMITED_FORMAT_VERSION = 5
+READABLE_FORMAT_VERSIONS = (1, 2, 3, 4, 5)
 EMBEDDING = "embedding"
 RERANKER = "reranker"
 SPARSE = "sparse"
@@ -101,6 +104,7 @@ class Manifest:
     # POOLED_OUTPUT, (batch, vocabulary) float32, and dim is the vocabulary size
     splade: dict[str, str] = field(default_factory=dict)
     static_route: StaticRoute | None = None  # sparse, inference-free: the query side's table
+    max_active_dims: int | None = None  # sparse: the terms each vector keeps at most (None: all)
     format_version: int = FORMAT_VERSION
 
     def to_json(self) -> str:
@@ -109,6 +113,8 @@ class Manifest:
         if self.task != SPARSE:
             for key in _SPARSE_KEYS:
                 del raw[key]
+        if self.max_active_dims is None:
+            del raw["max_active_dims"]
         if self.task == EMBEDDING:
             for key in _RERANKER_KEYS:
                 del raw[key]

@@ -29,6 +29,7 @@ from onnxembed.manifest import (
     POOLED_OUTPUT,
     SPARSE,
     SPARSE_FORMAT_VERSION,
+    SPARSE_LIMITED_FORMAT_VERSION,
     Manifest,
     StaticRoute,
     Variant,
@@ -150,7 +151,8 @@ def export_sparse(
         task=SPARSE,
         splade=splade,
         static_route=static_route,
-        format_version=SPARSE_FORMAT_VERSION,
+        max_active_dims=config.max_active_dims,
+        format_version=SPARSE_FORMAT_VERSION if config.max_active_dims is None else SPARSE_LIMITED_FORMAT_VERSION,
     )
 
     def checked() -> dict[str, Any]:
@@ -222,9 +224,13 @@ def verify_encode(source: Path, out: Path, atol: float) -> dict[str, Any]:
         return {"sentence_transformers": f"not checked: {type(error).__name__}: {error}"}
     encoder = SparseEncoder(out, provider="cpu", variant="fp32")
     texts = list(VERIFY_TEXTS)
+    # sentence-transformers 6 applies the saved max_active_dims by itself, 5.x only when asked
+    limit = {"max_active_dims": encoder.max_active_dims} if encoder.max_active_dims is not None else {}
     worst = {}
     for side in ("query", "document"):
-        expected = getattr(reference, f"encode_{side}")(texts, convert_to_tensor=True, convert_to_sparse_tensor=False)
+        expected = getattr(reference, f"encode_{side}")(
+            texts, convert_to_tensor=True, convert_to_sparse_tensor=False, **limit
+        )
         actual = getattr(encoder, f"encode_{side}")(texts, convert_to_sparse_tensor=False)
         if tuple(expected.shape) != actual.shape:
             raise ExportVerificationError(

@@ -67,6 +67,7 @@ class SparseEncoderConfig:
     prompts: dict[str, str] = field(default_factory=dict)
     default_prompt_name: str | None = None
     similarity_fn_name: str = "dot"
+    max_active_dims: int | None = None  # sentence-transformers 6 saves it and applies it at every encode
 
 
 def _kinds(modules: list[Any]) -> list[str]:
@@ -158,6 +159,13 @@ def read_sparse_encoder_config(root: Path) -> SparseEncoderConfig:
         raise UnsupportedModelError(f"{transformer_dir}: module_output_name {transformer['module_output_name']!r}")
     pipeline, prompts, default_prompt_name = read_pipeline_config(root)
     st_config = whole_transformer_config(root, transformer_dir, transformer)
+    max_active_dims = pipeline.get("max_active_dims")
+    if max_active_dims is not None and (
+        isinstance(max_active_dims, bool) or not isinstance(max_active_dims, int) or max_active_dims < 1
+    ):
+        raise UnsupportedModelError(
+            f"{root / 'config_sentence_transformers.json'}: max_active_dims {max_active_dims!r} is not a positive int"
+        )
     return SparseEncoderConfig(
         root=root,
         st_config=st_config,
@@ -167,4 +175,5 @@ def read_sparse_encoder_config(root: Path) -> SparseEncoderConfig:
         prompts=prompts,
         default_prompt_name=default_prompt_name,
         similarity_fn_name=pipeline.get("similarity_fn_name") or "dot",
+        max_active_dims=max_active_dims,
     )

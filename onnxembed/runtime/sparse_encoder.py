@@ -96,6 +96,11 @@ class SparseEncoder:
         return self.manifest.dim
 
     @property
+    def max_active_dims(self) -> int | None:
+        """The terms :meth:`encode` keeps per vector by default, as the model was saved (None: all)."""
+        return self.manifest.max_active_dims
+
+    @property
     def max_seq_length(self) -> int:
         """Texts are truncated to this many tokens (special tokens included) on the SPLADE side."""
         return self.manifest.max_seq_length
@@ -150,7 +155,8 @@ class SparseEncoder:
             convert_to_sparse_tensor: Sparse results (True: one :class:`SparseEmbedding` per text, in place of
                 sentence-transformers' sparse COO tensor) or dense (n, dim) float32 rows (False).
             save_to_cpu: Accepted for sentence-transformers' signature; results are always numpy.
-            max_active_dims: Keep each vector's heaviest ``max_active_dims`` terms.
+            max_active_dims: Keep each vector's heaviest ``max_active_dims`` terms (default: the model's
+                :attr:`max_active_dims`, as sentence-transformers 6 saves it; None there keeps all).
             task: The route of an inference-free model ("query", "document"; None: its default route);
                 ignored by a model without routes.
             convert_to_csr: Return a ``scipy.sparse.csr_matrix`` (n, dim) (needs scipy).
@@ -171,6 +177,8 @@ class SparseEncoder:
         single = isinstance(inputs, str)
         texts = [inputs] if isinstance(inputs, str) else checked_texts(inputs)
         batch_size = positive_int(batch_size, "batch_size")
+        if max_active_dims is None:
+            max_active_dims = self.max_active_dims
         if max_active_dims is not None:
             max_active_dims = positive_int(max_active_dims, "max_active_dims")
         prompt_text = resolve_prompt(self.manifest.prompts, self.manifest.default_prompt_name, prompt_name, prompt)

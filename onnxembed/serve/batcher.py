@@ -28,7 +28,7 @@ from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import numpy as np
 
@@ -115,7 +115,7 @@ class _Take:
     def done(self, indices: np.ndarray, embeddings: np.ndarray, tokens: np.ndarray) -> None:
         """Store one batch's rows and token counts; answer each request whose last text this was."""
         if self.rows.dtype == object:
-            batch = sparse_rows(embeddings)
+            batch = sparse_rows(embeddings, cast(SparseEncoder, self.model).max_active_dims)
             for position, index in enumerate(indices.tolist()):
                 self.rows[index] = batch.row(position)
         else:

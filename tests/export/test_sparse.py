@@ -156,3 +156,46 @@ def test_term_overlap_counts_empty_documents_as_agreeing() -> None:
     candidate = np.array([[0, 0, 0], [0, 2, 1], [0, 0, 5]], np.float32)
     result = compare_sparse((queries, reference), (queries, candidate), [np.arange(3)], k=2)
     assert result["top2_overlap"] == pytest.approx((1 + 0.5 + 0) / 3)
+
+
+def test_saved_max_active_dims_is_carried(bert_splade: Replica, tmp_path: Path) -> None:
+    """sentence-transformers 6 saves max_active_dims in config_sentence_transformers.json and applies it at every
+    encode: the export carries it (format 5), the runtime applies it by default, an explicit value still wins."""
+    from sentence_transformers import SparseEncoder as Reference
+
+    source = tmp_path / "limited"
+    shutil.copytree(bert_splade.path, source)
+    config_path = source / "config_sentence_transformers.json"
+    config = json.loads(config_path.read_text())
+    config_path.write_text(json.dumps({**config, "max_active_dims": 5}))
+    out = tmp_path / "limited-onnx"
+    export(source, out)
+    manifest = Manifest.read(out)
+    assert (manifest.max_active_dims, manifest.format_version) == (5, 5)
+    reference = Reference(str(source), device="cpu")
+    encoder = SparseEncoder(out)
+    texts = CORPUS[:6]
+    for side in ("query", "document"):
+        expected = getattr(reference, f"encode_{side}")(texts, max_active_dims=5, convert_to_sparse_tensor=False)
+        actual = getattr(encoder, f"encode_{side}")(texts, convert_to_sparse_tensor=False)
+        sparse.assert_same_vectors(expected, actual)
+        assert ((actual > 0).sum(axis=1) == 5).all()
+    if getattr(reference, "max_active_dims", None) == 5:  # sentence-transformers 6 reads it by itself
+        sparse.assert_same_vectors(
+            reference.encode(texts, convert_to_sparse_tensor=False),
+            encoder.encode(texts, convert_to_sparse_tensor=False),
+        )
+    from onnxembed.serve.batcher import Batcher
+
+    batcher = Batcher(encoder, max_queue=100, max_run_texts=100)  # what the server's /embed_sparse answers
+    try:
+        rows = batcher.submit(texts, "").result(timeout=60).rows
+    finally:
+        batcher.close()
+    expected = reference.encode_document(texts, max_active_dims=5, convert_to_sparse_tensor=False)
+    sparse.assert_same_vectors(expected, np.stack([row.to_dense() for row in rows]))
+    wider = encoder.encode(texts, max_active_dims=9, convert_to_sparse_tensor=False)
+    sparse.assert_same_vectors(reference.encode(texts, max_active_dims=9, convert_to_sparse_tensor=False), wider)
+    config_path.write_text(json.dumps({**config, "max_active_dims": 0}))
+    with pytest.raises(UnsupportedModelError, match="max_active_dims"):
+        export(source, tmp_path / "refused")
