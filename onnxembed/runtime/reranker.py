@@ -8,6 +8,7 @@ validating pairs. Not in scope: sessions (session.py), tokenizing pairs (tokeniz
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -126,6 +127,8 @@ class Reranker:
         convert_to_tensor: bool = False,
         max_batch_tokens: int | None = None,
         sentences: Any = None,
+        activation_fct: Callable[[np.ndarray], np.ndarray] | str | None = None,
+        num_workers: int | None = None,
     ) -> np.ndarray | list[np.ndarray]:
         """Score pairs as ``CrossEncoder.predict`` does.
 
@@ -147,6 +150,8 @@ class Reranker:
             convert_to_tensor: Not supported (the runtime has no torch); raises.
             max_batch_tokens: Padded tokens per batch at most (default: the Encoder's for the provider).
             sentences: The older name of ``inputs``.
+            activation_fct: The older name of ``activation_fn`` (sentence-transformers before 4.x).
+            num_workers: Accepted and ignored, as sentence-transformers does (with a warning).
 
         Returns:
             ``(n,)`` float32 for one label, ``(n, num_labels)`` otherwise; for a single pair a scalar or
@@ -157,6 +162,7 @@ class Reranker:
             InvalidArgumentError: An unknown prompt name or activation, a bad number, convert_to_tensor.
         """
         inputs = one_of_inputs(inputs, sentences, "a (query, document) pair or a list of pairs")
+        activation_fn = _renamed_options(activation_fn, activation_fct, num_workers)
         single = _is_single_pair(inputs)
         pairs = _checked_pairs([inputs] if single else inputs)
         batch_size = positive_int(batch_size, "batch_size")
@@ -189,6 +195,8 @@ class Reranker:
         convert_to_numpy: bool = True,
         convert_to_tensor: bool = False,
         max_batch_tokens: int | None = None,
+        activation_fct: Callable[[np.ndarray], np.ndarray] | str | None = None,
+        num_workers: int | None = None,
     ) -> list[dict[str, Any]]:
         """Score ``documents`` against ``query`` and sort them, as ``CrossEncoder.rank`` does.
 
@@ -206,6 +214,8 @@ class Reranker:
             convert_to_numpy: As in :meth:`predict`.
             convert_to_tensor: As in :meth:`predict` (refused).
             max_batch_tokens: As in :meth:`predict`.
+            activation_fct: As in :meth:`predict`.
+            num_workers: As in :meth:`predict` (ignored).
 
         Returns:
             ``[{"corpus_id": i, "score": float32, "text": ...}, ...]`` best first (ties keep input order).
@@ -223,6 +233,7 @@ class Reranker:
         if isinstance(documents, (str, bytes)) or not isinstance(documents, Iterable):
             raise ArgumentTypeError(f"documents must be a list of str; got {type(documents).__name__}")
         documents = list(documents)
+        activation_fn = _renamed_options(activation_fn, activation_fct, num_workers)
         scores = self.predict(
             [(query, document) for document in documents],
             prompt_name=prompt_name,
@@ -322,11 +333,24 @@ def _is_single_pair(inputs: Any) -> bool:
     return False
 
 
+def _renamed_options(activation_fn: Any, activation_fct: Any, num_workers: int | None) -> Any:
+    """sentence-transformers' older names: ``activation_fct`` for ``activation_fn``; ``num_workers`` ignored."""
+    if num_workers is not None:
+        warnings.warn("num_workers is ignored: batches are planned by tokens and run by onnxruntime", stacklevel=3)
+    if activation_fct is None:
+        return activation_fn
+    if activation_fn is not None:
+        raise InvalidArgumentError("give activation_fn or its older name activation_fct, not both")
+    return activation_fct
+
+
 def _checked_pairs(inputs: Any) -> list[Pair]:
     if isinstance(inputs, (str, bytes)) or not isinstance(inputs, Iterable):
         raise ArgumentTypeError(f"inputs must be a list of (query, document) pairs; got {type(inputs).__name__}")
     pairs = []
     for index, pair in enumerate(inputs.tolist() if isinstance(inputs, np.ndarray) else inputs):
+        if isinstance(pair, np.ndarray):  # one pair given as a 1-D array of two strings
+            pair = pair.tolist()
         if isinstance(pair, (str, bytes)) or not isinstance(pair, Sequence) or len(pair) != 2:
             raise ArgumentTypeError(
                 f"inputs[{index}] must be a (query, document) pair of two strings; got {pair!r:.80}"

@@ -56,8 +56,9 @@ def test_predict_matches_cross_encoder(case: tuple[Any, Reranker]) -> None:
 def test_predict_shapes_as_cross_encoder(case: tuple[Any, Reranker]) -> None:
     reference, reranker = case
     pair = (CORPUS[1], CORPUS[2])
-    for one in (pair, list(pair)):
+    for one in (pair, list(pair), np.array(pair)):  # a 1-D array of two strings is one pair too
         _close(reference.predict(one), reranker.predict(one))
+    _close(reference.predict(np.array(PAIRS[:5])), reranker.predict(np.array(PAIRS[:5])))
     listed, theirs = (
         reranker.predict(PAIRS[:3], convert_to_numpy=False),
         reference.predict(PAIRS[:3], convert_to_numpy=False),
@@ -66,8 +67,17 @@ def test_predict_shapes_as_cross_encoder(case: tuple[Any, Reranker]) -> None:
     for mine, other in zip(listed, theirs, strict=True):
         _close(other.numpy(), mine)
     assert reranker.predict([]).shape == np.asarray(reference.predict([])).shape == (0,)
-    # sentences= is the older name of inputs, as in sentence-transformers
+    # sentences= is the older name of inputs, activation_fct of activation_fn; num_workers is ignored
     _close(reference.predict(PAIRS[:4]), reranker.predict(sentences=PAIRS[:4]))
+    import torch
+
+    with pytest.warns(UserWarning, match="num_workers"):
+        legacy = reranker.predict(PAIRS[:4], activation_fct="tanh", num_workers=2)
+    _close(reference.predict(PAIRS[:4], activation_fn=torch.nn.Tanh()), legacy)
+    if reference.num_labels == 1:
+        ranked = reranker.rank(CORPUS[1], CORPUS[2:6], activation_fct="identity")
+        theirs = reference.rank(CORPUS[1], CORPUS[2:6], activation_fn=torch.nn.Identity())
+        assert [r["corpus_id"] for r in ranked] == [r["corpus_id"] for r in theirs]
 
 
 def test_softmax_and_activations(case: tuple[Any, Reranker]) -> None:
