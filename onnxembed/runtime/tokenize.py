@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from tokenizers import Encoding, Tokenizer
@@ -119,10 +119,45 @@ class TextTokenizer:
         encodings: list[Any] = [None] * len(items)
         short = [index for index, is_long in enumerate(long) if not is_long]
         for group in [short, *self._groups(items, long)]:
-            batch = self._encode_batch([items[index] for index in group], add_special_tokens=self._add_special_tokens)
+            group_items = [items[index] for index in group]
+            if group is short:
+                batch: list[Any] = self._encode_batch(group_items, add_special_tokens=self._add_special_tokens)
+            elif all(isinstance(item, str) for item in group_items):
+                batch = [
+                    Truncated.of(encoding)
+                    for encoding in self._encode_batch(group_items, add_special_tokens=self._add_special_tokens)
+                ]
+            else:
+                batch = [self._truncated(item) for item in group_items]
             for index, encoding in zip(group, batch, strict=True):
-                encodings[index] = encoding if group is short else Truncated.of(encoding)
+                encodings[index] = encoding
         return encodings
+
+    def _truncated(self, item: Item) -> Truncated:
+        """A long input's kept tokens. A pair is tokenized whole without truncation and cut longest first
+        here: the tokenizer's own truncation would pair every overflowing piece of one text with every one
+        of the other (memory with the product of their lengths: 2.4 GB for two 1,000-word texts at
+        max_seq_length 16). The rule is tokenizers' LongestFirst: a shorter text within half the budget is
+        kept whole and the other takes the rest; else each takes half, the odd token to the longer (to the
+        second on a tie). Special tokens stay where the template put them."""
+        if isinstance(item, str):
+            return Truncated.of(self._encode_batch([item], add_special_tokens=self._add_special_tokens)[0])
+        encoding = self._count_batch([item], add_special_tokens=self._add_special_tokens)[0]
+        sequence_ids = encoding.sequence_ids
+        lengths = (sequence_ids.count(0), sequence_ids.count(1))
+        budget = self._max_length - (self._tokenizer.num_special_tokens_to_add(True) if self._add_special_tokens else 0)
+        keep = _longest_first(*lengths, budget)
+        seen = [0, 0]
+        kept = []
+        for position, sequence in enumerate(sequence_ids):
+            if sequence is not None:
+                seen[sequence] += 1
+                rank = seen[sequence] if not self._left_truncation else lengths[sequence] - seen[sequence] + 1
+                if rank > keep[sequence]:
+                    continue
+            kept.append(position)
+        ids, type_ids = encoding.ids, encoding.type_ids
+        return Truncated([ids[i] for i in kept], [type_ids[i] for i in kept], encoding.n_sequences)
 
     def over_limit(self, texts: Sequence[Item]) -> list[bool]:
         """Whether each text or pair (prompt included) has more tokens than max_seq_length, special tokens
@@ -178,20 +213,24 @@ class TextTokenizer:
         ]
 
     def _cut_items(self, items: Sequence[Item]) -> list[Item]:
-        """:meth:`_cut` for texts and pairs. In a pair only a lone long text is cut, and kept whole unless its
-        piece still has more tokens than the other text: longest-first truncation then takes from the piece
-        exactly what it took from the whole text. When both texts are over max_seq_length the result depends
-        on which is longer (the odd token goes to it), which only whole texts can say."""
+        """:meth:`_cut` for texts and pairs. In a pair with one long text, that text is cut, and kept whole
+        unless its piece still has more tokens than the other text: longest-first truncation then takes from
+        the piece exactly what it took from the whole text. Pairs whose texts are both long: :meth:`_cut_both`."""
         if all(isinstance(item, str) for item in items):
             return list(self._cut(list(items)))  # type: ignore[arg-type]
         budget = (self._max_length + CUT_MARGIN_TOKENS) * CHARS_PER_TOKEN
         result: list[Item] = list(items)
         lone: dict[int, int] = {}  # pair index -> which of its two texts is the only long one
+        both: list[int] = []
         for index, item in enumerate(items):
             if not isinstance(item, str):
                 long = [len(text) > budget for text in item]
                 if long[0] != long[1]:
                     lone[index] = 0 if long[0] else 1
+                elif long[0]:
+                    both.append(index)
+        if both:
+            self._cut_both(items, both, result)
         if not lone:
             return result
         pieces = self._cut([items[index][side] for index, side in lone.items()])
@@ -210,6 +249,43 @@ class TextTokenizer:
                 pair[lone[index]] = piece
                 result[index] = (pair[0], pair[1])
         return result
+
+    def _cut_both(self, items: Sequence[Item], indices: list[int], result: list[Item]) -> None:
+        """Pairs whose two texts are both long, cut in ``result``. The tokenizer pairs every overflowing piece
+        of one text with every one of the other, so a whole pair costs memory with the product of the two
+        lengths (two 1,000-word texts at max_seq_length 16: 2.4 GB). Longest-first truncation keeps the same
+        tokens from two pieces as from the whole texts when each piece has more tokens than are kept and the
+        pieces compare as the whole texts do (the odd token goes to the longer): the whole texts are counted
+        (each alone, linear), and where the pieces compare otherwise the longer text's piece is lengthened."""
+        texts = list(dict.fromkeys(text for index in indices for text in items[index]))  # a query may repeat
+        pieces = dict(zip(texts, self._cut(texts), strict=True))
+        if all(pieces[text] == text for text in texts):
+            return
+        counted = self._count_batch([*texts, *pieces.values()], add_special_tokens=False)
+        whole = {text: len(encoding.ids) for text, encoding in zip(texts, counted[: len(texts)], strict=True)}
+        piece = {text: len(encoding.ids) for text, encoding in zip(texts, counted[len(texts) :], strict=True)}
+        for index in indices:
+            first, second = cast(tuple[str, str], items[index])
+            order = _compare(whole[first], whole[second])
+            cut_first, cut_second = pieces[first], pieces[second]
+            if _compare(piece[first], piece[second]) != order:
+                if order > 0:
+                    cut_first = self._piece_over(first, piece[second])
+                elif order < 0:
+                    cut_second = self._piece_over(second, piece[first])
+                else:  # as many tokens in both (pieces of one length would do; rare): whole
+                    continue
+            result[index] = (cut_first, cut_second)
+
+    def _piece_over(self, text: str, tokens: int) -> str:
+        """A piece of ``text`` (as :meth:`_cut` makes them) with more than ``tokens`` tokens; ``text`` itself
+        when it has no such piece shorter than itself."""
+        size = (max(tokens, self._max_length) + CUT_MARGIN_TOKENS) * CHARS_PER_TOKEN
+        while (piece := _piece(text, size, self._left_truncation, self._cut_after_cjk)) is not None:
+            if len(self._count_batch([piece], add_special_tokens=False)[0].ids) > tokens:
+                return piece
+            size = 2 * len(piece)
+        return text
 
     def _cut(self, texts: list[str]) -> list[str]:
         """``texts``, each long one cut before a space (U+0020) where the piece before it (after it, for left
@@ -282,6 +358,24 @@ class TextTokenizer:
             if len(self._prompt_lengths) < 64:  # a model has a few prompts; callers may send any
                 self._prompt_lengths[prompt] = length
         return length
+
+
+def _longest_first(first: int, second: int, budget: int) -> tuple[int, int]:
+    """The tokens a pair keeps of each text under tokenizers' LongestFirst truncation to ``budget`` tokens."""
+    if first + second <= budget:
+        return first, second
+    swap = first > second
+    shorter, longer = (second, first) if swap else (first, second)
+    shorter_keep = shorter
+    longer_keep = shorter if shorter > budget else max(shorter, budget - shorter)
+    if shorter_keep + longer_keep > budget:
+        shorter_keep, longer_keep = budget // 2, budget // 2 + budget % 2
+    return (longer_keep, shorter_keep) if swap else (shorter_keep, longer_keep)
+
+
+def _compare(first: int, second: int) -> int:
+    """1, 0 or -1 as ``first`` is more than, as many as or fewer than ``second``."""
+    return (first > second) - (first < second)
 
 
 def _characters(item: Item) -> int:

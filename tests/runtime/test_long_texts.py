@@ -9,13 +9,14 @@ import json
 import random
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from onnxembed import Encoder
 from onnxembed.manifest import Manifest
-from onnxembed.runtime.tokenize import CHARS_PER_TOKEN, TOKENIZER_FILE, TextTokenizer
+from onnxembed.runtime.tokenize import CHARS_PER_TOKEN, CUT_MARGIN_TOKENS, TOKENIZER_FILE, TextTokenizer
 from tests.conftest import CORPUS, LONG_TEXT, QUERY_PROMPTS, Replica, exported
 
 WORDS = " ".join(CORPUS).split()
@@ -211,3 +212,35 @@ def test_only_tokenizers_that_split_at_spaces_are_cut() -> None:
     assert not _splits_at_spaces({"type": "ByteLevel", "use_regex": False})
     assert not _splits_at_spaces({"type": "Metaspace", "replacement": "▁", "split": False})
     assert not _splits_at_spaces({"type": "Split", "pattern": {"Regex": "x"}, "behavior": "Isolated"})
+
+
+@pytest.mark.parametrize("kind", ["wordpiece", "unigram", "bpe", "spaceless-bpe"])
+@pytest.mark.parametrize("side", ["right", "left"])
+@pytest.mark.parametrize("max_seq_length", [9, 64])
+def test_long_pairs_keep_what_the_tokenizer_keeps(
+    kind: str, side: str, max_seq_length: int, chinese_bert: Replica, exports_dir: Path, tmp_path: Path
+) -> None:
+    """Pairs of long texts (cut, or tokenized whole and cut longest first by TextTokenizer itself) give the token
+    and type ids of the tokenizer's own truncation, which sentence-transformers' CrossEncoder uses: one long
+    text, two, equal ones, one token apart, odd and even budgets, either side."""
+    folder, manifest = _tokenizers(exported(chinese_bert, exports_dir), tmp_path, kind)
+    manifest = dataclasses.replace(manifest, max_seq_length=max_seq_length, truncation_side=side)
+    tokenizer = TextTokenizer(folder, manifest)
+    rng = random.Random(7)
+    # just past what counts as long: the reference (the tokenizer's own truncation) pairs every overflowing piece
+    # of one text with every one of the other, which for longer texts takes gigabytes (what this guards against)
+    size = (max_seq_length + CUT_MARGIN_TOKENS) * CHARS_PER_TOKEN + 100
+    words = [text[:size] for text in _long_texts(11, 3)]
+    spaceless = [text[: size // 3] for text in _cjk_texts(12, 2)]
+    pool = [*words, *spaceless, "short", LONG_TEXT[:size], "x" * (size // 3)]
+    pairs = [(rng.choice(pool), rng.choice(pool)) for _ in range(24)]
+    pairs += [(words[0], words[0]), (words[0], words[0] + " x"), (words[0] + " x", words[0]), ("a", words[1])]
+    expected = tokenizer._encode_batch(pairs, add_special_tokens=True)  # the tokenizer's own truncation
+    truncated: list[Any] = []
+    own = tokenizer._truncated
+    tokenizer._truncated = lambda item: truncated.append(item) or own(item)  # type: ignore[method-assign]
+    actual = tokenizer.encode(pairs)
+    assert any(isinstance(item, tuple) for item in truncated)  # some pairs were cut longest first here
+    for index, (mine, theirs) in enumerate(zip(actual, expected, strict=True)):
+        assert (mine.ids, mine.type_ids) == (theirs.ids, theirs.type_ids), index
+        assert len(mine) <= max_seq_length

@@ -156,11 +156,29 @@ def test_long_pairs_truncate_as_cross_encoder(bert_reranker: Replica, exports_di
         (LONG_TEXT, dense),
         (dense, LONG_TEXT),
         (LONG_TEXT[:2000], dense[:300]),
+        # both long, so both are cut: the pieces must compare as the whole texts do
+        (LONG_TEXT, LONG_TEXT),
+        (LONG_TEXT, LONG_TEXT + " and a few more words at the end"),
+        (LONG_TEXT + " and a few more words at the end", LONG_TEXT),
+        (LONG_TEXT * 3, LONG_TEXT * 2),
+        (LONG_TEXT * 2, dense * 2),
     ]
+    tokenizer = reranker._tokenizer
+    seen: list[Any] = []
+    encode_batch = tokenizer._encode_batch
+
+    def recording(items: list[Any], **options: Any) -> Any:
+        seen.extend(item for item in items if not isinstance(item, str))
+        return encode_batch(items, **options)
+
+    tokenizer._encode_batch = recording
     _close(
         reference.predict(pairs, activation_fn=__import__("torch").nn.Identity()),
         reranker.predict(pairs, activation_fn="identity"),
     )
+    # no pair of two whole long texts reached the tokenizer (it would pair their overflow pieces with each other)
+    long_texts = {text for pair in pairs[7:] for text in pair}
+    assert not [pair for pair in seen if pair[0] in long_texts and pair[1] in long_texts]
 
 
 def test_bad_inputs_raise_clear_errors(bert_reranker: Replica, exports_dir: Path) -> None:
