@@ -58,7 +58,13 @@ def add_parser(commands: Any) -> None:
         "--request-timeout",
         type=float,
         default=10.0,
-        help="seconds to send a request's headers and body, and to read on while an answer waits (default 10)",
+        help="seconds to send a request's headers and body (default 10)",
+    )
+    serve.add_argument(
+        "--send-timeout",
+        type=float,
+        default=30.0,
+        help="seconds a client may read nothing of an answer waiting to be sent (default 30)",
     )
     serve.add_argument(
         "--shutdown-timeout", type=int, default=30, help="seconds to finish requests on SIGTERM (default 30)"
@@ -89,6 +95,7 @@ def run(args: argparse.Namespace) -> None:
         max_concurrent_requests=args.max_concurrent_requests,
         max_connections=args.max_connections,
         request_timeout_s=args.request_timeout,
+        send_timeout_s=args.send_timeout,
         graceful_timeout_s=args.shutdown_timeout,
         log_level="info" if args.verbose else "warning",
         reranker=args.reranker,

@@ -84,6 +84,7 @@ def serve(
     max_concurrent_requests: int = 512,
     max_connections: int = 1024,
     request_timeout_s: float = 10.0,
+    send_timeout_s: float = 30.0,
     graceful_timeout_s: int | None = 30,
     log_level: Literal["warning", "info", "debug"] = "warning",
     reranker: str | Path | None = None,
@@ -143,6 +144,7 @@ def serve(
         max_concurrent_requests=max_concurrent_requests,
         max_connections=max_connections,
         request_timeout_s=request_timeout_s,
+        send_timeout_s=send_timeout_s,
         drain_timeout_s=graceful_timeout_s,
     )
     if api_key is None and not _loopback(host):
@@ -162,7 +164,7 @@ def serve(
             host=host,
             port=port,
             # h11 with deadlines and a connection cap (protocol.py); 4 bodies' worth of discarding at most
-            http=guarded_protocol(request_timeout_s, max_connections, 4 * max_body_bytes),
+            http=guarded_protocol(request_timeout_s, max_connections, 4 * max_body_bytes, send_timeout_s),
             log_level=log_level,
             access_log=log_level != "warning",
             lifespan="on",

@@ -61,7 +61,15 @@ from onnxembed.serve.batcher import Batcher, Embedded, QueueFull, ShuttingDown
 from onnxembed.serve.config import ApiError, ClientGone, ServeConfig
 from onnxembed.serve.gate import DISCONNECTED, Gate, error_response
 from onnxembed.serve.metrics import Metrics
-from onnxembed.serve.parsing import INVALID, TOO_LARGE, choice_field, optional_field, read_json, texts_field
+from onnxembed.serve.parsing import (
+    INVALID,
+    TOO_LARGE,
+    check_truncation_direction,
+    choice_field,
+    optional_field,
+    read_json,
+    texts_field,
+)
 
 
 class VectorsResponse(JSONResponse):
@@ -180,17 +188,6 @@ class EmbeddingService:
             raise ClientGone("the client hung up while its request waited")
         return answer.result()
 
-    def check_truncation_direction(self, payload: dict[str, Any]) -> None:
-        """text-embeddings-inference's ``truncation_direction`` ("Right" or "Left"), when given: the model's
-        own side is accepted, the other refused rather than ignored (batches cut every text on that side)."""
-        if payload.get("truncation_direction") is None:
-            return
-        direction = choice_field(payload, "truncation_direction", ("Right", "Left"))
-        side = self.encoder.manifest.truncation_side
-        if direction.lower() != side:
-            message = f"truncation_direction {direction!r} is not supported: this model truncates on the {side}"
-            raise ApiError(422, message, INVALID)
-
     def check_dimensions(self, dimensions: int | None, name: str = "dimensions") -> None:
         if dimensions is not None and not 1 <= dimensions <= self.encoder.dim:
             raise ApiError(422, f"'{name}' must be in 1..{self.encoder.dim}; got {dimensions}", INVALID)
@@ -229,7 +226,7 @@ async def tei_embed(request: Request) -> Response:
     texts = texts_field(payload, "inputs", service.config)
     normalize_rows = optional_field(payload, "normalize", bool, True)
     truncate = optional_field(payload, "truncate", bool, False)
-    service.check_truncation_direction(payload)
+    check_truncation_direction(payload, service.encoder.manifest.truncation_side)
     dimensions = optional_field(payload, "dimensions", int)
     service.check_dimensions(dimensions)
     prompt = service.prompt(payload)
@@ -257,6 +254,7 @@ async def tei_similarity(request: Request) -> Response:
     # the source counts among max_inputs, so that every request within the limits fits the queue
     sentences = texts_field(inputs, "sentences", service.config, service.config.max_inputs - 1)
     truncate = optional_field(payload, "truncate", bool, False)
+    check_truncation_direction(payload, service.encoder.manifest.truncation_side)
     prompt = service.prompt(payload)
     del payload, inputs
     rows, _ = await service.embed(request, source + sentences, prompt, truncate=truncate)

@@ -10,11 +10,11 @@ route shares (app.py, parsing.py, gate.py).
 "clustering" a prompt of that name (any case) where the model has one; else the model's default prompt.
 ``truncate`` "END" (Cohere's default) cuts texts over max_seq_length on the right, "NONE" makes them a 413,
 "START" is accepted only for a model that truncates on the left. ``max_tokens`` cuts each text after that many
-of its tokens first. ``embedding_types``: "float", "base64" (little-endian float32 bytes), and "int8", "uint8",
-"binary", "ubinary" as sentence-transformers' ``quantize_embeddings`` makes them, the int8 and uint8 ranges taken
-from the request's own rows (so those two depend on the texts sent together, as ``encode(precision=...)``
-does). ``output_dimension`` keeps that many leading dimensions and re-normalizes, as the OpenAI route's
-``dimensions``. Images are not embedded (422).
+of its tokens first. ``embedding_types``: "float", "base64" (little-endian float32 bytes), "binary" and
+"ubinary" as sentence-transformers' ``quantize_embeddings`` packs the signs, and "int8" / "uint8" with each
+row scaled by its own largest magnitude (``round(127 x / max|x|)``, plus 128 for uint8), so that a text's
+vector does not depend on the texts sent with it. ``output_dimension`` keeps that many leading dimensions and
+re-normalizes, as the OpenAI route's ``dimensions``. Images are not embedded (422).
 """
 
 from __future__ import annotations
@@ -123,5 +123,12 @@ def _encoded(rows: np.ndarray, kind: str) -> Any:
         return rows
     if kind == "base64":
         return [base64.b64encode(row.astype("<f4").tobytes()).decode("ascii") for row in rows]
-    ranges = np.stack([rows.min(axis=0), rows.max(axis=0)])  # the rows' own, as the default, without its warning
-    return quantize_embeddings(rows, kind, ranges=ranges)  # type: ignore[arg-type]
+    if kind in ("binary", "ubinary"):
+        return quantize_embeddings(rows, kind)  # type: ignore[arg-type]
+    # int8 / uint8: each row scaled by its own largest magnitude, so a text's vector does not depend on the
+    # texts sent with it (sentence-transformers' per-dimension ranges from the batch collapse a lone text to
+    # -128 everywhere, and the client splits long lists into calls of 96)
+    scale = np.abs(rows).max(axis=1, keepdims=True)
+    steps = np.round(np.divide(rows * 127, scale, out=np.zeros_like(rows), where=scale > 0))
+    signed = np.clip(steps, -127, 127).astype(np.int8)
+    return signed if kind == "int8" else (signed.astype(np.int16) + 128).astype(np.uint8)

@@ -34,7 +34,8 @@ class ServeConfig:
     retry_after_s: int = 1
     max_concurrent_requests: int = 512  # POSTs being read or answered at once; beyond it 429 (TEI's default)
     max_connections: int = 1024  # open connections; beyond it a new one gets 503 and is closed
-    request_timeout_s: float = 10.0  # to send a request's headers and body, or to read on while an answer waits
+    request_timeout_s: float = 10.0  # to send a request's headers and body; then the connection is closed
+    send_timeout_s: float = 30.0  # to read some of an answer waiting to be sent; then the connection is reset
     drain_timeout_s: float | None = 30.0  # on shutdown, to finish the queued texts; then they get 503
     max_documents: int = 1000  # documents in one rerank request (Cohere's advice); beyond it 413
     reranker_name: str | None = None  # the served reranker's name, when there is one
@@ -72,8 +73,9 @@ class ServeConfig:
                 f"max_queue_chars ({self.max_queue_chars}) must be >= the characters one request may hold "
                 f"({self.max_request_chars}: the least of max_body_bytes and max_inputs x max_input_chars)"
             )
-        if not 0 < self.request_timeout_s <= 3600:
-            raise InvalidArgumentError(f"request_timeout_s must be in (0, 3600]; got {self.request_timeout_s!r}")
+        for name in ("request_timeout_s", "send_timeout_s"):
+            if not 0 < getattr(self, name) <= 3600:
+                raise InvalidArgumentError(f"{name} must be in (0, 3600]; got {getattr(self, name)!r}")
         if self.max_batch_tokens is not None and self.max_batch_tokens < 1:
             raise InvalidArgumentError(f"max_batch_tokens must be a positive int; got {self.max_batch_tokens!r}")
         if not 0 <= self.batch_wait_ms <= 10_000:

@@ -76,7 +76,8 @@ async def read_json(request: Request, max_body_bytes: int) -> dict[str, Any]:
     body = b"".join(chunks)
     del chunks
     if size > PARSE_OFF_LOOP_BYTES:
-        slots = _parse_slots.setdefault(asyncio.get_running_loop(), asyncio.Semaphore(MAX_PARSES_OFF_LOOP))
+        loop = asyncio.get_running_loop()
+        slots = _parse_slots.get(loop) or _parse_slots.setdefault(loop, asyncio.Semaphore(MAX_PARSES_OFF_LOOP))
         async with slots:
             payload = await run_in_threadpool(parse_json, body)
     else:
@@ -110,7 +111,8 @@ def texts_field(payload: dict[str, Any], name: str, config: ServeConfig, max_cou
         raise ApiError(413, f"'{name}' has {len(texts)} texts; the limit is {max_count}", TOO_LARGE)
     for index, text in enumerate(texts):
         if not isinstance(text, str):
-            hint = " (token ids are not accepted: send the text)" if isinstance(text, (int, list)) else ""
+            token_ids = isinstance(text, (int, list)) and not isinstance(text, bool)
+            hint = " (token ids are not accepted: send the text)" if token_ids else ""
             raise ApiError(422, f"'{name}'[{index}] must be a string; got {_json_type(text)}{hint}", INVALID)
         if not text:
             raise ApiError(422, f"'{name}'[{index}] is empty; send at least one character", INVALID)
@@ -119,6 +121,18 @@ def texts_field(payload: dict[str, Any], name: str, config: ServeConfig, max_cou
                 413, f"'{name}'[{index}] has {len(text)} characters; the limit is {config.max_input_chars}", TOO_LARGE
             )
     return texts
+
+
+def check_truncation_direction(payload: dict[str, Any], truncation_side: str) -> None:
+    """text-embeddings-inference's ``truncation_direction`` ("Right" or "Left"), read as TEI reads it: only with
+    ``truncate`` true. The model's own side is accepted, the other refused rather than ignored (batches cut every
+    text on the model's side)."""
+    if payload.get("truncation_direction") is None or payload.get("truncate") is not True:
+        return
+    direction = choice_field(payload, "truncation_direction", ("Right", "Left"))
+    if direction.lower() != truncation_side:
+        message = f"truncation_direction {direction!r} is not supported: this model truncates on the {truncation_side}"
+        raise ApiError(422, message, INVALID)
 
 
 def optional_field(payload: dict[str, Any], name: str, kind: type, default: Any = None) -> Any:

@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import socket
 import struct
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import h11
 import orjson
@@ -40,9 +40,10 @@ class GuardedH11Protocol(H11Protocol):
     """One connection. The deadline runs from the connection's start (or a new request's first byte) until
     the request's body is complete; when it passes, the client gets a 408 if no answer was started, and
     the connection is closed (a route still reading the body sees a disconnect). While an answer waits
-    unsent, the client must read some of it every ``request_timeout_s``, or the connection is dropped."""
+    unsent, the client must read some of it every ``send_timeout_s``, or the connection is dropped."""
 
     request_timeout_s: ClassVar[float] = 10.0
+    send_timeout_s: ClassVar[float] = 30.0
     max_connections: ClassVar[int] = 1024
     max_discard_bytes: ClassVar[int] = 32 << 20
 
@@ -52,12 +53,11 @@ class GuardedH11Protocol(H11Protocol):
         self._discarded = 0
         self._refused = False
         self._send_watch: asyncio.TimerHandle | None = None
-        self._unsent = 0  # bytes waiting in the transport at the last look
-        self._drained = False  # the transport fell below its low-water mark since the last look
+        self._sent = 0  # bytes the transport had passed to the socket at the last look
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         refuse = len(self.connections) >= self.max_connections  # counted before this one joins
-        super().connection_made(transport)  # type: ignore[arg-type]
+        super().connection_made(_CountingTransport(transport))  # type: ignore[arg-type]
         if refuse:
             self._refused = True
             self.transport.write(TOO_MANY_CONNECTIONS)
@@ -98,26 +98,24 @@ class GuardedH11Protocol(H11Protocol):
         super().pause_writing()
         self._watch_sending()
 
-    def resume_writing(self) -> None:
-        self._drained = True
-        super().resume_writing()
-
     def on_response_complete(self) -> None:
         super().on_response_complete()
         self._watch_sending()  # an answer still in the transport's buffer must drain, even after close()
 
+    def _passed_on(self) -> int:
+        """Bytes the transport has passed to the socket so far (handed to it, less what it still holds)."""
+        return cast(_CountingTransport, self.transport).written - self.transport.get_write_buffer_size()
+
     def _watch_sending(self) -> None:
         if self._send_watch is None and self.transport.get_write_buffer_size() > 0:
-            self._unsent = self.transport.get_write_buffer_size()
-            self._drained = False
-            self._send_watch = self.loop.call_later(self.request_timeout_s, self._check_sending)
+            self._sent = self._passed_on()
+            self._send_watch = self.loop.call_later(self.send_timeout_s, self._check_sending)
 
     def _check_sending(self) -> None:
         self._send_watch = None
-        unsent = self.transport.get_write_buffer_size()
-        if unsent == 0:
+        if self.transport.get_write_buffer_size() == 0:
             return
-        if unsent < self._unsent or self._drained:  # the client read some since the last look
+        if self._passed_on() > self._sent:  # the client read some since the last look
             self._watch_sending()
             return
         # Nothing read for a whole period: drop the connection and its unsent bytes (close() would wait for
@@ -158,10 +156,33 @@ class GuardedH11Protocol(H11Protocol):
         self.transport.close()
 
 
-def guarded_protocol(request_timeout_s: float, max_connections: int, max_discard_bytes: int) -> type[H11Protocol]:
+class _CountingTransport:
+    """A connection's transport that counts the bytes handed to it, so that the send watchdog sees whether a
+    client reads (the buffer alone cannot say: a later answer refills what the client drained)."""
+
+    def __init__(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)
+        self.written = 0
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.written += len(data)
+        self._transport.write(data)
+
+    def writelines(self, lines: Any) -> None:
+        for data in lines:
+            self.write(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+def guarded_protocol(
+    request_timeout_s: float, max_connections: int, max_discard_bytes: int, send_timeout_s: float = 30.0
+) -> type[H11Protocol]:
     """The protocol class for ``uvicorn.Config(http=...)`` with these limits."""
     limits = {
         "request_timeout_s": request_timeout_s,
+        "send_timeout_s": send_timeout_s,
         "max_connections": max_connections,
         "max_discard_bytes": max_discard_bytes,
     }

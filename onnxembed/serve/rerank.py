@@ -29,7 +29,14 @@ from onnxembed.kernels.dense import activate
 from onnxembed.runtime import Reranker
 from onnxembed.serve.batcher import QueueFull, ShuttingDown
 from onnxembed.serve.config import ApiError
-from onnxembed.serve.parsing import INVALID, TOO_LARGE, optional_field, read_json, texts_field
+from onnxembed.serve.parsing import (
+    INVALID,
+    TOO_LARGE,
+    check_truncation_direction,
+    optional_field,
+    read_json,
+    texts_field,
+)
 
 
 def _reranker(request: Request) -> Reranker:
@@ -100,6 +107,7 @@ async def tei_rerank(request: Request) -> Response:
     raw_scores = optional_field(payload, "raw_scores", bool, False)
     return_text = optional_field(payload, "return_text", bool, False)
     truncate = optional_field(payload, "truncate", bool, False)
+    check_truncation_direction(payload, service.reranker.manifest.truncation_side)
     del payload  # unread fields are not held while the texts wait (parsing.py)
     logits, _ = await _scores(request, query, texts, truncate)
     scores = logits if raw_scores else activate(logits[:, None], service.reranker.activation_fn)[:, 0]

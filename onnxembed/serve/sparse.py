@@ -21,7 +21,14 @@ from starlette.responses import Response
 from onnxembed.errors import InvalidArgumentError
 from onnxembed.runtime import SparseEncoder
 from onnxembed.serve.config import ApiError
-from onnxembed.serve.parsing import INVALID, TOO_LARGE, optional_field, read_json, texts_field
+from onnxembed.serve.parsing import (
+    INVALID,
+    TOO_LARGE,
+    check_truncation_direction,
+    optional_field,
+    read_json,
+    texts_field,
+)
 
 _ROUTE_NAMES = {"query": "query", "document": "document", "passage": "document", "corpus": "document"}
 
@@ -50,6 +57,7 @@ async def tei_embed_sparse(request: Request) -> Response:
     texts = texts_field(payload, "inputs", service.config)
     truncate = optional_field(payload, "truncate", bool, False)
     task, prompt = _task_and_prompt(model, payload)
+    check_truncation_direction(payload, model.manifest.truncation_side)
     del payload  # unread fields are not held while the texts wait (parsing.py)
     try:
         to_table = model._routes_to_table(task)

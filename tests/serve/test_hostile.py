@@ -244,10 +244,10 @@ def test_too_many_requests_in_flight_is_429(server: Server, encoder: Encoder) ->
 
 def test_clients_that_stop_reading_are_dropped(make_server: Any, tiny_export: Path, encoder: Encoder) -> None:
     """Clients that send requests and never read the answers (three pipelined, so that the second waits to
-    be sent) lose their connections once nothing was read for the request timeout: a reset instead of the
+    be sent) lose their connections once nothing was read for the send timeout: a reset instead of the
     rest of the answers, and their request slots come back. Each answer (~1.5 MB) is more than the kernel
     buffers for a client that reads nothing, so the rest waits in the server."""
-    options = {**OPTIONS, "max-queue": "50000"}  # all twelve requests queue at once
+    options = {**OPTIONS, "max-queue": "50000", "send-timeout": "1"}  # all twelve requests queue at once
     server = make_server(tiny_export, *[f"--{name}={value}" for name, value in options.items()])
     body = json.dumps({"inputs": ["a"] * 4000, "normalize": False}).encode()
     host, port = server.url.removeprefix("http://").split(":")

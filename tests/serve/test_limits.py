@@ -24,6 +24,7 @@ pytest.importorskip("orjson", reason="the server needs the serve extra: pip inst
         ({"max_queue": 8, "max_inputs": 1}, "at least 2"),
         ({"max_queue_chars": 1000}, "max_queue_chars"),  # one 8 MiB body holds more
         ({"request_timeout_s": 0}, "request_timeout_s"),
+        ({"send_timeout_s": 0}, "send_timeout_s"),
         ({"max_connections": 0}, "max_connections"),
         ({"api_key": ""}, "empty"),
         ({"api_key": "two words"}, "without spaces"),
@@ -173,3 +174,72 @@ def test_large_bodies_are_parsed_two_at_a_time(monkeypatch: pytest.MonkeyPatch) 
     payloads = asyncio.run(main())
     assert [payload["input"] for payload in payloads] == ["x"] * 6
     assert most == parsing.MAX_PARSES_OFF_LOOP == 2
+
+
+class _Transport:
+    """What the send watchdog reads of a transport; ``unsent`` falls as the client reads."""
+
+    def __init__(self) -> None:
+        self.unsent = 0
+        self.closing = False
+        self.aborted = False
+
+    def write(self, data: bytes) -> None:
+        self.unsent += len(data)
+
+    def get_write_buffer_size(self) -> int:
+        return self.unsent
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return default
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        self.closing = True
+
+    def abort(self) -> None:
+        self.aborted = self.closing = True
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("reads", [True, False])
+def test_send_watchdog_drops_only_clients_that_read_nothing(reads: bool) -> None:
+    """A keep-alive client that read its first answer and reads on through a second, larger one stays; one that
+    stops reading is dropped after the send timeout (the buffer alone cannot tell them apart: the second
+    answer refills what the client drained)."""
+    import asyncio
+
+    pytest.importorskip("uvicorn")
+    from uvicorn.config import Config
+    from uvicorn.server import ServerState
+
+    from onnxembed.serve.protocol import guarded_protocol
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        pass
+
+    async def run() -> bool:
+        protocol_class = guarded_protocol(10.0, 10, 1 << 20, send_timeout_s=0.2)
+        protocol = protocol_class(config=Config(app, http=protocol_class), server_state=ServerState(), app_state={})
+        transport = _Transport()
+        protocol.connection_made(transport)  # type: ignore[arg-type]
+        protocol.transport.write(b"x" * 10_000)  # the first answer, 10 kB left unsent when it completes
+        protocol.on_response_complete()
+        await asyncio.sleep(0.05)
+        transport.unsent = 0  # the client read all of it and asked again: a 5 MB answer
+        protocol.transport.write(b"x" * 5_000_000)
+        protocol.pause_writing()
+        for _ in range(4):  # 0.4 s, two send timeouts
+            await asyncio.sleep(0.1)
+            if reads:
+                transport.unsent -= 100_000
+        return transport.aborted
+
+    assert asyncio.run(run()) is not reads

@@ -130,6 +130,12 @@ def alone_name(server: Server) -> str:
         ("/rerank", {"query": QUERY, "texts": ["d"], "raw_scores": "yes"}, 422, "'raw_scores' must be a boolean"),
         (
             "/rerank",
+            {"query": QUERY, "texts": ["d"], "truncate": True, "truncation_direction": "Left"},
+            422,
+            "truncation_direction 'Left' is not supported: this model truncates on the right",
+        ),
+        (
+            "/rerank",
             {"query": QUERY, "texts": [LONG_TEXT[:5000]]},
             413,
             "text 0 with the query has more than 63 tokens",

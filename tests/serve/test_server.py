@@ -203,8 +203,14 @@ BAD_REQUESTS: list[tuple[str, Any, bytes | None, int]] = [
     ("/v1/embeddings", None, b'{"input": "' + b"y" * LIMITS["max_body_bytes"] + b'"}', 413),
     ("/embed", {"inputs": "x", "normalize": "yes"}, None, 422),
     ("/embed", {"inputs": "x", "truncate": 1}, None, 422),
-    ("/embed", {"inputs": "x", "truncation_direction": "Left"}, None, 422),  # the model truncates on the right
-    ("/embed", {"inputs": "x", "truncation_direction": "sideways"}, None, 422),
+    ("/embed", {"inputs": "x", "truncate": True, "truncation_direction": "Left"}, None, 422),  # the model cuts right
+    ("/embed", {"inputs": "x", "truncate": True, "truncation_direction": "sideways"}, None, 422),
+    (
+        "/similarity",
+        {"source_sentence": "x", "sentences": ["y"], "truncate": True, "truncation_direction": "Left"},
+        None,
+        422,
+    ),
     ("/similarity", {"source_sentence": "x"}, None, 422),
     ("/similarity", {"source_sentence": 3, "sentences": ["y"]}, None, 422),
     ("/similarity", {"source_sentence": "x", "sentences": []}, None, 422),
