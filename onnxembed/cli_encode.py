@@ -5,11 +5,10 @@ the command line and runs the command named.
 from __future__ import annotations
 
 import argparse
-import io
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, BinaryIO, TextIO
 
 import numpy as np
 
@@ -33,9 +32,10 @@ def add_parser(commands: Any) -> None:
     encode.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
 
 
-def _read_lines(stream: TextIO) -> Iterator[str]:
+def _read_lines(stream: BinaryIO | TextIO) -> Iterator[str]:
+    """Lines as embed-corpus reads them: ended by "\n" only (a lone "\r" stays inside its line), UTF-8."""
     for line in stream:
-        yield line.rstrip("\r\n")
+        yield (line.decode("utf-8") if isinstance(line, bytes) else line).rstrip("\r\n")
 
 
 def _count_lines(path: str) -> int:
@@ -52,12 +52,11 @@ def run(args: argparse.Namespace) -> None:
     from onnxembed.runtime import Encoder
 
     encoder = Encoder(args.model_dir, provider=args.provider, threads=args.threads)
-    # Lines end at "\n" only, as _count_lines and embed-corpus count them: Python's universal newlines would
-    # also end one at a lone "\r" and give more rows than lines.
-    if args.input == "-":
-        stream = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", newline="\n")
-    else:
-        stream = open(args.input, encoding="utf-8", newline="\n")  # noqa: SIM115
+    # Bytes, split at "\n" only, as _count_lines and embed-corpus count lines: text mode's universal newlines
+    # would also end one at a lone "\r" and give more rows than lines. A stdin with no bytes under it (replaced
+    # in-process by a text stream) is read as text.
+    stdin = getattr(sys.stdin, "buffer", sys.stdin)
+    stream: BinaryIO | TextIO = stdin if args.input == "-" else open(args.input, "rb")  # noqa: SIM115
     total = None if args.input == "-" else _count_lines(args.input)
     output = Path(args.output)
     partial = output.with_name(output.name + ".partial")

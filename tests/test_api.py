@@ -87,6 +87,6 @@ def test_format_1_manifests_still_load_and_unknown_formats_are_named(tiny_export
         Encoder(old, provider="cpu").encode(CORPUS[:4]), Encoder(tiny_export).encode(CORPUS[:4])
     )
     # 3 is a reranker's format (read since rerankers); a later one is named, not called corrupt
-    (old / "onnxembed.json").write_text(json.dumps({**raw, "format_version": 5}))
-    with pytest.raises(onnxembed.ModelLoadError, match="format_version 5; this onnxembed reads 1, 2, 3, 4"):
+    (old / "onnxembed.json").write_text(json.dumps({**raw, "format_version": 6}))
+    with pytest.raises(onnxembed.ModelLoadError, match="format_version 6; this onnxembed reads 1, 2, 3, 4, 5"):
         Encoder(old)

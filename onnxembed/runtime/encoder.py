@@ -22,6 +22,16 @@ from onnxembed.kernels.quantization import PRECISIONS, Precision, quantize_embed
 from onnxembed.manifest import RERANKER, SPARSE, Manifest, ModelLoadError
 from onnxembed.runtime.engine import EmbeddingEngine
 
+# torch's name for the device each onnxruntime provider runs on, for encode(device=...); other providers
+# (DirectML, CoreML, OpenVINO...) have none, so any device= there is refused.
+TORCH_DEVICES = {
+    "CPUExecutionProvider": "cpu",
+    "CUDAExecutionProvider": "cuda",
+    "TensorrtExecutionProvider": "cuda",
+    "ROCMExecutionProvider": "cuda",
+    "MIGraphXExecutionProvider": "cuda",
+}
+
 
 class Encoder(EmbeddingEngine):
     """Encode text with a model exported by ``onnxembed export``, as ``SentenceTransformer.encode`` would.
@@ -219,7 +229,7 @@ class Encoder(EmbeddingEngine):
             raise InvalidArgumentError(
                 f"output_value={output_value!r} is not supported: an export carries sentence embeddings only"
             )
-        if device is not None and str(device).split(":")[0] != self._device:
+        if device is not None and str(device).split(":")[0] != TORCH_DEVICES.get(self.provider):
             raise InvalidArgumentError(
                 f"device={device!r}, but this Encoder runs on {self.provider}; choose one with Encoder(provider=...)"
             )

@@ -38,6 +38,9 @@ _LOGITS_FLOATS = 1 << 27
 _DOCUMENT_PROMPTS = ("document", "passage", "corpus")
 
 
+DENSE_BLOCK_ROWS = 256
+
+
 class SparseEncoder:
     """Encode texts into sparse (SPLADE) vectors with a SparseEncoder exported by ``onnxembed export``, as
     sentence-transformers' ``SparseEncoder`` would. Safe to share between threads.
@@ -285,8 +288,12 @@ class SparseEncoder:
             keep = values != 0
             rows.append(SparseEmbedding(ids[keep], values[keep], self.dim))
         matrix = SparseMatrix.from_rows(rows, self.dim)
-        if max_active_dims is not None:
-            matrix = sparse_rows(matrix.to_dense(), max_active_dims)
+        if max_active_dims is not None:  # dense a block of rows at a time: a vocabulary-wide row is ~120 KB
+            blocks = [
+                sparse_rows(matrix[start : start + DENSE_BLOCK_ROWS].to_dense(), max_active_dims)
+                for start in range(0, len(matrix), DENSE_BLOCK_ROWS)
+            ]
+            matrix = SparseMatrix.from_rows([row for block in blocks for row in block.rows()], self.dim)
         return matrix
 
     def _model_vectors(

@@ -61,6 +61,10 @@ def test_options_as_sentence_transformers(name: str, request: pytest.FixtureRequ
             assert_same_vectors(
                 expected, getattr(model, method)(SPARSE_TEXTS, convert_to_sparse_tensor=False, **options)
             )
+    # more texts than the query table makes dense at once (DENSE_BLOCK_ROWS) under max_active_dims
+    many = SPARSE_TEXTS * (300 // len(SPARSE_TEXTS) + 1)
+    expected = reference.encode_query(many, convert_to_sparse_tensor=False, max_active_dims=3)
+    assert_same_vectors(expected, model.encode_query(many, convert_to_sparse_tensor=False, max_active_dims=3))
     # a token budget far below the texts' lengths: one text a batch, the same vectors
     expected = reference.encode_document(SPARSE_TEXTS, convert_to_sparse_tensor=False)
     assert_same_vectors(
