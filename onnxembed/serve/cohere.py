@@ -10,11 +10,12 @@ route shares (app.py, parsing.py, gate.py).
 "clustering" a prompt of that name (any case) where the model has one; else the model's default prompt.
 ``truncate`` "END" (Cohere's default) cuts texts over max_seq_length on the right, "NONE" makes them a 413,
 "START" is accepted only for a model that truncates on the left. ``max_tokens`` cuts each text after that many
-of its tokens first. ``embedding_types``: "float", "base64" (little-endian float32 bytes), "binary" and
-"ubinary" as sentence-transformers' ``quantize_embeddings`` packs the signs, and "int8" / "uint8" with each
-row scaled by its own largest magnitude (``round(127 x / max|x|)``, plus 128 for uint8), so that a text's
-vector does not depend on the texts sent with it. ``output_dimension`` keeps that many leading dimensions and
-re-normalizes, as the OpenAI route's ``dimensions``. Images are not embedded (422).
+of its tokens first (with "NONE", a text that has more is a 413). ``embedding_types``: "float", "base64"
+(little-endian float32 bytes), "binary" and "ubinary" as sentence-transformers' ``quantize_embeddings`` packs
+the signs, and "int8" / "uint8" with each row scaled by its own largest magnitude (``round(127 x / max|x|)``,
+plus 128 for uint8), so that a text's vector does not depend on the texts sent with it. ``output_dimension``
+keeps that many leading dimensions and re-normalizes, as the OpenAI route's ``dimensions``. Images are not
+embedded (422).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from starlette.responses import Response
 
 from onnxembed.kernels import normalize, quantize_embeddings
 from onnxembed.serve.config import ApiError
-from onnxembed.serve.parsing import INVALID, choice_field, optional_field, read_json, texts_field
+from onnxembed.serve.parsing import INVALID, TOO_LARGE, choice_field, optional_field, read_json, texts_field
 
 EMBEDDING_TYPES = ("float", "int8", "uint8", "binary", "ubinary", "base64")
 INPUT_TYPES = ("search_document", "search_query", "classification", "clustering")
@@ -69,16 +70,27 @@ async def _cohere_embed(request: Request, version: int) -> Response:
     if max_tokens is not None and max_tokens < 1:
         raise ApiError(422, f"'max_tokens' must be a positive integer; got {max_tokens}", INVALID)
     cut = max_tokens is not None and max_tokens < encoder.max_seq_length
-    if cut and (truncate == "NONE" or side != "right"):
-        message = f"'max_tokens' below max_seq_length ({encoder.max_seq_length}) needs truncate 'END'"
-        raise ApiError(422, message + ("" if side == "right" else " and a model that truncates on the right"), INVALID)
+    if cut and truncate != "NONE" and side != "right":  # a head is the wrong end for a model that keeps tails
+        message = (
+            f"'max_tokens' below max_seq_length ({encoder.max_seq_length}) needs a model that truncates on the right"
+        )
+        raise ApiError(422, message, INVALID)
     dimensions = optional_field(payload, "output_dimension", int)
     service.check_dimensions(dimensions, "output_dimension")
     prompt = encoder.prompts.get(_prompt_name(encoder, input_type), "") if input_type else service.prompt({})
     del payload  # unread fields are not held while the texts wait (parsing.py)
     sent = texts
     if cut:
-        texts = await run_in_threadpool(encoder._tokenizer.heads, texts, max_tokens)
+        heads = await run_in_threadpool(encoder._tokenizer.heads, texts, max_tokens)
+        if truncate == "NONE":  # as Cohere: an error only for a text that is longer
+            longer = next(
+                (index for index, (head, text) in enumerate(zip(heads, texts, strict=True)) if head != text), None
+            )
+            if longer is not None:
+                message = f"text {longer} has more than max_tokens ({max_tokens}) tokens (send truncate 'END')"
+                raise ApiError(413, message, TOO_LARGE)
+        else:
+            texts = heads
     rows, tokens = await service.embed(request, texts, prompt, truncate=truncate != "NONE")
     if dimensions is not None:
         rows = normalize(rows[:, :dimensions])

@@ -89,6 +89,9 @@ def test_truncate_max_tokens_and_output_dimension(served: Server, reference: Any
     np.testing.assert_allclose(
         np.array(few.body["embeddings"]["float"]), reference.encode([head], prompt_name="document"), atol=1e-5, rtol=0
     )
+    assert served.request("/v2/embed", {**body, "max_tokens": 5, "truncate": "NONE"}).status == 413
+    fits = served.request("/v2/embed", {**body, "texts": [head], "max_tokens": 5, "truncate": "NONE"})
+    assert fits.status == 200, fits.body
     short = served.request("/v2/embed", {**body, "output_dimension": 8})
     rows = np.array(short.body["embeddings"]["float"])
     np.testing.assert_allclose(rows, expected[:, :8] / np.linalg.norm(expected[:, :8]), atol=1e-5, rtol=0)
