@@ -17,7 +17,7 @@ from typing import Any, Literal
 from onnxembed._checks import positive_int
 from onnxembed.corpus.inputs import CorpusError, id_column_of, list_inputs, read_chunks
 from onnxembed.corpus.job import check_job, check_paths, inputs_record, locked, model_record, remove_ours
-from onnxembed.corpus.parts import collect_report, part_is_done, part_name, part_table, write_part
+from onnxembed.corpus.parts import collect_report, part_is_done, part_name, part_table, type_null_ids, write_part
 from onnxembed.corpus.rows import VALUE_TYPES, IdCheck, chunk_errors, embed_rows, storable_ids
 from onnxembed.errors import InvalidArgumentError
 
@@ -162,6 +162,7 @@ def embed_corpus(
                         write_part(path, part_table(ids, embeddings, errors, precision, chunk.lines))
                         embedded += len(chunk.ids)
                     bar.update(len(chunk.ids))
+        type_null_ids(output, ids_seen.kind)
         bad, duplicates = finish_job(output, [file.name for file in files], on_error)
     return CorpusResult(embedded, reused, bad, duplicates)
 

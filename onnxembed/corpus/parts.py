@@ -84,6 +84,23 @@ def write_part(path: Path, table: Any) -> None:
         partial.unlink(missing_ok=True)
 
 
+def type_null_ids(output: Path, kind: type | None) -> None:
+    """Give the job's id type to the id columns written before any good id set it. A part whose ids are all
+    bad (skipped rows) has an id column of Arrow type null; beside string or int64 columns in other parts,
+    ``read_table(OUTPUT)`` then fails to cast, so such parts are rewritten with ``kind``'s type."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if kind is None:  # no good id in the whole job: every part's column is null, and they agree
+        return
+    id_type = pa.string() if kind is str else pa.int64()
+    for part in our_parts(output):
+        if pa.types.is_null(pq.read_schema(part).field("id").type):
+            table = pq.read_table(part)
+            typed = table.set_column(0, pa.field("id", id_type), table["id"].cast(id_type))
+            write_part(part, typed.replace_schema_metadata(table.schema.metadata))
+
+
 def part_is_done(path: Path, rows: int) -> bool:
     """Whether a part from an earlier run is complete: readable, with the chunk's row count. A part that is
     not (written by an older onnxembed that did not fsync, then a power cut) is removed, to be redone."""

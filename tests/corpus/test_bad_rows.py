@@ -164,3 +164,24 @@ def test_rows_of_a_chunk_that_all_fail_are_an_encoder_error(
     with pytest.raises(ValueError, match="cannot tokenize"):
         embed_corpus(source, tmp_path / "out", tiny_export, on_error="skip")
     assert not list((tmp_path / "out").glob("part-*"))
+
+
+@pytest.mark.parametrize("good_id", ["b1", 7])
+def test_a_part_with_only_bad_ids_keeps_the_output_readable(
+    tmp_path: Path, tiny_export: Path, expected: dict, good_id: Any
+) -> None:
+    """A part whose rows all have bad ids (skipped) is written before any good id says the job's id type; it
+    takes that type at the end, so that read_table(OUTPUT) reads every part (a null-typed id column beside
+    string or int64 ones could not be cast)."""
+    import pyarrow.parquet as pq
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "a.jsonl").write_bytes(_line({"id": None, "text": TEXTS[0]}))
+    (folder / "b.jsonl").write_bytes(_line({"id": good_id, "text": TEXTS[1]}))
+    result = embed_corpus(folder, tmp_path / "out", tiny_export, on_error="skip")
+    assert [row["error"] for row in result.errors] == ["id is empty"]
+    table = pq.read_table(tmp_path / "out")
+    assert table["id"].to_pylist() == [None, good_id]
+    np.testing.assert_allclose(table["embedding"].to_pylist()[1], expected[IDS[1]], atol=1e-5)
+    assert table["embedding"].to_pylist()[0] is None
