@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -31,6 +31,10 @@ SUFFIXES: dict[str, Format] = {
     ".text": "text",
 }
 DEFAULT_ID_COLUMN = "id"
+UNNUMBERED_ID = (
+    f"the row has an {DEFAULT_ID_COLUMN!r} but the file's first row has none, so its rows are numbered: give every "
+    f"row an id, or pass --id-column {DEFAULT_ID_COLUMN}"
+)
 _BLOCK = 1 << 20
 
 
@@ -146,11 +150,17 @@ def _columns(file: InputFile) -> list[str]:
 
         return list(pq.ParquetFile(file.path).schema_arrow.names)
     with open(file.path, "rb") as stream:
-        for line in stream:
+        for line in _without_bom(stream):
             if line.strip():
                 record, _ = _parse_json(line)
                 return list(record) if isinstance(record, dict) else []
     return []
+
+
+def _without_bom(stream: Iterable[bytes]) -> Iterator[bytes]:
+    """A file's lines, the first without a UTF-8 byte order mark (some editors write one; JSON has none)."""
+    for number, line in enumerate(stream):
+        yield line.removeprefix(b"\xef\xbb\xbf") if number == 0 else line
 
 
 def read_chunks(file: InputFile, text_column: str, id_column: str | None, chunk_rows: int) -> Iterator[Chunk]:
@@ -217,13 +227,16 @@ def _parse_json(line: bytes) -> tuple[Any, str | None]:
 def _jsonl_rows(file: InputFile, text_column: str, id_column: str | None) -> Iterator[Any]:
     row = file.first_row
     with open(file.path, "rb") as stream:
-        for line_number, line in enumerate(stream, 1):
+        for line_number, line in enumerate(_without_bom(stream), 1):
             if not line.strip():
                 continue
             record, error = _parse_json(line)
             if not isinstance(record, dict):
                 row_id = row if id_column is None else None
                 yield row_id, None, line_number, error or "not a JSON object"
+            elif id_column is None and DEFAULT_ID_COLUMN in record:
+                # the file's first row had no id, so rows are numbered: this row's own id would be lost unseen
+                yield row, None, line_number, error or UNNUMBERED_ID
             else:
                 yield (row if id_column is None else record.get(id_column)), record.get(text_column), line_number, error
             row += 1

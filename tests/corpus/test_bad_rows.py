@@ -185,3 +185,26 @@ def test_a_part_with_only_bad_ids_keeps_the_output_readable(
     assert table["id"].to_pylist() == [None, good_id]
     np.testing.assert_allclose(table["embedding"].to_pylist()[1], expected[IDS[1]], atol=1e-5)
     assert table["embedding"].to_pylist()[0] is None
+
+
+def test_jsonl_ids_are_never_replaced_by_row_numbers_unseen(tmp_path: Path, tiny_export: Path, expected: dict) -> None:
+    """A byte order mark before the first row is read past (its id column found); a file whose first row has no
+    id but later rows do numbers its rows, and the rows whose id that would drop are bad rows saying so."""
+    folder = tmp_path / "bom"
+    folder.mkdir()
+    (folder / "a.jsonl").write_bytes(
+        b"\xef\xbb\xbf" + _line({"id": "a", "text": TEXTS[0]}) + _line({"id": "b", "text": TEXTS[1]})
+    )
+    embed_corpus(folder, tmp_path / "bom-out", tiny_export)
+    rows = read_output(tmp_path / "bom-out")
+    assert list(rows) == ["a", "b"]
+    np.testing.assert_allclose(rows["b"]["embedding"], expected[IDS[1]], atol=1e-5)
+    folder = tmp_path / "late"
+    folder.mkdir()
+    (folder / "a.jsonl").write_bytes(_line({"text": TEXTS[0]}) + _line({"id": "b", "text": TEXTS[1]}))
+    with pytest.raises(CorpusError, match="has none, so its rows are numbered"):
+        embed_corpus(folder, tmp_path / "late-out", tiny_export)
+    result = embed_corpus(folder, tmp_path / "late-out-skip", tiny_export, on_error="skip")
+    assert [row["line"] for row in result.errors] == [2]
+    rows = read_output(tmp_path / "late-out-skip")
+    np.testing.assert_allclose(rows[0]["embedding"], expected[IDS[0]], atol=1e-5)
