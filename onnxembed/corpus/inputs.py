@@ -126,7 +126,12 @@ def scan(path: Path, file_format: Format) -> tuple[int, int, str]:
     else:
         import pyarrow.parquet as pq
 
-        rows = int(pq.ParquetFile(path).metadata.num_rows)
+        import pyarrow as pa
+
+        try:
+            rows = int(pq.ParquetFile(path).metadata.num_rows)
+        except (pa.ArrowException, OSError) as error:  # pyarrow's messages do not name the file
+            raise CorpusError(f"{path} is not a readable Parquet file: {error}") from error
     return rows, size, f"blake2b:{digest.hexdigest()}"
 
 

@@ -176,7 +176,10 @@ def job_record(recorded: str | None, job: dict[str, Any], output: str, has_parts
             previous = json.loads(recorded)
         except ValueError as error:
             raise CorpusError(f"{where} is not readable ({error}); rerun with --restart to start over") from None
-        changes = describe_changes(previous if isinstance(previous, dict) else {}, job)
+        try:
+            changes = describe_changes(previous if isinstance(previous, dict) else {}, job)
+        except (AttributeError, TypeError, KeyError) as error:  # JSON of another shape than this module writes
+            raise CorpusError(f"{where} is not readable ({error}); rerun with --restart to start over") from None
         if changes:
             raise CorpusError(
                 f"{output} holds a job that differs from this one: {'; '.join(changes)}. "

@@ -208,3 +208,15 @@ def test_jsonl_ids_are_never_replaced_by_row_numbers_unseen(tmp_path: Path, tiny
     assert [row["line"] for row in result.errors] == [2]
     rows = read_output(tmp_path / "late-out-skip")
     np.testing.assert_allclose(rows[0]["embedding"], expected[IDS[0]], atol=1e-5)
+
+
+def test_an_unreadable_parquet_input_is_named(tmp_path: Path, tiny_export: Path) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "a.jsonl").write_bytes(_line({"id": "a", "text": TEXTS[0]}))
+    (folder / "b.parquet").write_bytes(b"")
+    with pytest.raises(CorpusError, match=r"b\.parquet is not a readable Parquet file"):
+        embed_corpus(folder, tmp_path / "out", tiny_export)
+    (folder / "b.parquet").write_bytes(b"not parquet at all")
+    with pytest.raises(CorpusError, match=r"b\.parquet is not a readable Parquet file"):
+        embed_corpus(folder, tmp_path / "out", tiny_export)

@@ -106,6 +106,10 @@ def test_job_file_of_an_older_version_is_refused(tmp_path: Path, tiny_export: Pa
     (output / "_job.json").write_text(json.dumps({"runner": "local", "chunk_rows": 8192, "inputs": [str(source)]}))
     with pytest.raises(CorpusError, match="older onnxembed that did not record the model"):
         embed_corpus(source, output, tiny_export)
+    for recorded in ({"format": 2, "model": 5}, {"format": 2, "inputs": [1]}, {"format": 2, "settings": []}):
+        (output / "_job.json").write_text(json.dumps(recorded))  # the right format, another shape
+        with pytest.raises(CorpusError, match="_job.json is not readable .*rerun with --restart"):
+            embed_corpus(source, output, tiny_export)
 
 
 _CRASHING_RUN = """
