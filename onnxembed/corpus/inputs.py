@@ -124,9 +124,8 @@ def scan(path: Path, file_format: Format) -> tuple[int, int, str]:
     elif file_format == "jsonl":
         rows += 1 if tail.strip() else 0
     else:
-        import pyarrow.parquet as pq
-
         import pyarrow as pa
+        import pyarrow.parquet as pq
 
         try:
             rows = int(pq.ParquetFile(path).metadata.num_rows)
