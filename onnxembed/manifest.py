@@ -129,6 +129,8 @@ class Manifest:
     def read(cls, model_dir: str | Path) -> Manifest:
         path = Path(model_dir) / MANIFEST_NAME
         if not Path(model_dir).is_dir():
+            if Path(model_dir).exists():
+                raise ModelLoadError(f"{str(model_dir)!r} is a file, not a model directory written by onnxembed export")
             raise ModelLoadError(f"model directory {str(model_dir)!r} does not exist")
         if not path.is_file():
             raise ModelLoadError(

@@ -39,6 +39,9 @@ def test_raised_errors_carry_the_base(tiny_export: Path, tmp_path: Path) -> None
         encoder.encode(b"bytes")
     with pytest.raises(onnxembed.OnnxEmbedError, match="does not exist"):
         Encoder(tmp_path / "missing")
+    (tmp_path / "a-file").write_text("not a model")
+    with pytest.raises(onnxembed.OnnxEmbedError, match="is a file, not a model directory"):
+        Encoder(tmp_path / "a-file")
 
 
 def test_encode_options_are_keyword_only(tiny_export: Path) -> None:

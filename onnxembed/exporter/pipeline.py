@@ -66,6 +66,8 @@ def _prepare_out_dir(out_dir: Path, overwrite: bool, inputs: list[Path]) -> None
         resolved = path.resolve()
         if resolved == target or target in resolved.parents:
             raise OutputExistsError(f"{out_dir} holds the model being exported ({path}); choose another OUT_DIR")
+        if resolved in target.parents:  # the source would carry the export in every later copy of it
+            raise OutputExistsError(f"{out_dir} is inside the model being exported ({path}); choose another OUT_DIR")
     if out_dir.exists() and any(out_dir.iterdir()):
         if not overwrite:
             raise OutputExistsError(

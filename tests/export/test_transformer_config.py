@@ -105,10 +105,10 @@ def test_default_query_and_document_prompts(chinese_bert: Replica, tmp_path: Pat
     _assert_matches(src, tmp_path / "out", prompt_name="query")
 
 
-@pytest.mark.parametrize("where", ["same", "parent"])
+@pytest.mark.parametrize("where", ["same", "parent", "inside", "deep inside"])
 def test_never_overwrites_the_source(chinese_bert: Replica, tmp_path: Path, where: str) -> None:
     src = _copy(chinese_bert, tmp_path)
-    out = src if where == "same" else tmp_path
-    with pytest.raises(FileExistsError, match="holds the model being exported"):
+    out = {"same": src, "parent": tmp_path, "inside": src / "out", "deep inside": src / "1_Pooling" / "x"}[where]
+    with pytest.raises(FileExistsError, match="holds the model being exported|is inside the model being exported"):
         export(src, out, overwrite=True)
     assert sorted(path.name for path in src.iterdir()) == sorted(path.name for path in chinese_bert.path.iterdir())
