@@ -249,6 +249,12 @@ def export(
     for name, budget in budgets.items():
         if budget is not None and not 0.0 < budget <= 1.0:
             raise InvalidArgumentError(f"{name} must be in (0, 1]; got {budget}")
+    # options that only shape another option's output: given alone they would be ignored without a word
+    given = [name for name, budget in budgets.items() if budget is not None]
+    if given and quantize is None:
+        raise InvalidArgumentError(f"{given[0]} is the budget of quantize='int8' (--quantize int8); add it")
+    if target != "cpu" and not optimize:
+        raise InvalidArgumentError(f"target={target!r} chooses what optimize fuses for; add optimize=True (--optimize)")
     source = resolve_source(model_name_or_path)
     from onnxembed.exporter.cross_encoder import is_cross_encoder
     from onnxembed.exporter.sparse_config import is_sparse_encoder

@@ -182,6 +182,12 @@ def test_budgets_belong_to_their_kind_of_model(bert_reranker: Replica, chinese_b
         export(chinese_bert.path, tmp_path / "b", quantize="int8", int8_min_spearman=0.9)
     with pytest.raises(InvalidArgumentError, match="int8_min_spearman must be in \\(0, 1\\]; got 0"):
         export(bert_reranker.path, tmp_path / "c", int8_min_spearman=0)
+    # a budget or a target without the option it belongs to would be ignored: refused
+    with pytest.raises(InvalidArgumentError, match="int8_min_spearman is the budget of quantize='int8'"):
+        export(bert_reranker.path, tmp_path / "d", int8_min_spearman=0.9)
+    with pytest.raises(InvalidArgumentError, match="target='gpu' chooses what optimize fuses for"):
+        export(chinese_bert.path, tmp_path / "e", target="gpu")
+    assert not (tmp_path / "d").exists() and not (tmp_path / "e").exists()
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
