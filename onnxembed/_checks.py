@@ -29,6 +29,10 @@ def one_of_inputs(inputs: Any, sentences: Any, expected: str) -> Any:
     return sentences
 
 
+# sentence-transformers' order of prompt names for documents (encode_document), first found wins
+DOCUMENT_PROMPT_NAMES = ("document", "passage", "corpus")
+
+
 def resolve_prompt(prompts: dict[str, str], default_prompt_name: str | None, prompt_name: Any, prompt: Any) -> str:
     """The prompt text as sentence-transformers picks it: ``prompt`` wins over ``prompt_name`` (with a warning
     when both are given), else the named prompt, else the model's default prompt, else none ("")."""

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from onnxembed._checks import checked_texts, one_of_inputs, positive_int, resolve_prompt
+from onnxembed._checks import DOCUMENT_PROMPT_NAMES, checked_texts, one_of_inputs, positive_int, resolve_prompt
 from onnxembed.errors import ArgumentTypeError, InvalidArgumentError
 from onnxembed.kernels import normalize, similarity, similarity_pairwise
 from onnxembed.kernels.quantization import PRECISIONS, Precision, quantize_embeddings
@@ -259,7 +259,7 @@ class Encoder(EmbeddingEngine):
     def _encode_as(self, task: str, inputs: str | Iterable[str] | None, options: dict[str, Any]) -> np.ndarray:
         if options.get("prompt_name") is None and options.get("prompt") is None:
             # sentence-transformers' order of names for each task.
-            names = ("query",) if task == "query" else ("document", "passage", "corpus")
+            names = ("query",) if task == "query" else DOCUMENT_PROMPT_NAMES
             options["prompt_name"] = next((name for name in names if name in self.manifest.prompts), None)
         return self.encode(inputs, **options)
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from onnxembed._checks import checked_texts, one_of_inputs, positive_int, resolve_prompt
+from onnxembed._checks import DOCUMENT_PROMPT_NAMES, checked_texts, one_of_inputs, positive_int, resolve_prompt
 from onnxembed.errors import ArgumentTypeError, InvalidArgumentError, ModelLoadError
 from onnxembed.kernels.sparse import SparseEmbedding, SparseMatrix, as_sparse_matrix, sparse_dot_score, sparse_rows
 from onnxembed.manifest import POOLED_OUTPUT, SPARSE, Manifest
@@ -35,7 +35,6 @@ DEFAULT_BATCH_SIZE = 32
 # give batches of at most 4,397 tokens.
 _LOGITS_FLOATS = 1 << 27
 # encode_document's prompt, the first of these the model has (as sentence-transformers).
-_DOCUMENT_PROMPTS = ("document", "passage", "corpus")
 
 
 DENSE_BLOCK_ROWS = 256
@@ -223,7 +222,7 @@ class SparseEncoder:
         """:meth:`encode` for documents: the "document" route, and the first of the "document", "passage" and
         "corpus" prompts the model has when none is given (as sentence-transformers)."""
         if prompt_name is None and prompt is None:
-            prompt_name = next((name for name in _DOCUMENT_PROMPTS if name in self.manifest.prompts), None)
+            prompt_name = next((name for name in DOCUMENT_PROMPT_NAMES if name in self.manifest.prompts), None)
         return self.encode(inputs, prompt_name, prompt, task="document", **kwargs)
 
     def decode(self, embeddings: Any, top_k: int | None = None) -> list[Any]:

@@ -29,6 +29,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
+from onnxembed._checks import DOCUMENT_PROMPT_NAMES
 from onnxembed.kernels import normalize, quantize_embeddings
 from onnxembed.serve.config import ApiError
 from onnxembed.serve.parsing import INVALID, TOO_LARGE, choice_field, optional_field, read_json, texts_field
@@ -122,7 +123,7 @@ def _prompt_name(encoder: Any, input_type: str) -> str | None:
     if input_type == "search_query":
         names: tuple[str, ...] = ("query",)
     elif input_type == "search_document":
-        names = ("document", "passage", "corpus")
+        names = DOCUMENT_PROMPT_NAMES
     else:
         names = tuple(name for name in prompts if name.lower() == input_type)
     found = next((name for name in names if name in prompts), None)
