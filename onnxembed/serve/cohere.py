@@ -1,9 +1,9 @@
 """Cohere's embed API: ``POST /v2/embed`` (the official ``cohere`` client's ``ClientV2.embed``) and ``POST
 /v1/embed`` (``Client.embed``).
 
-In scope: the request fields (``texts``, ``input_type``, ``embedding_types``, ``truncate``, ``max_tokens``,
-``output_dimension``, ``model``) and the two response shapes. Not in scope: batching and the statuses every
-route shares (app.py, parsing.py, gate.py).
+In scope: the request fields (``texts``, or v2's ``inputs`` with one text part each, ``input_type``,
+``embedding_types``, ``truncate``, ``max_tokens``, ``output_dimension``, ``model``) and the two response shapes. Not in
+scope: batching and the statuses every route shares (app.py, parsing.py, gate.py).
 
 ``input_type`` picks the model's prompt as ``encode_query`` / ``encode_document`` do: "search_query" the
 "query" prompt, "search_document" the first of "document", "passage" and "corpus"; "classification" and
@@ -52,10 +52,15 @@ async def _cohere_embed(request: Request, version: int) -> Response:
     service = request.app.state.service
     encoder = service.encoder
     payload = await read_json(request, service.config.max_body_bytes)
-    for unsupported in ("images", "inputs"):
-        if payload.get(unsupported) is not None:
-            raise ApiError(422, f"'{unsupported}' is not supported: this server embeds 'texts' only", INVALID)
-    texts = texts_field(payload, "texts", service.config)
+    if payload.get("images") is not None:
+        raise ApiError(422, "'images' is not supported: this server embeds text only", INVALID)
+    if version == 2 and payload.get("inputs") is not None:
+        if payload.get("texts") is not None:
+            raise ApiError(422, "send the texts once: as 'texts' or as 'inputs', not both", INVALID)
+        payload["inputs"] = _inputs_texts(payload["inputs"])
+        texts = texts_field(payload, "inputs", service.config)
+    else:
+        texts = texts_field(payload, "texts", service.config)
     optional_field(payload, "model", str)  # any name is accepted, as on the other routes
     if version == 2 and payload.get("input_type") is None:
         raise ApiError(422, f"'input_type' is required: one of {', '.join(INPUT_TYPES)}", INVALID)
@@ -103,6 +108,28 @@ async def _cohere_embed(request: Request, version: int) -> Response:
     else:
         body.update(embeddings=embeddings["float"], response_type="embeddings_floats")
     return VectorsResponse(body)
+
+
+def _inputs_texts(inputs: Any) -> Any:
+    """v2's ``inputs`` (``[{"content": [{"type": "text", "text": ...}]}]``) as the texts they hold: one text part
+    per input. Several parts make one vector in Cohere's multimodal models; joining them here would be a guess, so
+    they are refused, as images are. What is not a list is left for texts_field to name."""
+    if not isinstance(inputs, list):
+        return inputs
+    texts = []
+    for index, item in enumerate(inputs):
+        content = item.get("content") if isinstance(item, dict) else None
+        if not isinstance(content, list) or not content or not all(isinstance(part, dict) for part in content):
+            raise ApiError(422, f"'inputs'[{index}] must be an object with 'content', a list of parts", INVALID)
+        kinds = [part.get("type") for part in content]
+        if any(kind != "text" for kind in kinds):
+            other = next(kind for kind in kinds if kind != "text")
+            raise ApiError(422, f"'inputs'[{index}] has a {other!r} part: this server embeds text only", INVALID)
+        if len(content) != 1:
+            message = f"'inputs'[{index}] has {len(content)} text parts; send one per input (join them first)"
+            raise ApiError(422, message, INVALID)
+        texts.append(content[0].get("text"))
+    return texts
 
 
 def _embedding_types(payload: dict[str, Any]) -> list[str]:

@@ -65,6 +65,17 @@ def test_official_client_every_embedding_type(served: Server, reference: Any) ->
         assert response.meta.billed_units.input_tokens > len(TEXTS)
 
 
+def test_v2_inputs_with_one_text_part_each(served: Server, reference: Any) -> None:
+    cohere = pytest.importorskip("cohere", reason="the cohere client is in the dev extra")
+    from cohere.types import EmbedInput, TextEmbedContent
+
+    client = cohere.ClientV2(base_url=served.url, api_key=API_KEY)
+    inputs = [EmbedInput(content=[TextEmbedContent(text=text)]) for text in TEXTS[:4]]
+    response = client.embed(inputs=inputs, model="m", input_type="search_query", embedding_types=["float"])
+    expected = reference.encode(TEXTS[:4], prompt_name="query")
+    np.testing.assert_allclose(np.array(response.embeddings.float_), expected, atol=1e-5, rtol=0)
+
+
 def test_v1_floats_and_the_default_prompt(served: Server, reference: Any) -> None:
     response = served.request("/v1/embed", {"texts": TEXTS[:3]})  # no input_type: the default prompt (query)
     assert response.status == 200, response.body
@@ -105,6 +116,26 @@ def test_truncate_max_tokens_and_output_dimension(served: Server, reference: Any
         ({"texts": ["a"], "input_type": "search_query", "embedding_types": ["float16"]}, "embedding_types"),
         ({"texts": ["a"], "input_type": "search_query", "embedding_types": []}, "embedding_types"),
         ({"images": ["data:image/png;base64,AAAA"], "input_type": "image"}, "images"),
+        (
+            {"inputs": [{"content": [{"type": "image_url", "image_url": {"url": "data:,"}}]}], "input_type": "image"},
+            "'image_url' part",
+        ),
+        (
+            {
+                "inputs": [{"content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}],
+                "input_type": "search_query",
+            },
+            "2 text parts",
+        ),
+        ({"inputs": ["a"], "input_type": "search_query"}, "'inputs'[0]"),
+        (
+            {"inputs": [{"content": [{"type": "text", "text": "a"}]}], "texts": ["a"], "input_type": "search_query"},
+            "not both",
+        ),
+        (
+            {"inputs": [{"content": [{"type": "text", "text": ""}]}], "input_type": "search_query"},
+            "'inputs'[0] is empty",
+        ),
         ({"texts": ["a"], "input_type": "search_query", "max_tokens": 0}, "max_tokens"),
         ({"texts": ["a"], "input_type": "search_query", "output_dimension": 4096}, "output_dimension"),
     ],
