@@ -28,9 +28,10 @@ logger = logging.getLogger(__name__)
 JOB_FILE = "_job.json"
 ERRORS_FILE = "_errors.jsonl"
 JOB_FORMAT = 2
-PART_FILE = re.compile(r"part-\d{5}-\d{6}\.parquet")
-PART_FOLDER = re.compile(r"part-\d{5}")
-TEMPORARY = re.compile(r"\.(part-\d{5}(-\d{6}\.parquet)?|_job\.json|_errors\.jsonl)\.tmp-\d+")
+# at least 5 and 6 digits: zero-padded to those widths, longer past 99,999 files or 999,999 chunks
+PART_FILE = re.compile(r"part-\d{5,}-\d{6,}\.parquet")
+PART_FOLDER = re.compile(r"part-\d{5,}")
+TEMPORARY = re.compile(r"\.(part-\d{5,}(-\d{6,}\.parquet)?|_job\.json|_errors\.jsonl)\.tmp-\d+")
 
 
 def temporary_path(final: Path) -> Path:

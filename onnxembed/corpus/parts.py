@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -121,7 +122,8 @@ def part_is_done(path: Path, rows: int) -> bool:
 def our_parts(output: Path) -> list[Path]:
     """Our Parquet files in OUTPUT: local parts, and the files inside Ray's part folders."""
     parts: list[Path] = []
-    for path in sorted(output.iterdir()):
+    # by number, not by name: past 99,999 files "part-100000" would sort before "part-10001"
+    for path in sorted(output.iterdir(), key=lambda path: _numbers(path.name)):
         if PART_FILE.fullmatch(path.name) and path.is_file():
             parts.append(path)
         elif PART_FOLDER.fullmatch(path.name) and path.is_dir():
@@ -129,9 +131,17 @@ def our_parts(output: Path) -> list[Path]:
     return parts
 
 
+def _numbers(name: str) -> tuple[tuple[int, ...], str]:
+    """``part-00003-000012.parquet`` -> ((3, 12), ""); other names sort by themselves, after the parts."""
+    match = re.fullmatch(r"part-(\d+)(?:-(\d+)\.parquet)?", name)
+    if match is None:
+        return (1 << 62,), name
+    return tuple(int(number) for number in match.groups() if number is not None), ""
+
+
 def _file_index(part: Path) -> int:
     """The input a part came from: ``part-FFFFF-...`` or a file inside ``part-FFFFF/``."""
-    return int((part.name if PART_FILE.fullmatch(part.name) else part.parent.name)[5:10])
+    return int((part.name if PART_FILE.fullmatch(part.name) else part.parent.name).split("-")[1])
 
 
 def bad_rows(part: str | Path, file_name: str, filesystem: Any = None) -> Iterable[dict[str, Any]]:
