@@ -48,9 +48,18 @@ def run(args: argparse.Namespace) -> None:
     The file appears only when complete (written beside it first)."""
     from tqdm.auto import tqdm
 
+    from onnxembed.errors import InvalidArgumentError
     from onnxembed.npy_stream import NpyWriter
     from onnxembed.runtime import Encoder
 
+    output = Path(args.output)
+    # checked before any text is encoded: a bad path would otherwise surface only at the first write
+    if output.is_dir():
+        raise InvalidArgumentError(f"--output {output} is a directory; name the .npy file to write")
+    if not output.parent.is_dir():
+        raise InvalidArgumentError(f"--output {output}: the folder {output.parent} does not exist")
+    if args.input != "-" and not Path(args.input).is_file():
+        raise InvalidArgumentError(f"input {args.input} is not a file (give a text file, or - for stdin)")
     encoder = Encoder(args.model_dir, provider=args.provider, threads=args.threads)
     # Bytes, split at "\n" only, as _count_lines and embed-corpus count lines: text mode's universal newlines
     # would also end one at a lone "\r" and give more rows than lines. A stdin with no bytes under it (replaced
@@ -58,7 +67,6 @@ def run(args: argparse.Namespace) -> None:
     stdin = getattr(sys.stdin, "buffer", sys.stdin)
     stream: BinaryIO | TextIO = stdin if args.input == "-" else open(args.input, "rb")  # noqa: SIM115
     total = None if args.input == "-" else _count_lines(args.input)
-    output = Path(args.output)
     partial = output.with_name(output.name + ".partial")
     try:
         blocks = encoder.encode_iter(

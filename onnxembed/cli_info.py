@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from typing import Any
 
 from onnxembed.cli_export import accuracy_summary
@@ -49,7 +50,8 @@ def run(args: argparse.Namespace) -> None:
             )
         else:
             accuracy = accuracy_summary(variant.accuracy)
-        print(f"variant {name}:  {variant.file}  [{accuracy or 'not verified'}]")
+        missing = "" if (Path(args.model_dir) / variant.file).is_file() else "  MISSING: the file is not there"
+        print(f"variant {name}:  {variant.file}  [{accuracy or 'not verified'}]{missing}")
     print(f"versions:        {', '.join(f'{k} {v}' for k, v in manifest.versions.items())}")
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -73,6 +74,14 @@ def test_info_prints_dim_pooling_max_seq_length_and_accuracy(tiny_export: Path, 
     assert accuracy, fields["variant fp32"]
     assert 0.99999 <= float(accuracy.group(1)) <= 1.0 + 1e-6
     assert 0.0 <= float(accuracy.group(2)) <= 1e-4
+
+
+def test_info_names_a_variant_whose_file_is_gone(tiny_export: Path, tmp_path: Path, capsys) -> None:
+    copy = tmp_path / "model"
+    shutil.copytree(tiny_export, copy)
+    (copy / "onnx" / "model.onnx").unlink()
+    assert main(["info", str(copy)]) == 0
+    assert "MISSING" in _info_fields(capsys.readouterr().out)["variant fp32"]
 
 
 def test_info_json_is_the_manifest(tiny_export: Path, reference, capsys) -> None:
@@ -146,12 +155,18 @@ def _unknown_provider(tiny_export: Path, tmp_path: Path) -> list[str]:
     return ["encode", str(tiny_export), str(tmp_path / "texts.txt"), "-o", output, "--provider", "nope"]
 
 
+def _output_folder_missing(tiny_export: Path, tmp_path: Path) -> list[str]:
+    (tmp_path / "texts.txt").write_text("hello\n", encoding="utf-8")
+    return ["encode", str(tiny_export), str(tmp_path / "texts.txt"), "-o", str(tmp_path / "no-such-dir" / "o.npy")]
+
+
 ERRORS = {
     "missing model dir": (_missing_model, "no-such-model"),
     "missing model dir (encode)": (_missing_model_encode, "no-such-model"),
     "missing input file": (_missing_input, "no-such-file.txt"),
     "not a SentenceTransformer": (_not_a_sentence_transformer, "modules.json"),
     "unknown provider": (_unknown_provider, "nope"),
+    "output folder missing": (_output_folder_missing, "the folder"),
 }
 
 
