@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,6 +17,13 @@ def positive_int(value: object, name: str) -> int:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
         raise InvalidArgumentError(f"{name} must be a positive integer; got {value!r}")
     return int(value)
+
+
+def model_path(model_dir: object, name: str = "model_dir") -> Path:
+    """``model_dir`` as a Path if it is a str or os.PathLike, else a TypeError that names what was given."""
+    if not isinstance(model_dir, (str, os.PathLike)):
+        raise ArgumentTypeError(f"{name} must be a path (str or os.PathLike); got {type(model_dir).__name__}")
+    return Path(model_dir)
 
 
 def one_of_inputs(inputs: Any, sentences: Any, expected: str) -> Any:

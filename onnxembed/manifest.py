@@ -138,6 +138,8 @@ class Manifest:
             )
         try:
             raw = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(raw, dict):
+                raise ModelLoadError(f"{path} is corrupt: it holds a JSON {type(raw).__name__}, not an object")
             if raw.get("format_version") not in READABLE_FORMAT_VERSIONS:
                 raise ModelLoadError(
                     f"{path} has format_version {raw.get('format_version')!r}; this onnxembed reads "

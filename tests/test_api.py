@@ -42,6 +42,9 @@ def test_raised_errors_carry_the_base(tiny_export: Path, tmp_path: Path) -> None
     (tmp_path / "a-file").write_text("not a model")
     with pytest.raises(onnxembed.OnnxEmbedError, match="is a file, not a model directory"):
         Encoder(tmp_path / "a-file")
+    for load in (onnxembed.Encoder, onnxembed.Reranker, onnxembed.SparseEncoder):
+        with pytest.raises(onnxembed.ArgumentTypeError, match="model_dir must be a path .*got NoneType"):
+            load(None)
 
 
 def test_encode_options_are_keyword_only(tiny_export: Path) -> None:

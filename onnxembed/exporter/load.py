@@ -130,6 +130,11 @@ def load_encoder(
             "r": adapter_config.get("r"),
             "lora_alpha": adapter_config.get("lora_alpha"),
         }
+    elif base_model is not None:
+        raise InvalidArgumentError(
+            f"base_model (--base-model) names the base of a PEFT adapter; {transformer_dir} has no "
+            f"{ADAPTER_CONFIG}, its weights are its own"
+        )
     architecture = _check_architecture(weights_dir, classifier, masked_lm)
     # Eager attention traces to plain MatMul/Softmax, which onnxruntime's optimizer can fuse later. The class
     # is named, not AutoModel's choice: T5 checkpoints load as their encoder alone, as sentence-transformers does.

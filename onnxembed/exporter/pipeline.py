@@ -18,7 +18,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from onnxembed.errors import InvalidArgumentError, OutputExistsError
+from onnxembed._checks import model_path
+from onnxembed.errors import ArgumentTypeError, InvalidArgumentError, OutputExistsError
 from onnxembed.exporter.config import (
     DECODER_MODEL_TYPES,
     SentenceTransformerConfig,
@@ -235,6 +236,8 @@ def export(
     from onnxembed.exporter.load import resolve_source
     from onnxembed.exporter.verify import verify_pipeline
 
+    model_path(model_name_or_path, "model_name_or_path")
+    model_path(model_dir, "model_dir")
     if exporter not in ("auto", "torchscript", "dynamo"):
         raise InvalidArgumentError(f"exporter must be 'auto', 'torchscript' or 'dynamo'; got {exporter!r}")
     if quantize not in (None, "int8"):
@@ -247,6 +250,8 @@ def export(
         "int8_min_top10_overlap": int8_min_top10_overlap,
     }
     for name, budget in budgets.items():
+        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float))):
+            raise ArgumentTypeError(f"{name} must be a number in (0, 1]; got {type(budget).__name__} {budget!r}")
         if budget is not None and not 0.0 < budget <= 1.0:
             raise InvalidArgumentError(f"{name} must be in (0, 1]; got {budget}")
     # options that only shape another option's output: given alone they would be ignored without a word

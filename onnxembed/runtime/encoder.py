@@ -15,7 +15,14 @@ from typing import Any
 
 import numpy as np
 
-from onnxembed._checks import DOCUMENT_PROMPT_NAMES, checked_texts, one_of_inputs, positive_int, resolve_prompt
+from onnxembed._checks import (
+    DOCUMENT_PROMPT_NAMES,
+    checked_texts,
+    model_path,
+    one_of_inputs,
+    positive_int,
+    resolve_prompt,
+)
 from onnxembed.errors import ArgumentTypeError, InvalidArgumentError
 from onnxembed.kernels import normalize, similarity, similarity_pairwise
 from onnxembed.kernels.quantization import PRECISIONS, Precision, quantize_embeddings
@@ -83,7 +90,7 @@ class Encoder(EmbeddingEngine):
         io_binding: bool = False,
         profile: bool = True,
     ) -> None:
-        self.model_dir = Path(model_dir)
+        self.model_dir = model_path(model_dir)
         self.manifest = Manifest.read(self.model_dir)
         if self.manifest.task == RERANKER:
             raise ModelLoadError(

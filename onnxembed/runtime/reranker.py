@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from onnxembed._checks import one_of_inputs, positive_int, resolve_prompt
+from onnxembed._checks import model_path, one_of_inputs, positive_int, resolve_prompt
 from onnxembed.errors import ArgumentTypeError, InvalidArgumentError, ModelLoadError
 from onnxembed.kernels.dense import DENSE_ACTIVATIONS, activate
 from onnxembed.manifest import LOGITS_OUTPUT, RERANKER, Manifest
@@ -65,7 +65,7 @@ class Reranker:
     def __init__(
         self, model_dir: str | Path, provider: str = "auto", threads: int | None = None, variant: str = "auto"
     ) -> None:
-        self.model_dir = Path(model_dir)
+        self.model_dir = model_path(model_dir)
         self.manifest = Manifest.read(self.model_dir)
         if self.manifest.task != RERANKER:
             kind, loader = (

@@ -19,7 +19,14 @@ from typing import Any
 
 import numpy as np
 
-from onnxembed._checks import DOCUMENT_PROMPT_NAMES, checked_texts, one_of_inputs, positive_int, resolve_prompt
+from onnxembed._checks import (
+    DOCUMENT_PROMPT_NAMES,
+    checked_texts,
+    model_path,
+    one_of_inputs,
+    positive_int,
+    resolve_prompt,
+)
 from onnxembed.errors import ArgumentTypeError, InvalidArgumentError, ModelLoadError
 from onnxembed.kernels.sparse import SparseEmbedding, SparseMatrix, as_sparse_matrix, sparse_dot_score, sparse_rows
 from onnxembed.manifest import POOLED_OUTPUT, SPARSE, Manifest
@@ -66,7 +73,7 @@ class SparseEncoder:
     def __init__(
         self, model_dir: str | Path, provider: str = "auto", threads: int | None = None, variant: str = "auto"
     ) -> None:
-        self.model_dir = Path(model_dir)
+        self.model_dir = model_path(model_dir)
         self.manifest = Manifest.read(self.model_dir)
         if self.manifest.task != SPARSE:
             raise ModelLoadError(

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from onnxembed import InvalidArgumentError, Reranker, UnsupportedModelError, export
+from onnxembed import ArgumentTypeError, InvalidArgumentError, Reranker, UnsupportedModelError, export
 from onnxembed.exporter.cross_encoder import TORCH_PATHS
 from onnxembed.exporter.rerank import INT8_MIN_MEAN_SPEARMAN, INT8_MIN_TOP10_OVERLAP, compare_rankings
 from onnxembed.manifest import RERANKER, Manifest
@@ -187,7 +187,14 @@ def test_budgets_belong_to_their_kind_of_model(bert_reranker: Replica, chinese_b
         export(bert_reranker.path, tmp_path / "d", int8_min_spearman=0.9)
     with pytest.raises(InvalidArgumentError, match="target='gpu' chooses what optimize fuses for"):
         export(chinese_bert.path, tmp_path / "e", target="gpu")
-    assert not (tmp_path / "d").exists() and not (tmp_path / "e").exists()
+    with pytest.raises(ArgumentTypeError, match="int8_min_cosine must be a number in \\(0, 1\\]; got str '0.99'"):
+        export(chinese_bert.path, tmp_path / "f", quantize="int8", int8_min_cosine="0.99")  # type: ignore[arg-type]
+    with pytest.raises(ArgumentTypeError, match="model_name_or_path must be a path .*got NoneType"):
+        export(None, tmp_path / "g")  # type: ignore[arg-type]
+    # the weights of a model that is not a PEFT adapter are its own: a base model given for it would be ignored
+    with pytest.raises(InvalidArgumentError, match="base_model .*names the base of a PEFT adapter"):
+        export(chinese_bert.path, tmp_path / "h", base_model=chinese_bert.path)
+    assert not any((tmp_path / name).exists() for name in "defgh")
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 

@@ -153,6 +153,7 @@ def _broken_copy(tiny_export: Path, tmp_path: Path) -> Path:
         (lambda d: (d / "onnxembed.json").unlink(), "onnxembed.json is missing"),
         (lambda d: (d / "onnxembed.json").write_text("{not json"), "onnxembed.json is corrupt"),
         (lambda d: (d / "onnxembed.json").write_text('{"format_version": 1}'), "onnxembed.json is corrupt"),
+        (lambda d: (d / "onnxembed.json").write_text("[1, 2]"), "onnxembed.json is corrupt: it holds a JSON list"),
         (lambda d: (d / "onnx" / "model.onnx").unlink(), "model.onnx does not exist"),
         (
             lambda d: (d / "onnx" / "model.onnx").write_bytes(b"\x08garbage" * 10),
