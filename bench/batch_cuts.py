@@ -14,6 +14,7 @@ runs and padded tokens each cost plans for the sentences; asserts nothing about 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import random
 import statistics
@@ -92,17 +93,18 @@ def main() -> None:
         encoder.encode(corpora["sentences"][:64])  # warm-up
     columns = [f"calls of {size}" for size in CALL_SIZES] + ["one call"]
     rates: dict[tuple[str, int], list[list[float]]] = {(name, cost): [] for name in corpora for cost in costs}
-    default_cost = shared._run_cost
-    # The encoders' run cost is set by hand here; the Encoder takes its default from batching.CPU_RUN_COST.
+    default_cost = shared._batcher.run_cost
+    # The encoders' run cost is set by hand here; the Encoder's Batcher takes its default from CPU_RUN_COST.
     for _ in range(args.rounds):
         for cost in costs:
-            shared._run_cost = batch_job._run_cost = cost
+            for encoder in (shared, batch_job):
+                encoder._batcher = dataclasses.replace(encoder._batcher, run_cost=cost)
             for name, texts in corpora.items():
                 row = [in_calls(shared, texts, size, cores) for size in CALL_SIZES]
                 rates[name, cost].append([*row, one_call(batch_job, texts)])
     totals = {}
     for cost in costs:
-        shared._run_cost = cost
+        shared._batcher = dataclasses.replace(shared._batcher, run_cost=cost)
         totals[cost] = [plan_totals(shared, corpora["sentences"], size) for size in CALL_SIZES]
 
     print(
