@@ -71,25 +71,35 @@ def main() -> None:
     # (name, query_chunk_size, corpus_chunk_size, search); chunk sizes "-" for the baseline's single block.
     methods: list[tuple[str, str, str, Search]] = [
         ("baseline: matmul + argpartition + sort", "-", "-", lambda: _baseline(queries, corpus, k)),
-        ("semantic_search dot", "100", "500000", lambda: semantic_search(queries, corpus, k, "dot")),
-        ("semantic_search cosine", "100", "500000", lambda: semantic_search(queries, corpus, k, "cosine")),
+        (
+            "semantic_search dot",
+            "100",
+            "500000",
+            lambda: semantic_search(queries, corpus, top_k=k, score_function="dot"),
+        ),
+        (
+            "semantic_search cosine",
+            "100",
+            "500000",
+            lambda: semantic_search(queries, corpus, top_k=k, score_function="cosine"),
+        ),
         (
             "semantic_search dot, smaller corpus chunks",
             "100",
             "100000",
-            lambda: semantic_search(queries, corpus, k, "dot", corpus_chunk_size=100_000),
+            lambda: semantic_search(queries, corpus, top_k=k, score_function="dot", corpus_chunk_size=100_000),
         ),
         (
             "semantic_search_binary (Hamming)",
             "100",
             "500000",
-            lambda: semantic_search_binary(packed_queries, packed_corpus, k),
+            lambda: semantic_search_binary(packed_queries, packed_corpus, top_k=k),
         ),
         (
             "semantic_search_binary + rescore, oversample 4",
             "100",
             "500000",
-            lambda: semantic_search_binary(packed_queries, packed_corpus, k, rescore_embeddings=queries),
+            lambda: semantic_search_binary(packed_queries, packed_corpus, top_k=k, rescore_embeddings=queries),
         ),
     ]
     timings: dict[str, list[float]] = {name: [] for name, *_ in methods}

@@ -97,7 +97,17 @@ def _pool_one(embeddings: np.ndarray, mask: np.ndarray, mode: str) -> np.ndarray
 
 
 def normalize(embeddings: np.ndarray) -> np.ndarray:
-    """L2-normalize the last axis, flooring norms at 1e-12 (torch.nn.functional.normalize)."""
-    embeddings = embeddings.astype(np.float32, copy=False)
+    """L2-normalize the last axis, flooring norms at 1e-12 (torch.nn.functional.normalize), in the dtype of
+    :func:`float_array`."""
+    embeddings = float_array(embeddings)
     norms = np.linalg.norm(embeddings, axis=-1, keepdims=True)
     return embeddings / np.maximum(norms, _NORM_EPS)
+
+
+def float_array(values: object) -> np.ndarray:
+    """``values`` as float32, or float64 where it is a float64 array: sentence-transformers keeps a float64
+    tensor's dtype (values past float32's range would overflow) and makes Python numbers float32, as torch does."""
+    array = np.asarray(values)
+    if isinstance(values, np.ndarray) and array.dtype == np.float64:
+        return array
+    return array.astype(np.float32, copy=False)

@@ -54,7 +54,8 @@ def quantize_embeddings(
     are the per-dimension min and max of ``calibration_embeddings`` (m, dim), or else of ``embeddings``
     themselves (logged as a warning below 100 rows, as sentence-transformers does). Both are used only
     by int8 and uint8, and ``ranges`` wins when both are given. Embeddings and ranges may be any float
-    dtype, or integers wider than 8 bits; the arithmetic runs in the dtype numpy promotes them to.
+    dtype, or integers wider than 8 bits (taken as float64); the arithmetic runs in the dtype numpy promotes
+    them to.
     """
     if not isinstance(precision, str) or precision not in PRECISIONS:
         raise InvalidArgumentError(f"unknown precision {precision!r}; choose from {PRECISIONS}")
@@ -106,7 +107,8 @@ def _as_real_array(value: npt.ArrayLike, name: str) -> np.ndarray:
             f"{name} must be a float array (or integers wider than 8 bits); got dtype {array.dtype}"
             + (": int8/uint8 embeddings are already quantized" if kind in "iu" and size == 1 else "")
         )
-    return array
+    # integers as float64: max - min and x - min in int16/int32 wrap around (sentence-transformers' do)
+    return array.astype(np.float64) if kind in "iu" else array
 
 
 def _reject_nan(array: np.ndarray, name: str) -> None:

@@ -42,6 +42,7 @@ _Scorer = Callable[[np.ndarray, np.ndarray], np.ndarray]
 def semantic_search(
     query_embeddings: np.ndarray,
     corpus_embeddings: np.ndarray,
+    *,
     top_k: int = 10,
     score_function: ScoreFunction = "cosine",
     query_chunk_size: int = 100,
@@ -50,8 +51,10 @@ def semantic_search(
     """The top_k corpus entries for each query, best first, as sentence-transformers' ``util.semantic_search``.
 
     query_embeddings: (n_queries, dim) or (dim,) float; corpus_embeddings: (n_corpus, dim) float, any float
-    dtype, cast to float32 one chunk at a time (a memmap works). Returns (scores, indices): (n_queries, k)
-    float32 and int64 with k = min(top_k, n_corpus); an empty corpus gives k = 0, as sentence-transformers
+    dtype, cast one chunk at a time (a memmap works); scored in float32, or in float64 where an input is
+    float64. The options are keyword-only: their order differs from sentence-transformers' (query_chunk_size
+    comes third there). Returns (scores, indices): (n_queries, k) float32 (float64) and int64 with
+    k = min(top_k, n_corpus); an empty corpus gives k = 0, as sentence-transformers
     gives empty lists.
     """
     _check_score_function(score_function)
@@ -62,15 +65,16 @@ def semantic_search(
     corpus = _float_matrix(corpus_embeddings, "corpus_embeddings", allow_vector=False)
     _check_same_dim(queries, corpus, "dim")
 
+    dtype = _score_dtype(queries, corpus)
     k = min(top_k, corpus.shape[0])
-    scores = np.empty((queries.shape[0], k), dtype=np.float32)
+    scores = np.empty((queries.shape[0], k), dtype=dtype)
     indices = np.empty((queries.shape[0], k), dtype=np.int64)
     if k == 0:
         return scores, indices
-    scorer = _float_scorer(score_function)
+    scorer = _float_scorer(score_function, dtype)
     for start in range(0, queries.shape[0], query_chunk_size):
         stop = start + query_chunk_size
-        block = _prepare_queries(queries[start:stop], score_function)
+        block = _prepare_queries(queries[start:stop], score_function, dtype)
         scores[start:stop], indices[start:stop] = _search_block(block, corpus, k, corpus_chunk_size, scorer)
     return scores, indices
 
@@ -78,6 +82,7 @@ def semantic_search(
 def semantic_search_binary(
     query_embeddings: np.ndarray,
     corpus_embeddings: np.ndarray,
+    *,
     top_k: int = 10,
     query_chunk_size: int = 100,
     corpus_chunk_size: int = 500000,
@@ -109,6 +114,8 @@ def semantic_search_binary(
     if rescore_embeddings is not None:
         float_queries = _float_matrix(rescore_embeddings, "rescore_embeddings", allow_vector=True)
         _check_rescore_shape(float_queries, queries)
+        if not np.isfinite(float_queries).all():
+            raise InvalidArgumentError("rescore_embeddings contain NaN or inf; embeddings must be finite")
 
     # XOR of two "binary" int8 arrays equals XOR of their packbits (the offset cancels); only a mix of the two
     # needs the query's top bits flipped to match the corpus.
@@ -135,6 +142,7 @@ def semantic_search_binary(
 
 def paraphrase_mining_embeddings(
     embeddings: np.ndarray,
+    *,
     top_k: int = 100,
     max_pairs: int = 500000,
     query_chunk_size: int = 5000,
@@ -149,7 +157,8 @@ def paraphrase_mining_embeddings(
     Where sentence-transformers differs, this follows its docstring rather than its loop: its top_k is per
     corpus chunk, so a corpus over corpus_chunk_size rows yields more neighbours; it keeps max_pairs - 1
     directed pairs before removing duplicates, so it returns fewer than max_pairs (a prefix of this list);
-    and it drops scores <= -1. Here the result does not depend on the chunk sizes.
+    and it drops scores <= -1. Here the result does not depend on the chunk sizes. The options are
+    keyword-only (sentence-transformers' order differs); float64 embeddings are scored in float64.
     """
     _check_score_function(score_function)
     top_k = positive_int(top_k, "top_k")
@@ -162,11 +171,12 @@ def paraphrase_mining_embeddings(
         return []
 
     k = min(top_k, n - 1)
-    scorer = _float_scorer(score_function)
-    pool_scores = np.empty(0, dtype=np.float32)
+    dtype = _score_dtype(matrix, matrix)
+    scorer = _float_scorer(score_function, dtype)
+    pool_scores = np.empty(0, dtype=dtype)
     pool_pairs = np.empty((0, 2), dtype=np.int64)
     for start in range(0, n, query_chunk_size):
-        block = _prepare_queries(matrix[start : start + query_chunk_size], score_function)
+        block = _prepare_queries(matrix[start : start + query_chunk_size], score_function, dtype)
         scores, neighbours = _search_block(block, matrix, k, corpus_chunk_size, scorer, self_offset=start)
         rows = np.arange(start, start + block.shape[0])[:, None]
         found = neighbours != rows  # self only survives when every other score is -inf
@@ -192,7 +202,7 @@ def _search_block(
 
     self_offset: the block's first row index in the corpus, to leave each query out of its own results.
     """
-    best_scores = np.empty((query_block.shape[0], 0), dtype=np.float32)
+    best_scores = np.empty((query_block.shape[0], 0), dtype=query_block.dtype)
     best_indices = np.empty((query_block.shape[0], 0), dtype=np.int64)
     for start in range(0, corpus.shape[0], corpus_chunk_size):
         scores = scorer(query_block, corpus[start : start + corpus_chunk_size])
@@ -252,9 +262,14 @@ def _best_unique_pairs(scores: np.ndarray, pairs: np.ndarray, n: int, max_pairs:
     return scores[keep], pairs[keep]
 
 
-def _float_scorer(score_function: ScoreFunction) -> _Scorer:
+def _score_dtype(queries: np.ndarray, corpus: np.ndarray) -> type[np.floating]:
+    """float64 if either input is a float64 array (pooling.float_array's rule), else float32."""
+    return np.float64 if np.float64 in (queries.dtype, corpus.dtype) else np.float32
+
+
+def _float_scorer(score_function: ScoreFunction, dtype: type[np.floating] = np.float32) -> _Scorer:
     def score(query_block: np.ndarray, corpus_chunk: np.ndarray) -> np.ndarray:
-        chunk = corpus_chunk.astype(np.float32, copy=False)
+        chunk = corpus_chunk.astype(dtype, copy=False)
         scores = query_block @ chunk.T
         if score_function == "cosine":
             # Divide by the corpus norms instead of normalizing the chunk: no (chunk, dim) copy. einsum, not
@@ -266,8 +281,9 @@ def _float_scorer(score_function: ScoreFunction) -> _Scorer:
     return score
 
 
-def _prepare_queries(block: np.ndarray, score_function: ScoreFunction) -> np.ndarray:
-    return normalize(block) if score_function == "cosine" else block.astype(np.float32, copy=False)
+def _prepare_queries(block: np.ndarray, score_function: ScoreFunction, dtype: type[np.floating]) -> np.ndarray:
+    block = block.astype(dtype, copy=False)
+    return normalize(block) if score_function == "cosine" else block
 
 
 def _hamming_scorer(query_bytes: np.ndarray, corpus_chunk: np.ndarray) -> np.ndarray:
@@ -333,7 +349,8 @@ def _float_matrix(embeddings: np.ndarray, name: str, allow_vector: bool) -> np.n
             f"{name} must be float embeddings; got dtype {matrix.dtype}. Packed binary embeddings (uint8/int8) "
             f"go to semantic_search_binary; for int8 scalar quantization cast to float32 first"
         )
-    return matrix
+    # Python floats are float32 as torch makes them; an array keeps its dtype here (cast a chunk at a time)
+    return matrix if isinstance(embeddings, np.ndarray) else matrix.astype(np.float32)
 
 
 def _packed_matrix(embeddings: np.ndarray, name: str, allow_vector: bool) -> np.ndarray:

@@ -1,5 +1,7 @@
 """Similarity between embeddings, in numpy, as sentence-transformers' similarity functions.
 
+Scores are float32, float64 where an input is float64.
+
 In scope: the four functions sentence-transformers names in ``similarity_fn_name`` — cosine, dot,
 euclidean and manhattan (the last two as negated distances, so that higher is more similar) — as
 (n, m) matrices and as pairwise (n,) vectors.
@@ -14,7 +16,7 @@ from typing import Literal, get_args
 import numpy as np
 
 from onnxembed.errors import InvalidArgumentError
-from onnxembed.kernels.pooling import normalize
+from onnxembed.kernels.pooling import float_array, normalize
 
 SimilarityFn = Literal["cosine", "dot", "euclidean", "manhattan"]
 SIMILARITY_FNS: tuple[str, ...] = get_args(SimilarityFn)
@@ -25,7 +27,14 @@ _DIFFERENCE_BUFFER_FLOATS = 1 << 22
 
 
 def _as_matrix(embeddings: np.ndarray, name: str) -> np.ndarray:
-    matrix = np.asarray(embeddings, dtype=np.float32)
+    given = np.asarray(embeddings).dtype
+    if given in (np.int8, np.uint8):
+        # what encode(precision=...) returns: scores of packed bits or scaled bytes would mean nothing
+        raise InvalidArgumentError(
+            f"{name} is {given} (quantized or packed embeddings); similarity needs float embeddings: "
+            "compare the float32 vectors, or search packed bits with semantic_search_binary"
+        )
+    matrix = float_array(embeddings)
     if matrix.ndim == 1:
         matrix = matrix[None, :]
     if matrix.ndim != 2:
@@ -34,10 +43,12 @@ def _as_matrix(embeddings: np.ndarray, name: str) -> np.ndarray:
 
 
 def _pair(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Both as matrices of one float dtype: float64 if either is a float64 array (float_array), else float32."""
     a, b = _as_matrix(a, "a"), _as_matrix(b, "b")
     if a.shape[1] != b.shape[1]:
         raise InvalidArgumentError(f"dimension mismatch: a has {a.shape[1]}, b has {b.shape[1]}")
-    return a, b
+    dtype = np.float64 if np.float64 in (a.dtype, b.dtype) else np.float32
+    return a.astype(dtype, copy=False), b.astype(dtype, copy=False)
 
 
 def dot_score(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -54,7 +65,7 @@ def cos_sim(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def _negated_distance(a: np.ndarray, b: np.ndarray, p: Literal[1, 2]) -> np.ndarray:
     a, b = _pair(a, b)
-    scores = np.empty((a.shape[0], b.shape[0]), dtype=np.float32)
+    scores = np.empty((a.shape[0], b.shape[0]), dtype=a.dtype)
     rows = max(1, _DIFFERENCE_BUFFER_FLOATS // max(1, b.size))
     for start in range(0, a.shape[0], rows):
         difference = a[start : start + rows, None, :] - b[None, :, :]
@@ -135,5 +146,7 @@ def similarity(a: np.ndarray, b: np.ndarray, fn: str = "cosine") -> np.ndarray:
 
 
 def similarity_pairwise(a: np.ndarray, b: np.ndarray, fn: str = "cosine") -> np.ndarray:
-    """(n,) similarity of a[i] and b[i] by a sentence-transformers similarity_fn_name."""
-    return _PAIRWISE[check_similarity_fn(fn)](a, b)
+    """(n,) similarity of a[i] and b[i] by a sentence-transformers similarity_fn_name; two (dim,) vectors
+    give a 0-d array, as sentence-transformers' pairwise functions give a 0-d tensor."""
+    scores = _PAIRWISE[check_similarity_fn(fn)](a, b)
+    return scores.reshape(()) if np.ndim(a) == 1 and np.ndim(b) == 1 else scores

@@ -144,14 +144,21 @@ def sparse_rows(dense: np.ndarray, max_active_dims: int | None = None) -> Sparse
 
 
 def as_sparse_matrix(embeddings: Any, name: str = "embeddings") -> SparseMatrix:
-    """A SparseMatrix of: a SparseMatrix, one SparseEmbedding or a list of them, a scipy sparse matrix, or a
-    (rows, dim) / (dim,) dense array."""
+    """A SparseMatrix of: a SparseMatrix, one SparseEmbedding or a list of them, a scipy sparse matrix, a
+    (rows, dim) / (dim,) dense array or a list of (dim,) arrays, or a torch tensor (dense or sparse)."""
     if isinstance(embeddings, SparseMatrix):
         return embeddings
     if isinstance(embeddings, SparseEmbedding):
         return SparseMatrix.from_rows([embeddings])
     if isinstance(embeddings, (list, tuple)) and all(isinstance(row, SparseEmbedding) for row in embeddings):
         return SparseMatrix.from_rows(embeddings)
+    if hasattr(embeddings, "detach") and hasattr(embeddings, "is_sparse"):  # a torch tensor, without torch
+        dense = embeddings.to_dense() if embeddings.is_sparse else embeddings
+        embeddings = np.asarray(dense.detach().cpu().float().numpy())
+    if isinstance(embeddings, (list, tuple)) and embeddings and all(isinstance(row, np.ndarray) for row in embeddings):
+        if any(row.ndim != 1 for row in embeddings) or len({row.shape for row in embeddings}) > 1:
+            raise InvalidArgumentError(f"{name}: a list of dense vectors must hold (dim,) arrays of one dim")
+        embeddings = np.stack(embeddings)
     if hasattr(embeddings, "tocsr") and hasattr(embeddings, "shape"):  # scipy.sparse, without importing scipy
         csr = embeddings.tocsr()
         csr.sort_indices()

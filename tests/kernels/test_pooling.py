@@ -120,7 +120,10 @@ def test_output_is_float32_for_float64_input(mode: str) -> None:
     embeddings, mask = _embeddings(seed=6).astype(np.float64), _mask(LENGTHS, "right")
     got = pool(embeddings, mask, [mode, "mean"])
     assert got.dtype == np.float32
-    assert normalize(embeddings[:, 0]).dtype == np.float32
+    # normalize keeps float64, as F.normalize does (values past float32's range would overflow)
+    assert (
+        normalize(embeddings[:, 0]).dtype == np.float64 and normalize(embeddings[:, 0, :2].tolist()).dtype == np.float32
+    )
 
 
 def test_normalize_matches_torch() -> None:

@@ -144,6 +144,24 @@ def test_zero_rows_give_zero_rows(precision: str, width: int) -> None:
     assert got.shape == (0, width) and got.dtype == DTYPES[precision]
 
 
+@pytest.mark.parametrize("dtype", [np.int16, np.int32, np.uint16])
+def test_wide_integers_quantize_as_their_float_values(dtype: type) -> None:
+    """max - min and x - min in int16/int32 wrap around (sentence-transformers' arithmetic does): the buckets are
+    those of the same values as floats."""
+    info = np.iinfo(dtype)
+    values = np.array([[info.min + 5], [info.min // 2 + info.max // 2], [info.max - 5]], dtype=dtype)
+    for precision in ("uint8", "int8"):
+        expected = st_quantize_embeddings(values.astype(np.float64), precision)
+        np.testing.assert_array_equal(quantize_embeddings(values, precision), expected)
+    calibration = np.array([[info.min + 10], [info.max - 10]], dtype=dtype)
+    expected = st_quantize_embeddings(
+        values.astype(np.float64), "uint8", calibration_embeddings=calibration.astype(np.float64)
+    )
+    np.testing.assert_array_equal(quantize_embeddings(values, "uint8", calibration_embeddings=calibration), expected)
+    bottom, middle, top = quantize_embeddings(values, "uint8").ravel().tolist()  # spread, not wrapped
+    assert bottom == 0 and 126 <= middle <= 128 and top >= 254
+
+
 def test_float32_returns_a_copy() -> None:
     embeddings = _random(seed=3, shape=(2, 4))
     got = quantize_embeddings(embeddings, "float32")

@@ -42,7 +42,14 @@ def _st_search(queries: np.ndarray, corpus: np.ndarray, top_k: int, fn: str) -> 
 def test_semantic_search_matches_sentence_transformers(fn, top_k, query_chunk_size, corpus_chunk_size) -> None:
     queries, corpus = _embeddings(1, 37), _embeddings(2, 1000)
     expected_scores, expected_indices = _st_search(queries, corpus, top_k, fn)
-    scores, indices = semantic_search(queries, corpus, top_k, fn, query_chunk_size, corpus_chunk_size)
+    scores, indices = semantic_search(
+        queries,
+        corpus,
+        top_k=top_k,
+        score_function=fn,
+        query_chunk_size=query_chunk_size,
+        corpus_chunk_size=corpus_chunk_size,
+    )
     assert scores.shape == indices.shape == (37, min(top_k, 1000))
     assert scores.dtype == np.float32 and indices.dtype == np.int64
     np.testing.assert_allclose(scores, expected_scores, **TOL)
@@ -58,16 +65,43 @@ def test_cosine_and_dot_rank_differently_here() -> None:
     assert (semantic_search(queries, corpus, score_function="dot")[1] != semantic_search(queries, corpus)[1]).any()
 
 
-def test_one_dimensional_query_is_one_row_and_float64_is_float32() -> None:
+def test_one_dimensional_query_is_one_row_and_float64_is_scored_in_float64() -> None:
     queries, corpus = _embeddings(3, 4), _embeddings(4, 50)
     scores, indices = semantic_search(queries[2], corpus, top_k=5)
     expected_scores, expected_indices = semantic_search(queries[2:3], corpus, top_k=5)
     assert scores.shape == (1, 5)
     np.testing.assert_array_equal(indices, expected_indices)
     wide_scores, wide_indices = semantic_search(queries.astype(np.float64), corpus.astype(np.float64), top_k=5)
-    assert wide_scores.dtype == np.float32
+    assert wide_scores.dtype == np.float64
     np.testing.assert_array_equal(wide_indices[2:3], expected_indices)
     np.testing.assert_allclose(wide_scores[2:3], expected_scores, **TOL)
+
+
+@pytest.mark.parametrize("fn", ["cosine", "dot"])
+def test_float64_past_float32s_range_as_sentence_transformers(fn: str) -> None:
+    """A cast to float32 would make these inf: cosines of 0 and dot scores of inf, and the wrong neighbours."""
+    queries, corpus = _embeddings(5, 3).astype(np.float64) * 1e20, _embeddings(6, 40).astype(np.float64) * 1e20
+    hits = util.semantic_search(
+        torch.from_numpy(queries), torch.from_numpy(corpus), top_k=4, score_function=ST_SCORE[fn]
+    )
+    scores, indices = semantic_search(queries, corpus, top_k=4, score_function=fn)
+    assert indices.tolist() == [[hit["corpus_id"] for hit in row] for row in hits]
+    np.testing.assert_allclose(scores, [[hit["score"] for hit in row] for row in hits], rtol=1e-6)
+    expected = util.paraphrase_mining_embeddings(torch.from_numpy(corpus), top_k=2, score_function=ST_SCORE[fn])
+    mined = paraphrase_mining_embeddings(corpus, top_k=2, score_function=fn)
+    assert [(i, j) for _, i, j in mined[:10]] == [(i, j) for _, i, j in expected[:10]]
+
+
+def test_options_are_keyword_only() -> None:
+    """sentence-transformers' third positional argument is query_chunk_size: taken as top_k it would give other
+    results without a word."""
+    queries, corpus = _embeddings(7, 3), _embeddings(8, 20)
+    with pytest.raises(TypeError, match="positional"):
+        semantic_search(queries, corpus, 50)  # type: ignore[misc]
+    with pytest.raises(TypeError, match="positional"):
+        paraphrase_mining_embeddings(corpus, 5000)  # type: ignore[misc]
+    with pytest.raises(TypeError, match="positional"):
+        semantic_search_binary(queries.view(np.uint8), corpus.view(np.uint8), 5)  # type: ignore[misc]
 
 
 @pytest.mark.parametrize(("query_chunk_size", "corpus_chunk_size"), [*CHUNKS, (1, 1), (2, 7)])
@@ -76,7 +110,14 @@ def test_ties_rank_the_lower_index_first_whatever_the_chunks(query_chunk_size, c
     corpus = rng.integers(0, 3, (60, 8)).astype(np.float32)  # small integers: dot products are exact
     corpus[[7, 31, 52]] = 9.0  # three copies of the best match
     queries = np.ones((3, 8), dtype=np.float32)
-    scores, indices = semantic_search(queries, corpus, 4, "dot", query_chunk_size, corpus_chunk_size)
+    scores, indices = semantic_search(
+        queries,
+        corpus,
+        top_k=4,
+        score_function="dot",
+        query_chunk_size=query_chunk_size,
+        corpus_chunk_size=corpus_chunk_size,
+    )
     np.testing.assert_array_equal(indices[:, :3], [[7, 31, 52]] * 3)
     # Brute force with a stable sort on minus the score: ties in index order.
     expected = np.argsort(-(queries @ corpus.T), axis=1, kind="stable")[:, :4]
@@ -112,7 +153,9 @@ def _bits_and_packed(seed: int, n: int, dim: int, precision: str) -> tuple[np.nd
 def test_hamming_matches_brute_force(query_precision, corpus_precision, dim, query_chunk_size, corpus_chunk_size):
     _, query_bits, queries = _bits_and_packed(9, 37, dim, query_precision)
     _, corpus_bits, corpus = _bits_and_packed(10, 1000, dim, corpus_precision)
-    scores, indices = semantic_search_binary(queries, corpus, 10, query_chunk_size, corpus_chunk_size)
+    scores, indices = semantic_search_binary(
+        queries, corpus, top_k=10, query_chunk_size=query_chunk_size, corpus_chunk_size=corpus_chunk_size
+    )
     distances = (query_bits[:, None, :] != corpus_bits[None, :, :]).sum(axis=-1)
     # Hamming distances tie often: ties go to the lower index, as a stable sort does.
     np.testing.assert_array_equal(indices, np.argsort(distances, axis=1, kind="stable")[:, :10])
@@ -148,11 +191,25 @@ def test_rescoring_matches_the_sentence_transformers_formula(corpus_precision, t
     _, corpus_bits, corpus = _bits_and_packed(14, 1000, 64, corpus_precision)
     expected_scores, expected_indices = _st_rescore(floats, query_bits, corpus_bits, top_k, oversample)
     scores, indices = semantic_search_binary(
-        queries, corpus, top_k, 5, 33, rescore_embeddings=floats, oversample=oversample
+        queries,
+        corpus,
+        top_k=top_k,
+        query_chunk_size=5,
+        corpus_chunk_size=33,
+        rescore_embeddings=floats,
+        oversample=oversample,
     )
     assert scores.shape == (37, min(top_k, 1000))
     np.testing.assert_array_equal(indices, expected_indices)
     np.testing.assert_allclose(scores, expected_scores, **TOL)
+
+
+def test_rescoring_with_nan_is_an_error() -> None:
+    floats, _, queries = _bits_and_packed(16, 3, 64, "ubinary")
+    _, _, corpus = _bits_and_packed(17, 50, 64, "ubinary")
+    floats[1, 5] = np.nan
+    with pytest.raises(ValueError, match="rescore_embeddings contain NaN or inf"):
+        semantic_search_binary(queries, corpus, top_k=3, rescore_embeddings=floats)
 
 
 def test_rescoring_finds_the_true_nearest_neighbour_on_easy_data() -> None:
@@ -198,7 +255,7 @@ def test_paraphrase_mining_matches_sentence_transformers(fn, top_k, n) -> None:
     # does not, so ours gets small ones.
     expected = util.paraphrase_mining_embeddings(torch.from_numpy(embeddings), top_k=top_k, score_function=ST_SCORE[fn])
     mined = paraphrase_mining_embeddings(
-        embeddings, top_k, query_chunk_size=64, corpus_chunk_size=50, score_function=fn
+        embeddings, top_k=top_k, query_chunk_size=64, corpus_chunk_size=50, score_function=fn
     )
     assert _pairs(mined) == _pairs(expected)
     np.testing.assert_allclose([s for s, _, _ in mined], [s for s, _, _ in expected], **TOL)
@@ -211,7 +268,7 @@ def test_paraphrase_mining_matches_sentence_transformers(fn, top_k, n) -> None:
 def test_paraphrase_mining_by_dot_follows_the_docstring_where_sentence_transformers_does_not(top_k, n) -> None:
     embeddings = _embeddings(16, n, dim=32)  # norms 0.5-2: some sentences are not their own best match
     mined = paraphrase_mining_embeddings(
-        embeddings, top_k, query_chunk_size=64, corpus_chunk_size=50, score_function="dot"
+        embeddings, top_k=top_k, query_chunk_size=64, corpus_chunk_size=50, score_function="dot"
     )
     expected = _brute_force_mining(embeddings, top_k, "dot")
     assert _pairs(mined) == _pairs(expected)

@@ -91,11 +91,53 @@ def test_tiny_arrays_by_hand() -> None:
 
 
 @pytest.mark.parametrize("fn", SIMILARITY_FNS)
-def test_output_is_float32_for_float64_input(fn: str) -> None:
+def test_float64_input_is_scored_in_float64_as_sentence_transformers(fn: str) -> None:
+    ours, theirs = ORACLES[fn]
     a, b = _pair(seed=16, n=2, m=3, dim=4)
     got = similarity(a.astype(np.float64), b.astype(np.float64), fn)
-    assert got.dtype == np.float32
+    assert got.dtype == np.float64
     np.testing.assert_allclose(got, similarity(a, b, fn), **TOL)
+    # past float32's range (a cast would give inf, and cosines of 0): the values sentence-transformers gives
+    wide_a, wide_b = a.astype(np.float64) * 1e20, b.astype(np.float64) * 1e20
+    expected = theirs(torch.from_numpy(wide_a), torch.from_numpy(wide_b)).numpy()
+    np.testing.assert_allclose(ours(wide_a, wide_b), expected, rtol=1e-6)
+    pairwise = {"cosine": util.pairwise_cos_sim, "dot": util.pairwise_dot_score}.get(fn)
+    if pairwise is not None:
+        expected = pairwise(torch.from_numpy(wide_a[:2]), torch.from_numpy(wide_b[:2])).numpy()
+        np.testing.assert_allclose(similarity_pairwise(wide_a[:2], wide_b[:2], fn), expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.uint8])
+def test_quantized_embeddings_are_refused(dtype: type) -> None:
+    """What encode(precision="int8"/"binary"...) returns; sentence-transformers' similarity raises on it too."""
+    packed = np.zeros((2, 4), dtype=dtype)
+    with pytest.raises(ValueError, match=f"a is {np.dtype(dtype).name} .*needs float embeddings"):
+        similarity(packed, np.ones((2, 4), np.float32))
+    with pytest.raises(ValueError, match="semantic_search_binary"):
+        similarity_pairwise(np.ones((2, 4), np.float32), packed)
+
+
+@pytest.mark.parametrize("fn", ["dot", "euclidean", "manhattan"])
+def test_pairwise_of_two_vectors_is_0_d_as_sentence_transformers(fn: str) -> None:
+    a, b = _pair(seed=17, n=1, m=1, dim=6)
+    theirs = {"dot": util.pairwise_dot_score, "euclidean": util.pairwise_euclidean_sim}.get(
+        fn, util.pairwise_manhattan_sim
+    )
+    expected = theirs(torch.from_numpy(a[0]), torch.from_numpy(b[0])).numpy()
+    got = similarity_pairwise(a[0], b[0], fn)
+    assert got.shape == expected.shape == ()
+    np.testing.assert_allclose(got, expected, **TOL)
+
+
+def test_normalize_takes_lists_and_keeps_float64() -> None:
+    from onnxembed.kernels import normalize
+
+    rows = [[3.0, 4.0], [0.0, 2.0]]
+    np.testing.assert_allclose(normalize(rows), [[0.6, 0.8], [0.0, 1.0]], rtol=1e-6)
+    wide = np.array(rows) * 1e30
+    expected = torch.nn.functional.normalize(torch.from_numpy(wide), dim=-1).numpy()
+    assert normalize(wide).dtype == np.float64
+    np.testing.assert_allclose(normalize(wide), expected, rtol=1e-12)
 
 
 @pytest.mark.parametrize("function", [cos_sim, dot_score])
