@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,8 @@ def resolve_prompt(prompts: dict[str, str], default_prompt_name: str | None, pro
                 stacklevel=3,
             )
         return prompt
+    if prompt_name is not None and not isinstance(prompt_name, str):
+        raise ArgumentTypeError(f"prompt_name must be a str; got {type(prompt_name).__name__}")
     name = prompt_name if prompt_name is not None else default_prompt_name
     if name is None:
         return ""
@@ -65,12 +67,46 @@ def resolve_prompt(prompts: dict[str, str], default_prompt_name: str | None, pro
     return prompts[name]
 
 
+def unordered_or_keyed(inputs: object, name: str) -> None:
+    """Refuse what list() would take apart other than as a caller means it: a dict (its keys), a set (in an
+    order the caller cannot map back to the results), a DataFrame (its column names) and a 0-d numpy array."""
+    if isinstance(inputs, Mapping):
+        raise ArgumentTypeError(f"{name} is a {type(inputs).__name__}: pass the text(s) themselves, not a mapping")
+    if isinstance(inputs, (set, frozenset)):
+        raise ArgumentTypeError(f"{name} is a {type(inputs).__name__}: pass a list, whose order the results follow")
+    if type(inputs).__name__ == "DataFrame":  # iterating one gives its column names
+        raise ArgumentTypeError(f"{name} is a DataFrame: pass a list of its rows (df.values.tolist())")
+    if isinstance(inputs, np.ndarray) and inputs.ndim == 0:
+        raise ArgumentTypeError(f"{name} is a 0-d array; pass its text as a str, or a 1-d array")
+
+
 def checked_texts(sentences: Iterable[str]) -> list[str]:
     """``sentences`` as a list, if it is an iterable of str (not bytes), else ArgumentTypeError."""
     if isinstance(sentences, (bytes, bytearray)) or not isinstance(sentences, Iterable):
         raise ArgumentTypeError(f"sentences must be a str or an iterable of str; got {type(sentences).__name__}")
+    unordered_or_keyed(sentences, "sentences")
     texts = list(sentences)
     for index, text in enumerate(texts):
         if not isinstance(text, str):
             raise ArgumentTypeError(f"sentences[{index}] is {type(text).__name__}, not str")
     return texts
+
+
+# torch's name for the device each onnxruntime provider runs on, for device=...; other providers (DirectML,
+# CoreML, OpenVINO...) have none, so any device= there is refused.
+TORCH_DEVICES = {
+    "CPUExecutionProvider": "cpu",
+    "CUDAExecutionProvider": "cuda",
+    "TensorrtExecutionProvider": "cuda",
+    "ROCMExecutionProvider": "cuda",
+    "MIGraphXExecutionProvider": "cuda",
+}
+
+
+def check_device(device: object, provider: str, owner: str) -> None:
+    """sentence-transformers' ``device=`` of a call: accepted when it names where ``provider`` runs ("cpu",
+    "cuda:0", a torch.device), else refused: the provider is chosen when the model is loaded."""
+    if device is not None and str(device).split(":")[0] != TORCH_DEVICES.get(provider):
+        raise InvalidArgumentError(
+            f"device={device!r}, but this {owner} runs on {provider}; choose one with {owner}(provider=...)"
+        )

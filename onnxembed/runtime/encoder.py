@@ -17,6 +17,8 @@ import numpy as np
 
 from onnxembed._checks import (
     DOCUMENT_PROMPT_NAMES,
+    TORCH_DEVICES,
+    check_device,
     checked_texts,
     model_path,
     one_of_inputs,
@@ -26,18 +28,9 @@ from onnxembed._checks import (
 from onnxembed.errors import ArgumentTypeError, InvalidArgumentError
 from onnxembed.kernels import normalize, similarity, similarity_pairwise
 from onnxembed.kernels.quantization import PRECISIONS, Precision, quantize_embeddings
+from onnxembed.kernels.similarity import check_similarity_fn
 from onnxembed.manifest import RERANKER, SPARSE, Manifest, ModelLoadError
 from onnxembed.runtime.engine import EmbeddingEngine
-
-# torch's name for the device each onnxruntime provider runs on, for encode(device=...); other providers
-# (DirectML, CoreML, OpenVINO...) have none, so any device= there is refused.
-TORCH_DEVICES = {
-    "CPUExecutionProvider": "cpu",
-    "CUDAExecutionProvider": "cuda",
-    "TensorrtExecutionProvider": "cuda",
-    "ROCMExecutionProvider": "cuda",
-    "MIGraphXExecutionProvider": "cuda",
-}
 
 
 class Encoder(EmbeddingEngine):
@@ -65,6 +58,7 @@ class Encoder(EmbeddingEngine):
             (``.profile_path`` says which file; one measured elsewhere is ignored with a warning). Its sessions,
             threads and overlap apply when none of the three is given, its token budget and batch size when
             ``encode`` is not given them. Loading never measures anything.
+        similarity_fn_name: The function of :meth:`similarity` (None: the model's), as SentenceTransformer's.
 
     Raises:
         ModelLoadError: ``model_dir`` is not a complete export.
@@ -89,6 +83,7 @@ class Encoder(EmbeddingEngine):
         sessions: int | None = None,
         io_binding: bool = False,
         profile: bool = True,
+        similarity_fn_name: str | None = None,
     ) -> None:
         self.model_dir = model_path(model_dir)
         self.manifest = Manifest.read(self.model_dir)
@@ -103,6 +98,7 @@ class Encoder(EmbeddingEngine):
         self.truncate_dim = _checked_truncate_dim(
             truncate_dim if truncate_dim is not None else self.manifest.truncate_dim
         )
+        self.similarity_fn_name = similarity_fn_name or self.manifest.similarity_fn_name
         self._load(
             provider, threads, variant, overlap=overlap, sessions=sessions, io_binding=io_binding, profile=profile
         )
@@ -125,8 +121,27 @@ class Encoder(EmbeddingEngine):
 
     @property
     def similarity_fn_name(self) -> str:
-        """The model's similarity function: "cosine", "dot", "euclidean" or "manhattan"."""
-        return self.manifest.similarity_fn_name
+        """The similarity function of :meth:`similarity`: "cosine", "dot", "euclidean" or "manhattan" (the
+        model's unless set, as on a SentenceTransformer)."""
+        return self._similarity_fn_name
+
+    @similarity_fn_name.setter
+    def similarity_fn_name(self, name: str) -> None:
+        self._similarity_fn_name = check_similarity_fn(name)
+
+    @property
+    def default_prompt_name(self) -> str | None:
+        """The prompt ``encode`` uses when given none (a key of :attr:`prompts`), or None."""
+        return self.manifest.default_prompt_name
+
+    @property
+    def device(self) -> str:
+        """Where the provider runs, in torch's words ("cpu", "cuda"); the provider's name for others."""
+        return TORCH_DEVICES.get(self.provider, self.provider)
+
+    def get_sentence_embedding_dimension(self) -> int:
+        """:attr:`dim`, by sentence-transformers' name."""
+        return self.dim
 
     def __repr__(self) -> str:
         return f"Encoder({str(self.model_dir)!r}, provider={self.provider!r}, variant={self.variant!r}, dim={self.dim})"
@@ -236,10 +251,7 @@ class Encoder(EmbeddingEngine):
             raise InvalidArgumentError(
                 f"output_value={output_value!r} is not supported: an export carries sentence embeddings only"
             )
-        if device is not None and str(device).split(":")[0] != TORCH_DEVICES.get(self.provider):
-            raise InvalidArgumentError(
-                f"device={device!r}, but this Encoder runs on {self.provider}; choose one with Encoder(provider=...)"
-            )
+        check_device(device, self.provider, "Encoder")
 
     def encode_query(self, inputs: str | Iterable[str] | None = None, **options: Any) -> np.ndarray:
         """:meth:`encode` with the model's "query" prompt, as ``SentenceTransformer.encode_query``.
@@ -347,7 +359,7 @@ class Encoder(EmbeddingEngine):
             >>> encoder.similarity(embeddings, embeddings).shape
             (3, 3)
         """
-        return similarity(a, b, self.manifest.similarity_fn_name)
+        return similarity(a, b, self.similarity_fn_name)
 
     def similarity_pairwise(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """The similarity of a[i] and b[i] with the model's similarity function, as
@@ -360,7 +372,7 @@ class Encoder(EmbeddingEngine):
         Returns:
             (n,) float32 scores.
         """
-        return similarity_pairwise(a, b, self.manifest.similarity_fn_name)
+        return similarity_pairwise(a, b, self.similarity_fn_name)
 
 
 def _checked_truncate_dim(truncate_dim: int | None) -> int | None:

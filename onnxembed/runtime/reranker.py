@@ -10,12 +10,21 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from onnxembed._checks import model_path, one_of_inputs, positive_int, resolve_prompt
+from onnxembed._checks import (
+    TORCH_DEVICES,
+    check_device,
+    model_path,
+    one_of_inputs,
+    positive_int,
+    resolve_prompt,
+    unordered_or_keyed,
+)
 from onnxembed.errors import ArgumentTypeError, InvalidArgumentError, ModelLoadError
 from onnxembed.kernels.dense import DENSE_ACTIVATIONS, activate
 from onnxembed.manifest import LOGITS_OUTPUT, RERANKER, Manifest
@@ -99,6 +108,16 @@ class Reranker:
         return self.manifest.max_seq_length
 
     @property
+    def max_length(self) -> int:
+        """:attr:`max_seq_length`, by CrossEncoder's name."""
+        return self.manifest.max_seq_length
+
+    @property
+    def device(self) -> str:
+        """Where the provider runs, in torch's words ("cpu", "cuda"); the provider's name for others."""
+        return TORCH_DEVICES.get(self.provider, self.provider)
+
+    @property
     def activation_fn(self) -> str:
         """The activation predict applies by default: "sigmoid", "identity", ... (torch.nn's class, lowercased)."""
         return self.manifest.activation_fn
@@ -129,6 +148,7 @@ class Reranker:
         sentences: Any = None,
         activation_fct: Callable[[np.ndarray], np.ndarray] | str | None = None,
         num_workers: int | None = None,
+        device: Any = None,
     ) -> np.ndarray | list[np.ndarray]:
         """Score pairs as ``CrossEncoder.predict`` does.
 
@@ -152,6 +172,7 @@ class Reranker:
             sentences: The older name of ``inputs``.
             activation_fct: The older name of ``activation_fn`` (sentence-transformers before 4.x).
             num_workers: Accepted and ignored, as sentence-transformers does (with a warning).
+            device: None, or the device this Reranker's provider runs on ("cpu", "cuda"); another raises.
 
         Returns:
             ``(n,)`` float32 for one label, ``(n, num_labels)`` otherwise; for a single pair a scalar or
@@ -166,6 +187,7 @@ class Reranker:
         single = _is_single_pair(inputs)
         pairs = _checked_pairs([inputs] if single else inputs)
         batch_size = positive_int(batch_size, "batch_size")
+        check_device(device, self.provider, "Reranker")
         if convert_to_tensor:
             raise InvalidArgumentError("convert_to_tensor=True needs torch; the onnxembed runtime returns numpy arrays")
         activation = self._activation(activation_fn)
@@ -197,6 +219,7 @@ class Reranker:
         max_batch_tokens: int | None = None,
         activation_fct: Callable[[np.ndarray], np.ndarray] | str | None = None,
         num_workers: int | None = None,
+        device: Any = None,
     ) -> list[dict[str, Any]]:
         """Score ``documents`` against ``query`` and sort them, as ``CrossEncoder.rank`` does.
 
@@ -216,9 +239,11 @@ class Reranker:
             max_batch_tokens: As in :meth:`predict`.
             activation_fct: As in :meth:`predict`.
             num_workers: As in :meth:`predict` (ignored).
+            device: As in :meth:`predict`.
 
         Returns:
-            ``[{"corpus_id": i, "score": float32, "text": ...}, ...]`` best first (ties keep input order).
+            ``[{"corpus_id": i, "score": float, "text": ...}, ...]`` best first (ties keep input order); the
+            scores are Python floats, as sentence-transformers 6 gives them (JSON-serializable).
 
         Raises:
             InvalidArgumentError: The model has num_labels != 1 (as sentence-transformers).
@@ -232,7 +257,13 @@ class Reranker:
             raise ArgumentTypeError(f"query must be a str; got {type(query).__name__}")
         if isinstance(documents, (str, bytes)) or not isinstance(documents, Iterable):
             raise ArgumentTypeError(f"documents must be a list of str; got {type(documents).__name__}")
+        unordered_or_keyed(documents, "documents")
         documents = list(documents)
+        for index, document in enumerate(documents):
+            if not isinstance(document, str):
+                raise ArgumentTypeError(f"documents[{index}] is {type(document).__name__}, not str")
+        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer))):
+            raise ArgumentTypeError(f"top_k must be an int or None; got {type(top_k).__name__} {top_k!r}")
         activation_fn = _renamed_options(activation_fn, activation_fct, num_workers)
         scores = self.predict(
             [(query, document) for document in documents],
@@ -245,10 +276,11 @@ class Reranker:
             convert_to_numpy=convert_to_numpy,
             convert_to_tensor=convert_to_tensor,
             max_batch_tokens=max_batch_tokens,
+            device=device,
         )
         results: list[dict[str, Any]] = []
         for index, score in enumerate(scores):
-            results.append({"corpus_id": index, "score": score})
+            results.append({"corpus_id": index, "score": float(score)})
             if return_documents:
                 results[-1]["text"] = documents[index]
         results.sort(key=lambda result: result["score"], reverse=True)  # stable, as sentence-transformers' sorted
@@ -271,9 +303,13 @@ class Reranker:
         if kind.__module__.startswith("torch.nn") and kind.__name__ in _TORCH_CLASSES:
             name = _TORCH_CLASSES[kind.__name__]
             return lambda logits: activate(logits, name)
-        if callable(activation_fn):
-            return lambda logits: np.asarray(activation_fn(logits), dtype=np.float32)
-        raise ArgumentTypeError(f"activation_fn must be a name or a callable; got {type(activation_fn).__name__}")
+        if not callable(activation_fn):
+            raise ArgumentTypeError(f"activation_fn must be a name or a callable; got {type(activation_fn).__name__}")
+        if _from_torch(activation_fn):
+            # another torch module (Softmax(dim=1), LogSoftmax...) or function (torch.sigmoid): torch is
+            # loaded already, since the caller made it; it gets a tensor, as in sentence-transformers
+            return partial(_through_torch, activation_fn)
+        return partial(_through_numpy, activation_fn)
 
     def _logits(
         self, pairs: list[Pair], prompt: str, batch_size: int, max_batch_tokens: int | None, show_progress: bool
@@ -323,6 +359,31 @@ def _finish(logits: np.ndarray, activation: Callable[[np.ndarray], np.ndarray], 
     return np.asarray(scores, dtype=np.float32)
 
 
+def _from_torch(function: Any) -> bool:
+    """A torch.nn module or a function of torch's (torch.sigmoid, torch.nn.functional.softmax)."""
+    owner = getattr(function, "__module__", None) or ""
+    return type(function).__module__.startswith("torch") or owner == "torch" or owner.startswith("torch.")
+
+
+def _through_torch(function: Any, logits: np.ndarray) -> np.ndarray:
+    import torch
+
+    with torch.no_grad():
+        result = function(torch.from_numpy(logits))
+    return np.asarray(result.detach().cpu().float().numpy(), dtype=np.float32)
+
+
+def _through_numpy(function: Any, logits: np.ndarray) -> np.ndarray:
+    try:
+        result = function(logits)
+    except (TypeError, AttributeError) as error:
+        raise ArgumentTypeError(
+            f"activation_fn failed on the logits: {type(error).__name__}: {error}. It is given a (pairs, "
+            "num_labels) float32 numpy array (a torch.nn module or torch function is given a tensor)"
+        ) from error
+    return np.asarray(result, dtype=np.float32)
+
+
 def _is_single_pair(inputs: Any) -> bool:
     """sentence-transformers' rule: a list or tuple whose first element is not itself a list or tuple is one
     pair; an empty list is an empty batch."""
@@ -347,6 +408,7 @@ def _renamed_options(activation_fn: Any, activation_fct: Any, num_workers: int |
 def _checked_pairs(inputs: Any) -> list[Pair]:
     if isinstance(inputs, (str, bytes)) or not isinstance(inputs, Iterable):
         raise ArgumentTypeError(f"inputs must be a list of (query, document) pairs; got {type(inputs).__name__}")
+    unordered_or_keyed(inputs, "inputs")
     pairs = []
     for index, pair in enumerate(inputs.tolist() if isinstance(inputs, np.ndarray) else inputs):
         if isinstance(pair, np.ndarray):  # one pair given as a 1-D array of two strings

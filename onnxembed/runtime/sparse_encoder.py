@@ -21,6 +21,8 @@ import numpy as np
 
 from onnxembed._checks import (
     DOCUMENT_PROMPT_NAMES,
+    TORCH_DEVICES,
+    check_device,
     checked_texts,
     model_path,
     one_of_inputs,
@@ -124,6 +126,16 @@ class SparseEncoder:
         return self.manifest.similarity_fn_name
 
     @property
+    def default_prompt_name(self) -> str | None:
+        """The prompt ``encode`` uses when given none (a key of :attr:`prompts`), or None."""
+        return self.manifest.default_prompt_name
+
+    @property
+    def device(self) -> str:
+        """Where the provider runs, in torch's words ("cpu", "cuda"); the provider's name for others."""
+        return TORCH_DEVICES.get(self.provider, self.provider)
+
+    @property
     def inference_free(self) -> bool:
         """Whether queries go through a per-token weight table (no model run) instead of the graph."""
         return self.manifest.static_route is not None
@@ -151,6 +163,7 @@ class SparseEncoder:
         convert_to_csr: bool = False,
         max_batch_tokens: int | None = None,
         sentences: Any = None,
+        device: Any = None,
     ) -> Any:
         """Encode texts as ``SparseEncoder.encode`` does.
 
@@ -172,6 +185,7 @@ class SparseEncoder:
             max_batch_tokens: Padded tokens per batch at most (default: the provider's, capped so that a batch's
                 logits stay under 512 MiB).
             sentences: The older name of ``inputs``.
+            device: None, or the device this SparseEncoder's provider runs on ("cpu", "cuda"); another raises.
 
         Returns:
             A list of :class:`SparseEmbedding` (one for a single text), a scipy CSR matrix, or (n, dim) /
@@ -186,6 +200,7 @@ class SparseEncoder:
         single = isinstance(inputs, str)
         texts = [inputs] if isinstance(inputs, str) else checked_texts(inputs)
         batch_size = positive_int(batch_size, "batch_size")
+        check_device(device, self.provider, "SparseEncoder")
         if max_active_dims is None:
             max_active_dims = self.max_active_dims
         if max_active_dims is not None:
@@ -254,9 +269,52 @@ class SparseEncoder:
     def similarity(self, a: Any, b: Any) -> np.ndarray:
         """Dot scores of every vector of ``a`` with every vector of ``b``: (len(a), len(b)) float32 (see
         :func:`onnxembed.kernels.sparse_dot_score`)."""
+        self._check_dot()
+        return sparse_dot_score(a, b)
+
+    def similarity_pairwise(self, a: Any, b: Any) -> np.ndarray:
+        """Dot score of ``a[i]`` with ``b[i]``: (n,) float32, as ``SparseEncoder.similarity_pairwise``."""
+        self._check_dot()
+        left, right = as_sparse_matrix(a, "a"), as_sparse_matrix(b, "b")
+        if left.shape != right.shape:
+            raise InvalidArgumentError(
+                f"pairwise similarity needs a and b of one shape; got {left.shape}, {right.shape}"
+            )
+        scores = np.zeros(len(left), dtype=np.float32)
+        for index in range(len(left)):  # each pair's shared terms only, never a (n, n) block
+            first, second = left.row(index), right.row(index)
+            _, at_first, at_second = np.intersect1d(first.indices, second.indices, return_indices=True)
+            scores[index] = np.dot(first.values[at_first], second.values[at_second])
+        return scores
+
+    def intersection(self, a: Any, b: Any) -> Any:
+        """The terms ``a`` shares with each vector of ``b``, weighted by the product of their weights, as
+        ``SparseEncoder.intersection``: ``a`` one vector; ``b`` one vector (-> a SparseEmbedding) or several
+        (-> a list of them). :meth:`decode` reads them."""
+        first = as_sparse_matrix(a, "a")
+        if len(first) != 1:
+            raise InvalidArgumentError(f"a must be one vector; got {len(first)}")
+        one = isinstance(b, SparseEmbedding) or (isinstance(b, np.ndarray) and b.ndim == 1)
+        second = as_sparse_matrix(b, "b")
+        if first.dim != second.dim:
+            raise InvalidArgumentError(f"vocabulary mismatch: a has {first.dim}, b has {second.dim}")
+        query = first.row(0).to_dense()
+        shared = [_times(query, row) for row in second.rows()]
+        return shared[0] if one else shared
+
+    @staticmethod
+    def sparsity(embeddings: Any) -> dict[str, float]:
+        """Mean active terms per vector and mean share of the vocabulary left out, as
+        ``SparseEncoder.sparsity``: ``{"active_dims": float, "sparsity_ratio": float}``."""
+        matrix = as_sparse_matrix(embeddings)
+        if len(matrix) == 0 or matrix.dim == 0:
+            return {"active_dims": 0.0, "sparsity_ratio": 1.0}
+        active = np.diff(matrix.indptr).astype(np.float64)
+        return {"active_dims": float(active.mean()), "sparsity_ratio": float((1 - active / matrix.dim).mean())}
+
+    def _check_dot(self) -> None:
         if self.similarity_fn_name != "dot":
             raise InvalidArgumentError(f"similarity {self.similarity_fn_name!r} is not supported; only dot is")
-        return sparse_dot_score(a, b)
 
     def _routes_to_table(self, task: str | None) -> bool:
         route = self.manifest.static_route
@@ -343,3 +401,10 @@ class SparseEncoder:
         feed = {name: arrays[name] for name in self._input_names}
         (vectors,) = self._session.run([POOLED_OUTPUT], feed)
         return np.asarray(vectors, dtype=np.float32)
+
+
+def _times(dense: np.ndarray, row: SparseEmbedding) -> SparseEmbedding:
+    """``row`` times a dense vector: the terms where both are non-zero."""
+    values = row.values * dense[row.indices]
+    keep = values != 0
+    return SparseEmbedding(row.indices[keep], values[keep], row.dim)

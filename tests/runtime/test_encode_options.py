@@ -103,6 +103,57 @@ def test_paraphrase_mining_matches_sentence_transformers(pair) -> None:
     actual = paraphrase_mining(Encoder(out), texts, top_k=3)
     assert [(i, j) for _, i, j in actual[:10]] == [(i, j) for _, i, j in expected[:10]]
     np.testing.assert_allclose([s for s, _, _ in actual], [s for s, _, _ in expected[: len(actual)]], atol=1e-4)
+    # the encode options sentence-transformers' paraphrase_mining passes on
+    options = {"truncate_dim": 12, "prompt": "query: "}
+    expected = st_paraphrase_mining(reference, texts, top_k=3, **options)
+    actual = paraphrase_mining(Encoder(out), texts, top_k=3, **options)
+    assert [(i, j) for _, i, j in actual[:10]] == [(i, j) for _, i, j in expected[:10]]
+    # a str is one sentence (encode's rule), which has no pair; its characters are not sentences
+    assert paraphrase_mining(Encoder(out), "a string") == st_paraphrase_mining(reference, "a string") == []
+
+
+def test_similarity_fn_name_is_settable_as_on_a_sentence_transformer(pair) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    reference, out, replica = pair
+    encoder = Encoder(out)
+    a, b = encoder.encode(TEXTS[:5]), encoder.encode(TEXTS[5:9])
+    fresh = SentenceTransformer(str(replica.path), device="cpu")  # the module's reference stays as loaded
+    assert encoder.similarity_fn_name == fresh.similarity_fn_name
+    for name in ("dot", "euclidean", "manhattan", "cosine"):
+        fresh.similarity_fn_name = name
+        encoder.similarity_fn_name = name
+        np.testing.assert_allclose(encoder.similarity(a, b), fresh.similarity(a, b).numpy(), rtol=1e-5, atol=1e-5)
+        loaded = SentenceTransformer(str(replica.path), device="cpu", similarity_fn_name=name)
+        np.testing.assert_allclose(
+            Encoder(out, similarity_fn_name=name).similarity_pairwise(a[:4], b),
+            loaded.similarity_pairwise(a[:4], b).numpy(),
+            rtol=1e-5,
+            atol=1e-5,
+        )
+    with pytest.raises(ValueError, match="unknown similarity function 'hamming'"):
+        encoder.similarity_fn_name = "hamming"
+    assert encoder.default_prompt_name == reference.default_prompt_name
+    assert encoder.get_sentence_embedding_dimension() == reference.get_sentence_embedding_dimension()
+    assert encoder.device == "cpu"
+
+
+@pytest.mark.parametrize(
+    ("inputs", "message"),
+    [
+        ({"text": "hello"}, "sentences is a dict: pass the text"),  # list() would give its keys
+        ({"b", "a"}, "sentences is a set: pass a list"),  # an order the caller cannot map back
+        (np.array("hello"), "0-d array"),
+    ],
+)
+def test_inputs_list_would_take_apart_are_refused(tiny_export: Path, inputs, message: str) -> None:
+    from onnxembed import ArgumentTypeError
+
+    encoder = Encoder(tiny_export)
+    with pytest.raises(ArgumentTypeError, match=message):
+        encoder.encode(inputs)
+    with pytest.raises(ArgumentTypeError, match="prompt_name must be a str; got list"):
+        encoder.encode(["a"], prompt_name=["query"])
 
 
 def test_torch_side_options(pair) -> None:

@@ -4,6 +4,7 @@ CrossEncoder's result shapes and argument names, its errors, and no torch at run
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -91,6 +92,11 @@ def test_softmax_and_activations(case: tuple[Any, Reranker]) -> None:
     for module in (torch.nn.Sigmoid(), torch.nn.Tanh()):  # a torch activation is recognised, run in numpy
         _close(reference.predict(PAIRS, activation_fn=module), reranker.predict(PAIRS, activation_fn=module))
     _close(reference.predict(PAIRS, activation_fn=torch.nn.Tanh()), reranker.predict(PAIRS, activation_fn=np.tanh))
+    # other torch modules and torch's functions get a tensor, as in sentence-transformers
+    for function in (torch.nn.Softmax(dim=1), torch.nn.LogSoftmax(dim=1), torch.nn.Hardtanh(), torch.sigmoid):
+        _close(reference.predict(PAIRS, activation_fn=function), reranker.predict(PAIRS, activation_fn=function))
+    with pytest.raises(ArgumentTypeError, match="activation_fn failed on the logits.*numpy array"):
+        reranker.predict(PAIRS[:2], activation_fn=lambda logits: logits.softmax(dim=1))
 
 
 def test_rank_matches_cross_encoder(case: tuple[Any, Reranker]) -> None:
@@ -110,8 +116,9 @@ def test_rank_matches_cross_encoder(case: tuple[Any, Reranker]) -> None:
     for row in actual:
         assert abs(row["score"] - by_id[row["corpus_id"]]["score"]) <= ATOL
         assert row["text"] == documents[row["corpus_id"]]
-        # numpy float32 as sentence-transformers 5.x (6.x gives a float): a real number either way
-        assert isinstance(row["score"], np.float32) and isinstance(expected[0]["score"], (float, np.floating))
+        # a Python float as sentence-transformers 6.x gives it (5.x: numpy float32), so that json takes it
+        assert type(row["score"]) is float and isinstance(expected[0]["score"], (float, np.floating))
+    json.dumps(actual)
     # the same order wherever scores differ by more than the tolerance
     position = {row["corpus_id"]: place for place, row in enumerate(actual)}
     for first, second in zip(expected, expected[1:], strict=False):
@@ -199,6 +206,21 @@ def test_bad_inputs_raise_clear_errors(bert_reranker: Replica, exports_dir: Path
         reranker.rank("q", "not a list")
     with pytest.raises(ArgumentTypeError, match="query must be a str"):
         reranker.rank(["q"], ["d"])
+    with pytest.raises(ArgumentTypeError, match=r"documents\[1\] is int, not str"):
+        reranker.rank("q", ["d", 3])
+    with pytest.raises(ArgumentTypeError, match="top_k must be an int or None; got float"):
+        reranker.rank("q", ["d", "e"], top_k=2.5)
+    # containers list() would take apart other than as meant: a set's order is not the caller's
+    with pytest.raises(ArgumentTypeError, match="documents is a set: pass a list"):
+        reranker.rank("q", {"d", "e"})
+    with pytest.raises(ArgumentTypeError, match="inputs is a set"):
+        reranker.predict({("a", "b"), ("c", "d")})
+    # device= as in CrossEncoder: where the provider runs is accepted, another device refused
+    np.testing.assert_array_equal(reranker.predict(PAIRS[:3], device="cpu"), reranker.predict(PAIRS[:3]))
+    assert reranker.rank("q", ["d", "e"], device="cpu")[0]["corpus_id"] in (0, 1)
+    with pytest.raises(InvalidArgumentError, match="device='cuda', but this Reranker runs on CPUExecutionProvider"):
+        reranker.predict(PAIRS[:3], device="cuda")
+    assert reranker.device == "cpu" and reranker.max_length == reranker.max_seq_length
 
 
 def test_model_kinds_are_not_confused(bert_reranker: Replica, exports_dir: Path, tiny_export: Path) -> None:

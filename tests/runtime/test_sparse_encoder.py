@@ -101,6 +101,44 @@ def test_decode_as_sentence_transformers(name: str, request: pytest.FixtureReque
     assert isinstance(single, list) and all(isinstance(token, str) for token, _ in single)
 
 
+def test_pairwise_intersection_and_sparsity_as_sentence_transformers(bert_splade: Replica, exports_dir: Path) -> None:
+    reference = _reference(bert_splade)
+    model = SparseEncoder(exported_sparse(bert_splade, exports_dir), provider="cpu")
+    texts = SPARSE_TEXTS[:6]
+    theirs, ours = reference.encode(texts), model.encode(texts)
+    dense = reference.encode(texts, convert_to_sparse_tensor=False)  # its pairwise cannot slice sparse tensors
+    np.testing.assert_allclose(
+        model.similarity_pairwise(ours[:3], ours[3:]),
+        reference.similarity_pairwise(dense[:3], dense[3:]).numpy(),
+        rtol=1e-5,
+        atol=1e-5,
+    )
+    for second in (texts[1], texts[1:4]):  # one vector, then several (sparse tensors do not slice: encoded apart)
+        expected = reference.intersection(reference.encode(texts[0]), reference.encode(second)).to_dense().numpy()
+        shared = model.intersection(ours[0], ours[1] if isinstance(second, str) else ours[1:4])
+        dense = (
+            shared.to_dense() if isinstance(shared, SparseEmbedding) else np.stack([row.to_dense() for row in shared])
+        )
+        assert dense.shape == expected.shape
+        np.testing.assert_allclose(dense, expected, rtol=1e-5, atol=1e-6)
+        assert model.decode(shared) is not None
+    expected_stats = reference.sparsity(reference.encode(texts, convert_to_sparse_tensor=False))
+    stats = model.sparsity(ours)
+    assert stats.keys() == expected_stats.keys()
+    for key, value in expected_stats.items():
+        assert abs(stats[key] - value) <= 1e-6 * max(1.0, abs(value)), (key, stats[key], value)
+    # dense rows given as a list of arrays, and torch tensors, are the same vectors to similarity
+    dense_rows = list(model.encode(texts, convert_to_sparse_tensor=False))
+    np.testing.assert_allclose(model.similarity(dense_rows, dense_rows), model.similarity(ours, ours), rtol=1e-6)
+    np.testing.assert_allclose(
+        model.similarity(theirs, theirs), reference.similarity(theirs, theirs).numpy(), rtol=1e-5
+    )
+    np.testing.assert_array_equal(model.encode(texts[0], device="cpu").indices, ours[0].indices)
+    with pytest.raises(InvalidArgumentError, match="device='cuda', but this SparseEncoder runs on"):
+        model.encode(texts, device="cuda")
+    assert model.default_prompt_name == reference.default_prompt_name and model.device == "cpu"
+
+
 def test_bad_input(bert_splade: Replica, exports_dir: Path, tiny_export: Path) -> None:
     out = exported_sparse(bert_splade, exports_dir)
     model = SparseEncoder(out, provider="cpu")
@@ -108,6 +146,8 @@ def test_bad_input(bert_splade: Replica, exports_dir: Path, tiny_export: Path) -
         model.encode("text", prompt_name="nope")
     with pytest.raises(ArgumentTypeError, match=r"sentences\[1\] is int, not str"):
         model.encode(["text", 3])
+    with pytest.raises(ArgumentTypeError, match="sentences is a dict: pass the text"):
+        model.encode({"text": "hello"})
     with pytest.raises(InvalidArgumentError, match="max_active_dims must be a positive integer"):
         model.encode("text", max_active_dims=0)
     with pytest.raises(InvalidArgumentError, match="top_k must be a positive integer"):
