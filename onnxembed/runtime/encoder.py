@@ -24,6 +24,7 @@ from onnxembed._checks import (
     one_of_inputs,
     positive_int,
     resolve_prompt,
+    unordered_or_keyed,
 )
 from onnxembed.errors import ArgumentTypeError, InvalidArgumentError
 from onnxembed.kernels import normalize, similarity, similarity_pairwise
@@ -326,6 +327,7 @@ class Encoder(EmbeddingEngine):
             )
         if isinstance(sentences, (str, bytes, bytearray)) or not isinstance(sentences, Iterable):
             raise ArgumentTypeError(f"sentences must be an iterable of str; got {type(sentences).__name__}")
+        unordered_or_keyed(sentences, "sentences")
         iterator = iter(sentences)
         offset = 0
         while chunk := list(islice(iterator, chunk_size)):

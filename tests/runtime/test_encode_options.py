@@ -152,6 +152,8 @@ def test_inputs_list_would_take_apart_are_refused(tiny_export: Path, inputs, mes
     encoder = Encoder(tiny_export)
     with pytest.raises(ArgumentTypeError, match=message):
         encoder.encode(inputs)
+    with pytest.raises(ArgumentTypeError, match=message):
+        next(encoder.encode_iter(inputs))
     with pytest.raises(ArgumentTypeError, match="prompt_name must be a str; got list"):
         encoder.encode(["a"], prompt_name=["query"])
 
