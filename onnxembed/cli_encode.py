@@ -58,15 +58,20 @@ def run(args: argparse.Namespace) -> None:
         raise InvalidArgumentError(f"--output {output} is a directory; name the .npy file to write")
     if not output.parent.is_dir():
         raise InvalidArgumentError(f"--output {output}: the folder {output.parent} does not exist")
-    if args.input != "-" and not Path(args.input).is_file():
-        raise InvalidArgumentError(f"input {args.input} is not a file (give a text file, or - for stdin)")
+    if args.input != "-":
+        source = Path(args.input)
+        if not source.exists() or source.is_dir():
+            raise InvalidArgumentError(f"input {args.input} is not a file (give a text file, or - for stdin)")
+        if output.exists() and output.resolve() == source.resolve():
+            raise InvalidArgumentError(f"--output {output} is the input file; it would be overwritten")
     encoder = Encoder(args.model_dir, provider=args.provider, threads=args.threads)
     # Bytes, split at "\n" only, as _count_lines and embed-corpus count lines: text mode's universal newlines
     # would also end one at a lone "\r" and give more rows than lines. A stdin with no bytes under it (replaced
     # in-process by a text stream) is read as text.
     stdin = getattr(sys.stdin, "buffer", sys.stdin)
     stream: BinaryIO | TextIO = stdin if args.input == "-" else open(args.input, "rb")  # noqa: SIM115
-    total = None if args.input == "-" else _count_lines(args.input)
+    # a pipe (/dev/stdin, <(...)) is read once: only a regular file is counted ahead for the progress bar
+    total = _count_lines(args.input) if args.input != "-" and Path(args.input).is_file() else None
     partial = output.with_name(output.name + ".partial")
     try:
         blocks = encoder.encode_iter(

@@ -155,6 +155,12 @@ def _unknown_provider(tiny_export: Path, tmp_path: Path) -> list[str]:
     return ["encode", str(tiny_export), str(tmp_path / "texts.txt"), "-o", output, "--provider", "nope"]
 
 
+def _output_is_the_input(tiny_export: Path, tmp_path: Path) -> list[str]:
+    (tmp_path / "texts.txt").write_text("hello\n", encoding="utf-8")
+    (tmp_path / "same.npy").symlink_to(tmp_path / "texts.txt")  # a link to the input is the input too
+    return ["encode", str(tiny_export), str(tmp_path / "texts.txt"), "-o", str(tmp_path / "same.npy")]
+
+
 def _output_folder_missing(tiny_export: Path, tmp_path: Path) -> list[str]:
     (tmp_path / "texts.txt").write_text("hello\n", encoding="utf-8")
     return ["encode", str(tiny_export), str(tmp_path / "texts.txt"), "-o", str(tmp_path / "no-such-dir" / "o.npy")]
@@ -167,6 +173,7 @@ ERRORS = {
     "not a SentenceTransformer": (_not_a_sentence_transformer, "modules.json"),
     "unknown provider": (_unknown_provider, "nope"),
     "output folder missing": (_output_folder_missing, "the folder"),
+    "output is the input": (_output_is_the_input, "is the input file"),
 }
 
 
@@ -181,6 +188,23 @@ def test_errors_are_one_line_and_exit_1(case: str, tiny_export: Path, tmp_path: 
     assert named in stderr  # the message says what was wrong
     assert "Traceback" not in stderr
     assert not (tmp_path / "o.npy").exists()
+    if (tmp_path / "texts.txt").exists():  # the input is never touched
+        assert (tmp_path / "texts.txt").read_text(encoding="utf-8") == "hello\n"
+
+
+def test_encode_reads_a_pipe_named_as_input(tiny_export: Path, tmp_path: Path, reference) -> None:
+    """A FIFO (as /dev/stdin or <(...) are) is read once, as it comes: not refused, not counted ahead."""
+    import os
+    import threading
+
+    fifo = tmp_path / "texts.fifo"
+    os.mkfifo(fifo)
+    texts = ["first line", "second line", "third"]
+    writer = threading.Thread(target=lambda: fifo.write_text("\n".join(texts) + "\n", encoding="utf-8"))
+    writer.start()
+    assert main(["encode", str(tiny_export), str(fifo), "-o", str(tmp_path / "o.npy"), "--no-progress"]) == 0
+    writer.join()
+    _assert_same(reference.encode(texts), np.load(tmp_path / "o.npy"))
 
 
 def test_error_from_python_m_is_one_line(tiny_export: Path, tmp_path: Path) -> None:
