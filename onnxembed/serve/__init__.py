@@ -115,8 +115,12 @@ def serve(
     from onnxembed.runtime.session import resolve_provider
     from onnxembed.serve.protocol import guarded_protocol
 
+    # checked before the model loads: uvicorn would find a bad port only when it binds, with a traceback
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise InvalidArgumentError(f"port must be 1-65535 (0 picks one the server would not report); got {port!r}")
     workers, threads = worker_threads(resolve_provider(provider), workers, threads)
     max_inputs = max_inputs if max_inputs is not None else min(2048, max_queue)
+    documents_given = max_documents is not None
     if max_queue_chars is None:
         max_queue_chars = max(32 << 20, min(max_body_bytes, max_inputs * max_input_chars))
     max_documents = max_documents if max_documents is not None else min(1000, max_queue)
@@ -125,6 +129,8 @@ def serve(
     if main_is_reranker and reranker is not None:
         raise InvalidArgumentError(f"{model_dir} is a reranker already; --reranker goes beside an embedding model")
     reranker_dir = model_dir if main_is_reranker else reranker
+    if documents_given and reranker_dir is None:
+        raise InvalidArgumentError("max_documents (--max-documents) bounds rerank requests; no reranker is served")
     name = model_name or Path(model_dir).resolve().name
     config = ServeConfig(
         model_name=name,

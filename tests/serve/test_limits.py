@@ -28,6 +28,7 @@ pytest.importorskip("orjson", reason="the server needs the serve extra: pip inst
         ({"max_connections": 0}, "max_connections"),
         ({"api_key": ""}, "empty"),
         ({"api_key": "two words"}, "without spaces"),
+        ({"drain_timeout_s": -5}, "shutdown-timeout"),
     ],
 )
 def test_contradictory_limits_are_refused(limits: dict[str, Any], message: str) -> None:
@@ -62,7 +63,14 @@ def test_api_key_sources(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "options",
-    [["--api-key", ""], ["--max-queue", "8", "--max-inputs", "16"], ["--max-queue-chars", "100"]],
+    [
+        ["--api-key", ""],
+        ["--max-queue", "8", "--max-inputs", "16"],
+        ["--max-queue-chars", "100"],
+        ["--port", "70000"],  # uvicorn would find it only when binding, after loading, with a traceback
+        ["--port", "0"],  # a port the server would pick and not report
+        ["--shutdown-timeout", "-5"],
+    ],
 )
 def test_cli_refuses_before_loading_anything(options: list[str], tmp_path: Path) -> None:
     completed = subprocess.run(
@@ -73,6 +81,17 @@ def test_cli_refuses_before_loading_anything(options: list[str], tmp_path: Path)
     )
     assert completed.returncode == 1
     assert completed.stderr.startswith("onnxembed serve: error:") and completed.stderr.count("\n") == 1
+
+
+def test_max_documents_without_a_reranker_is_refused(tiny_export: Path) -> None:
+    """It would bound nothing: refused rather than ignored."""
+    completed = subprocess.run(
+        [sys.executable, "-m", "onnxembed", "serve", str(tiny_export), "--port", "1", "--max-documents", "5"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert completed.returncode == 1 and "no reranker is served" in completed.stderr, completed.stderr
 
 
 def test_parser_raises_only_client_errors() -> None:
