@@ -26,6 +26,23 @@ def model_path(model_dir: object, name: str = "model_dir") -> Path:
     return Path(model_dir)
 
 
+# Threads (or sessions) past this many per logical CPU only compete for the same cores; thousands of them made
+# onnxruntime spend minutes creating and spinning threads instead of failing.
+MAX_THREADS_PER_CPU = 4
+
+
+def thread_count(value: object, name: str) -> int:
+    """``value`` as a positive int of at most MAX_THREADS_PER_CPU x this machine's logical CPUs."""
+    count = positive_int(value, name)
+    limit = MAX_THREADS_PER_CPU * (os.cpu_count() or 1)
+    if count > limit:
+        raise InvalidArgumentError(
+            f"{name}={count} is more than {MAX_THREADS_PER_CPU} per logical CPU ({os.cpu_count()} here): they would "
+            f"only compete for the same cores; at most {limit}"
+        )
+    return count
+
+
 def one_of_inputs(inputs: Any, sentences: Any, expected: str) -> Any:
     """``inputs``, or ``sentences`` (its older name, sentence-transformers' too): exactly one of them.
     ``expected`` says what they hold, for the error ("a str or an iterable of str")."""

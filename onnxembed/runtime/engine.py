@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
+import warnings
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Any
 import numpy as np
 from onnxruntime import OrtValue
 
-from onnxembed._checks import positive_int
+from onnxembed._checks import thread_count
 from onnxembed.errors import InvalidArgumentError
 from onnxembed.kernels import exclude_prompt, normalize, pool
 from onnxembed.kernels.dense import dense
@@ -72,7 +73,9 @@ class EmbeddingEngine:
         if on_cpu and threads is None and overlap is None and sessions is None:
             threads, overlap, sessions = self.settings.threads, self.settings.overlap, self.settings.sessions
         self._overlap = (not on_cpu) if overlap is None else bool(overlap)
-        sessions = positive_int(sessions if sessions is not None else 1, "sessions")
+        sessions = thread_count(sessions if sessions is not None else 1, "sessions")
+        # what runs, given or tuned: .settings says so (the profile's choice may have been overridden)
+        self.settings = dataclasses.replace(self.settings, sessions=sessions, threads=threads, overlap=self._overlap)
         if sessions > 1 and not self._overlap:
             raise InvalidArgumentError("sessions > 1 runs sessions side by side and needs overlap=True")
         self._io_binding = bool(io_binding)
@@ -116,7 +119,16 @@ class EmbeddingEngine:
         """The tuned settings for this variant when a profile holds for it, else the CPU's defaults."""
         # stacklevel: find_profile, here, _load, Encoder.__init__: the warning names the Encoder(...) line
         found = find_profile(self.model_dir, stacklevel=4) if read_profile else None
-        tuned = tuned_settings(found[1], self.variant) if found else None
+        try:
+            tuned = tuned_settings(found[1], self.variant) if found else None
+        except ValueError as error:
+            assert found is not None
+            warnings.warn(
+                f"ignoring the tuning profile {found[0]}: {error}; the defaults apply "
+                f"(rerun `onnxembed tune {self.model_dir}`)",
+                stacklevel=4,
+            )
+            tuned = None
         if found is None or tuned is None:
             return default_settings(), None
         logger.info("%s: %s from %s", self.variant, tuned.describe(), found[0])

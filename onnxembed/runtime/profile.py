@@ -153,9 +153,37 @@ def _mismatch(profile: dict[str, Any], sha: str, cpu: CpuInfo) -> str | None:
 
 
 def tuned_settings(profile: dict[str, Any], variant: str) -> EngineSettings | None:
-    """The settings ``profile`` chose for ``variant`` (None: it did not measure that variant)."""
-    chosen = profile.get("variants", {}).get(variant, {}).get("settings")
+    """The settings ``profile`` chose for ``variant`` (None: it did not measure that variant). A profile is a
+    file anyone can edit: a shape or a value ``tune`` never writes raises ValueError saying which."""
+    variants = profile.get("variants", {})
+    entry = variants.get(variant) if isinstance(variants, dict) else None
+    if entry is None:
+        if not isinstance(variants, dict):
+            raise ValueError("its 'variants' is not an object")
+        return None
+    chosen = entry.get("settings") if isinstance(entry, dict) else None
     if chosen is None:
         return None
+    if not isinstance(chosen, dict):
+        raise ValueError(f"the settings of {variant} are not an object")
     fields = set(asdict(EngineSettings()))
-    return EngineSettings(**{key: value for key, value in chosen.items() if key in fields})
+    settings = EngineSettings(**{key: value for key, value in chosen.items() if key in fields})
+    _check_settings(settings, variant)
+    return settings
+
+
+def _check_settings(settings: EngineSettings, variant: str) -> None:
+    from onnxembed._checks import positive_int, thread_count
+
+    try:
+        thread_count(settings.sessions, "sessions")
+        if settings.threads is not None:
+            thread_count(settings.threads, "threads")
+        positive_int(settings.max_batch_tokens, "max_batch_tokens")
+        positive_int(settings.batch_size, "batch_size")
+    except ValueError as error:
+        raise ValueError(f"{variant}: {error}") from None
+    if not isinstance(settings.overlap, bool):
+        raise ValueError(f"{variant}: overlap must be true or false; got {settings.overlap!r}")
+    if settings.sessions > 1 and not settings.overlap:
+        raise ValueError(f"{variant}: sessions {settings.sessions} side by side need overlap true")

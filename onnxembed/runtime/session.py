@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import onnxruntime as ort
 
-from onnxembed._checks import positive_int
+from onnxembed._checks import thread_count
 from onnxembed.errors import ArgumentTypeError, InvalidArgumentError
 from onnxembed.manifest import ModelLoadError
 
@@ -72,7 +72,7 @@ def create_session(onnx_path: Path, provider: str, threads: int | None) -> ort.I
     if not onnx_path.is_file():
         raise ModelLoadError(f"ONNX file {onnx_path} does not exist")
     if threads is not None:
-        threads = positive_int(threads, "threads")
+        threads = thread_count(threads, "threads")
     options = quiet_options()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads is not None:

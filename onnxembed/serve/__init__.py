@@ -20,6 +20,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Literal
 
+from onnxembed._checks import thread_count
 from onnxembed.errors import InvalidArgumentError
 from onnxembed.serve.config import ServeConfig
 
@@ -37,6 +38,10 @@ def worker_threads(provider: str, workers: int | None, threads: int | None) -> t
     that one tokenizes the next take while the other runs batches on the device.
     """
     on_cpu = provider == "CPUExecutionProvider"
+    if workers is not None:
+        workers = thread_count(workers, "workers")
+    if threads is not None:
+        threads = thread_count(threads, "threads")
     if workers is None:
         if on_cpu:
             workers = _usable_cores() if threads is None else 1

@@ -120,6 +120,9 @@ def test_explicit_arguments_win(model_dir: Path, monkeypatch: pytest.MonkeyPatch
     for options in ({"threads": 1}, {"sessions": 1}, {"overlap": False}):
         encoder = Encoder(model_dir, provider="cpu", **options)
         assert len(encoder._sessions) == 1 and encoder._runner is None, options
+        # .settings says what runs, not what the profile chose
+        assert (encoder.settings.sessions, encoder.settings.overlap) == (1, False), options
+        assert encoder.settings.threads == options.get("threads")
     assert len(Encoder(model_dir, provider="cpu", profile=False)._sessions) == 1
     encoder = Encoder(model_dir, provider="cpu", threads=1, sessions=1)  # what `onnxembed serve` builds on CPU
     planned: list[tuple[int, int]] = []
@@ -160,6 +163,48 @@ def test_a_corrupt_profile_is_ignored_with_a_warning(model_dir: Path) -> None:
     (model_dir / PROFILE_NAME).write_text("{not json")
     with pytest.warns(UserWarning, match="cannot be read"):
         assert Encoder(model_dir, provider="cpu").profile_path is None
+
+
+@pytest.mark.parametrize(
+    ("settings", "says"),
+    [
+        ({"sessions": 0}, "sessions must be a positive integer"),
+        ({"threads": -3}, "threads must be a positive integer"),
+        ({"batch_size": 1.5}, "batch_size must be a positive integer"),
+        ({"max_batch_tokens": "big"}, "max_batch_tokens must be a positive integer"),
+        ({"sessions": 2, "overlap": False}, "need overlap true"),
+        ({"sessions": 10**6, "overlap": True}, "more than 4 per logical CPU"),  # would open sessions until OOM
+        ([1, 2], "not an object"),
+    ],
+)
+def test_a_profile_with_values_tune_never_writes_is_ignored_with_a_warning(
+    model_dir: Path, settings: Any, says: str
+) -> None:
+    """A profile is a file anyone may edit: its values are checked as they load, and blamed on the profile, not on
+    arguments the caller never gave (the server took a string budget and answered every request with a 500)."""
+    profile = _profile(model_dir)
+    if isinstance(settings, dict):
+        profile["variants"]["fp32"]["settings"].update(settings)
+    else:
+        profile["variants"]["fp32"]["settings"] = settings
+    write_profile(model_dir, profile)
+    with pytest.warns(UserWarning, match=f"ignoring the tuning profile .*{PROFILE_NAME}: .*{re.escape(says)}"):
+        encoder = Encoder(model_dir, provider="cpu")
+    assert encoder.settings == EngineSettings() and encoder.profile_path is None
+    profile["variants"] = []
+    write_profile(model_dir, profile)
+    with pytest.warns(UserWarning, match="'variants' is not an object"):
+        assert Encoder(model_dir, provider="cpu").profile_path is None
+
+
+def test_threads_past_the_cores_are_refused(model_dir: Path) -> None:
+    """Thousands of intra-op threads kept onnxruntime busy for minutes instead of failing."""
+    from onnxembed import InvalidArgumentError
+
+    with pytest.raises(InvalidArgumentError, match="threads=100000 is more than 4 per logical CPU"):
+        Encoder(model_dir, provider="cpu", threads=100_000, profile=False)
+    with pytest.raises(InvalidArgumentError, match="sessions=100000 is more than 4 per logical CPU"):
+        Encoder(model_dir, provider="cpu", threads=1, sessions=100_000, overlap=True, profile=False)
 
 
 def test_a_variant_the_profile_did_not_measure_keeps_the_defaults(model_dir: Path) -> None:
