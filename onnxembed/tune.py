@@ -29,7 +29,14 @@ from onnxembed.errors import InvalidArgumentError
 from onnxembed.manifest import EMBEDDING, Manifest
 from onnxembed.runtime.cpu import cpu_info
 from onnxembed.runtime.encoder import Encoder
-from onnxembed.runtime.profile import PROFILE_FORMAT, EngineSettings, default_settings, model_sha, write_profile
+from onnxembed.runtime.profile import (
+    PROFILE_FORMAT,
+    EngineSettings,
+    check_profile_writable,
+    default_settings,
+    model_sha,
+    write_profile,
+)
 
 MIN_GAIN = 1.03
 MAX_LATENCY_LOSS = 1.10
@@ -124,6 +131,12 @@ def tune(
     unknown = [name for name in chosen if name not in available]
     if unknown or not chosen:
         raise InvalidArgumentError(f"cannot tune variants {unknown}: {model_dir} has CPU variants {available}")
+    # what would fail at the end, checked before minutes of measuring
+    missing = [name for name in chosen if not (Path(model_dir) / manifest.variants[name].file).is_file()]
+    if missing:
+        files = ", ".join(manifest.variants[name].file for name in missing)
+        raise InvalidArgumentError(f"variants {missing} of {model_dir} have no graph file ({files}); tune the others")
+    check_profile_writable(model_dir)
     sample = sample if sample is not None else builtin_sample()
     cpu = cpu_info()
     started, load_start = time.time(), os.getloadavg()

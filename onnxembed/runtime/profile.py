@@ -89,6 +89,23 @@ def cached_profile_path(sha: str, cpu: CpuInfo) -> Path:
     return cache_dir() / "tune" / f"{sha[:16]}-{cpu.key}.json"
 
 
+def check_profile_writable(model_dir: str | Path) -> None:
+    """Raise OSError, before any measuring, when write_profile could write neither beside the model nor in the
+    cache directory (the measurements would be lost at the end)."""
+    if os.access(model_dir, os.W_OK):
+        return
+    folder = cached_profile_path(model_sha(model_dir), cpu_info()).parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise OSError(
+            f"the tuning profile can be written neither beside the model ({model_dir} is read-only) nor in the "
+            f"cache folder {folder} ({error}); set ONNXEMBED_CACHE_DIR to a writable folder"
+        ) from None
+    if not os.access(folder, os.W_OK):
+        raise OSError(f"the tuning profile's cache folder {folder} is read-only; set ONNXEMBED_CACHE_DIR")
+
+
 def write_profile(model_dir: str | Path, profile: dict[str, Any]) -> Path:
     """Write ``profile`` beside the model, or in the cache directory when the model directory is read-only.
     Returns the path written. Atomic: a reader sees the old file or the new one."""

@@ -239,6 +239,28 @@ def test_tune_refuses_what_it_cannot_tune(model_dir: Path) -> None:
     assert not (model_dir / PROFILE_NAME).exists()
 
 
+def test_tune_refuses_before_measuring_what_would_fail_at_the_end(
+    model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lines: list[str] = []
+    # a variant whose graph file is gone
+    copy = tmp_path / "copy"
+    shutil.copytree(model_dir, copy)
+    (copy / "onnx" / "model.onnx").unlink()
+    with pytest.raises(InvalidArgumentError, match=r"variants \['fp32'\] .* have no graph file \(onnx/model.onnx\)"):
+        tune(copy, rounds=1, sample=SAMPLE, report=lines.append)
+    # a read-only model folder and a cache folder that cannot be made (a file is in its way)
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv("ONNXEMBED_CACHE_DIR", str(tmp_path / "a-file"))
+    real_access = profile_module.os.access
+    monkeypatch.setattr(
+        profile_module.os, "access", lambda path, mode: Path(path) != model_dir and real_access(path, mode)
+    )
+    with pytest.raises(OSError, match="neither beside the model .* nor in the cache folder .*ONNXEMBED_CACHE_DIR"):
+        tune(model_dir, rounds=1, sample=SAMPLE, report=lines.append)
+    assert lines == []  # nothing was measured
+
+
 def test_the_cpu_key_tells_cpus_apart_by_what_picks_the_kernels() -> None:
     here = cpu_info()
     assert here.cores >= 1 and here.key == cpu_info().key
