@@ -8,6 +8,8 @@ import argparse
 import sys
 from typing import Any
 
+from onnxembed.errors import InvalidArgumentError
+
 _BATCH_HELP = "texts per batch at most (default: 32 on CPU; on a GPU the token budget alone)"
 
 
@@ -34,7 +36,7 @@ def add_parser(commands: Any) -> None:
     corpus.add_argument(
         "--precision", choices=("float32", "binary", "ubinary"), default="float32", help="packed bits for (u)binary"
     )
-    corpus.add_argument("--chunk-rows", type=int, default=8192, help="rows per part, locally (default 8192)")
+    corpus.add_argument("--chunk-rows", type=int, help="rows per part, locally (default 8192)")
     corpus.add_argument("--provider", default="auto", help="locally: auto, cpu, cuda or an onnxruntime provider")
     corpus.add_argument("--threads", type=int, help="locally: intra-op threads (default: one per core)")
     corpus.add_argument("--variant", default="auto", help="graph to use: auto, fp32, int8, ... (see `info`)")
@@ -61,18 +63,31 @@ def run(args: argparse.Namespace) -> None:
             args.input,
             args.output,
             args.model_dir,
-            chunk_rows=args.chunk_rows,
+            chunk_rows=8192 if args.chunk_rows is None else args.chunk_rows,
             provider=args.provider,
             threads=args.threads,
             show_progress_bar=args.progress,
             **common,
         )
     else:
+        # options of the local runner: on Ray they would be ignored without a word
+        local = [
+            option
+            for option, given in (
+                ("--chunk-rows", args.chunk_rows is not None),
+                ("--threads", args.threads is not None),
+                ("--provider", args.provider != "auto"),
+            )
+            if given
+        ]
+        if local:
+            raise InvalidArgumentError(f"{', '.join(local)}: for local runs; with --ray the cluster's workers decide")
         from onnxembed.corpus.ray import embed_corpus_ray
 
         result = embed_corpus_ray(args.input, args.output, args.model_dir, address=args.ray or None, **common)
     print(
-        f"wrote {args.output}: {result.rows_embedded} rows embedded, {result.rows_reused} found done",
+        f"wrote {args.output}: {result.rows_embedded} rows embedded, {result.rows_reused} found done"
+        + (" (bad rows among them, with null embeddings)" if result.errors else ""),
         file=sys.stderr,
     )
     if result.errors:

@@ -230,11 +230,20 @@ def _parse_json(line: bytes) -> tuple[Any, str | None]:
 
 def _jsonl_rows(file: InputFile, text_column: str, id_column: str | None) -> Iterator[Any]:
     row = file.first_row
+    checked = False
     with open(file.path, "rb") as stream:
         for line_number, line in enumerate(_without_bom(stream), 1):
             if not line.strip():
                 continue
             record, error = _parse_json(line)
+            if isinstance(record, dict) and not checked:
+                # a file's columns are its first row's: a name it lacks is a mistake for the whole job, as with
+                # Parquet, not a bad row on every line (which --on-error skip would skip, all of them)
+                if text_column not in record:
+                    raise CorpusError(
+                        f"{file.path} has no text column {text_column!r}; its first row has: {', '.join(record)}"
+                    )
+                checked = True
             if not isinstance(record, dict):
                 row_id = row if id_column is None else None
                 yield row_id, None, line_number, error or "not a JSON object"

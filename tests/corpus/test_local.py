@@ -47,6 +47,10 @@ def test_jsonl_file_with_other_columns(tmp_path: Path, tiny_export: Path, expect
     source = write_jsonl(tmp_path / "in.jsonl", rows)
     embed_corpus(source, tmp_path / "out", tiny_export, text_column="body", id_column="key", chunk_rows=10)
     assert_rows_equal(read_output(tmp_path / "out"), dict(zip(IDS, expected, strict=True)))
+    # a text column the file's first row lacks is the job's mistake, named at once (as for Parquet), not a bad
+    # row on every line that --on-error skip would skip, every one of them
+    with pytest.raises(CorpusError, match="has no text column 'text'; its first row has: key, body, lang"):
+        embed_corpus(source, tmp_path / "out2", tiny_export, id_column="key", on_error="skip")
 
 
 def test_text_file_ids_are_row_numbers(tmp_path: Path, tiny_export: Path, expected: np.ndarray) -> None:
@@ -145,6 +149,10 @@ def test_cli_one_line_error_and_skip_summary(tmp_path: Path, tiny_export: Path, 
     assert main([*args[:2], str(tmp_path / "out2"), *args[3:], "--on-error", "skip"]) == 0
     summary = capsys.readouterr().err
     assert "3 bad rows skipped (ids 'doc-003', 'doc-011', 'doc-017')" in summary
+    assert "(bad rows among them, with null embeddings)" in summary
+    # the local runner's options are refused with --ray rather than ignored there
+    assert main([*args[:2], str(tmp_path / "out3"), *args[3:], "--ray", "--threads", "1", "--chunk-rows", "5"]) == 1
+    assert "--chunk-rows, --threads: for local runs" in capsys.readouterr().err
 
 
 def test_cli_binary_precision(tmp_path: Path, tiny_export: Path) -> None:
