@@ -12,6 +12,8 @@ from typing import Any, BinaryIO, TextIO
 
 import numpy as np
 
+from onnxembed.errors import InvalidArgumentError
+
 
 def add_parser(commands: Any) -> None:
     encode = commands.add_parser("encode", help="embed one text per line into an .npy file")
@@ -32,10 +34,17 @@ def add_parser(commands: Any) -> None:
     encode.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
 
 
-def _read_lines(stream: BinaryIO | TextIO) -> Iterator[str]:
-    """Lines as embed-corpus reads them: ended by "\n" only (a lone "\r" stays inside its line), UTF-8."""
-    for line in stream:
-        yield (line.decode("utf-8") if isinstance(line, bytes) else line).rstrip("\r\n")
+def read_lines(stream: BinaryIO | TextIO, name: str) -> Iterator[str]:
+    """Lines as embed-corpus reads them: ended by "\n" only (a lone "\r" stays inside its line), UTF-8; a
+    line that is not UTF-8 is an error naming ``name`` and the line."""
+    for number, line in enumerate(stream, 1):
+        try:
+            text: str = line.decode("utf-8") if isinstance(line, bytes) else str(line)
+        except UnicodeDecodeError as error:
+            raise InvalidArgumentError(
+                f"{name} line {number} is not UTF-8 (byte {error.start}: {error.reason})"
+            ) from None
+        yield text.rstrip("\r\n")
 
 
 def _count_lines(path: str) -> int:
@@ -48,7 +57,6 @@ def run(args: argparse.Namespace) -> None:
     The file appears only when complete (written beside it first)."""
     from tqdm.auto import tqdm
 
-    from onnxembed.errors import InvalidArgumentError
     from onnxembed.npy_stream import NpyWriter
     from onnxembed.runtime import Encoder
 
@@ -75,7 +83,7 @@ def run(args: argparse.Namespace) -> None:
     partial = output.with_name(output.name + ".partial")
     try:
         blocks = encoder.encode_iter(
-            _read_lines(stream),
+            read_lines(stream, "standard input" if args.input == "-" else args.input),
             batch_size=args.batch_size,
             prompt_name=args.prompt_name,
             prompt=args.prompt,

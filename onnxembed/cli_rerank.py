@@ -32,11 +32,16 @@ def run(args: argparse.Namespace) -> None:
     if args.top_k is not None and args.top_k < 1:
         raise InvalidArgumentError(f"--top-k must be a positive integer; got {args.top_k}")
     reranker = Reranker(args.model_dir, provider=args.provider, threads=args.threads, variant=args.variant)
-    stream = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")  # noqa: SIM115
+    from onnxembed.cli_encode import read_lines
+
+    # bytes, lines ended by "\n" only, as encode reads them: the line numbers printed are an editor's
+    stdin = getattr(sys.stdin, "buffer", sys.stdin)
+    stream = stdin if args.file == "-" else open(args.file, "rb")  # noqa: SIM115
     try:
-        numbered = [(number, line.rstrip("\r\n")) for number, line in enumerate(stream, 1)]
+        name = "standard input" if args.file == "-" else args.file
+        numbered = list(enumerate(read_lines(stream, name), 1))
     finally:
-        if stream is not sys.stdin:
+        if args.file != "-":
             stream.close()
     documents = [(number, line) for number, line in numbered if line.strip()]
     if not documents:

@@ -33,6 +33,12 @@ def test_rerank_prints_lines_in_cross_encoder_order(
     assert all(abs(float(row[1]) - float(ex["score"])) <= 1e-4 for row, ex in zip(printed, expected, strict=True))
     # line numbers are the file's (the empty line counts)
     assert [int(row[2]) for row in printed] == [row["corpus_id"] + 1 + (row["corpus_id"] > 0) for row in expected]
+    # lines end at "\n" only, as encode and embed-corpus read them: a lone "\r" stays inside its line, so the
+    # numbers stay an editor's (text mode split there and numbered every later line one too high)
+    lines.write_bytes(("\n".join([documents[0] + "\r" + documents[1], *documents[2:]]) + "\n").encode("utf-8"))
+    assert main(["rerank", str(out), CORPUS[3], str(lines)]) == 0
+    numbers = sorted(int(line.split("\t")[2]) for line in capsys.readouterr().out.split("\n") if line)
+    assert numbers == list(range(1, len(documents)))
 
 
 def test_rerank_errors_are_one_line(
@@ -41,10 +47,13 @@ def test_rerank_errors_are_one_line(
     out = exported_reranker(bert_reranker, exports_dir)
     empty = tmp_path / "empty.txt"
     empty.write_text("\n \n", encoding="utf-8")
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("fine\ncaf\u00e9\n".encode("latin-1"))
     cases: list[tuple[list[str], str]] = [
         (["rerank", str(out), "q", str(empty)], "has no non-empty line to rank"),
         (["rerank", str(tiny_export), "q", str(empty)], "not a reranker; load it with onnxembed.Encoder"),
         (["rerank", str(out), "q", str(empty), "--top-k", "0"], "--top-k must be a positive integer"),
+        (["rerank", str(out), "q", str(latin1)], f"{latin1} line 2 is not UTF-8"),
         # the embedding budget is refused for a reranker, naming the ranking budget that applies
         (
             ["export", str(bert_reranker.path), str(tmp_path / "x"), "--quantize", "int8", "--int8-min-cosine", ".9"],
