@@ -328,6 +328,8 @@ class Encoder(EmbeddingEngine):
         if isinstance(sentences, (str, bytes, bytearray)) or not isinstance(sentences, Iterable):
             raise ArgumentTypeError(f"sentences must be an iterable of str; got {type(sentences).__name__}")
         unordered_or_keyed(sentences, "sentences")
+        # resolved once, here: its warning (prompt and prompt_name both given) then names the caller's line
+        prompt_text = resolve_prompt(self.manifest.prompts, self.manifest.default_prompt_name, prompt_name, prompt)
         iterator = iter(sentences)
         offset = 0
         while chunk := list(islice(iterator, chunk_size)):
@@ -338,8 +340,7 @@ class Encoder(EmbeddingEngine):
                 chunk,
                 batch_size=batch_size,
                 normalize_embeddings=normalize_embeddings,
-                prompt_name=prompt_name,
-                prompt=prompt,
+                prompt=prompt_text,
                 precision=precision,
                 truncate_dim=truncate_dim,
                 max_batch_tokens=max_batch_tokens,

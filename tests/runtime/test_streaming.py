@@ -35,6 +35,16 @@ def test_encode_iter_names_the_global_index(tiny_export: Path) -> None:
         list(stream)
 
 
+def test_encode_iter_prompts_as_encode_and_warns_at_the_callers_line(tiny_export: Path) -> None:
+    encoder = Encoder(tiny_export)
+    with pytest.warns(UserWarning, match="both prompt and prompt_name") as seen:
+        blocks = list(encoder.encode_iter(TEXTS, chunk_size=5, prompt="query: ", prompt_name="nope"))
+    assert {warning.filename for warning in seen} == {__file__}  # not encoder.py's loop
+    np.testing.assert_array_equal(np.concatenate(blocks), encoder.encode(TEXTS, prompt="query: "))
+    with pytest.raises(ValueError, match="prompt_name 'nope' is not one of the model's prompts"):
+        next(encoder.encode_iter(TEXTS, prompt_name="nope"))
+
+
 def test_encode_iter_refuses_per_chunk_ranges(tiny_export: Path) -> None:
     with pytest.raises(ValueError, match="calibration_embeddings"):
         next(Encoder(tiny_export).encode_iter(["a"], precision="int8"))
