@@ -5,6 +5,7 @@ the command line and runs the command named.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -47,6 +48,19 @@ def read_lines(stream: BinaryIO | TextIO, name: str) -> Iterator[str]:
         yield text.rstrip("\r\n")
 
 
+def _is_the_input(output: Path, source: str) -> bool:
+    """Whether writing ``output`` would replace the input (a file, or what stdin reads). The .npy replaces
+    ``output`` by a rename: a symbolic link there is replaced itself, its target is untouched."""
+    if not output.exists() or output.is_symlink():
+        return False
+    try:
+        read = os.fstat(sys.stdin.fileno()) if source == "-" else os.stat(source)
+    except (OSError, ValueError, AttributeError):  # stdin closed or replaced by an object with no descriptor
+        return False
+    written = output.stat()
+    return (read.st_dev, read.st_ino) == (written.st_dev, written.st_ino)
+
+
 def _count_lines(path: str) -> int:
     with open(path, "rb") as stream:
         return sum(block.count(b"\n") for block in iter(lambda: stream.read(1 << 20), b""))
@@ -66,12 +80,10 @@ def run(args: argparse.Namespace) -> None:
         raise InvalidArgumentError(f"--output {output} is a directory; name the .npy file to write")
     if not output.parent.is_dir():
         raise InvalidArgumentError(f"--output {output}: the folder {output.parent} does not exist")
-    if args.input != "-":
-        source = Path(args.input)
-        if not source.exists() or source.is_dir():
-            raise InvalidArgumentError(f"input {args.input} is not a file (give a text file, or - for stdin)")
-        if output.exists() and output.resolve() == source.resolve():
-            raise InvalidArgumentError(f"--output {output} is the input file; it would be overwritten")
+    if args.input != "-" and (not Path(args.input).exists() or Path(args.input).is_dir()):
+        raise InvalidArgumentError(f"input {args.input} is not a file (give a text file, or - for stdin)")
+    if _is_the_input(output, args.input):
+        raise InvalidArgumentError(f"--output {output} is the input file; it would be overwritten")
     encoder = Encoder(args.model_dir, provider=args.provider, threads=args.threads)
     # Bytes, split at "\n" only, as _count_lines and embed-corpus count lines: text mode's universal newlines
     # would also end one at a lone "\r" and give more rows than lines. A stdin with no bytes under it (replaced

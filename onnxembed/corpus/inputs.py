@@ -230,20 +230,16 @@ def _parse_json(line: bytes) -> tuple[Any, str | None]:
 
 def _jsonl_rows(file: InputFile, text_column: str, id_column: str | None) -> Iterator[Any]:
     row = file.first_row
-    checked = False
+    first_keys: list[str] | None = None
+    has_text = False
     with open(file.path, "rb") as stream:
         for line_number, line in enumerate(_without_bom(stream), 1):
             if not line.strip():
                 continue
             record, error = _parse_json(line)
-            if isinstance(record, dict) and not checked:
-                # a file's columns are its first row's: a name it lacks is a mistake for the whole job, as with
-                # Parquet, not a bad row on every line (which --on-error skip would skip, all of them)
-                if text_column not in record:
-                    raise CorpusError(
-                        f"{file.path} has no text column {text_column!r}; its first row has: {', '.join(record)}"
-                    )
-                checked = True
+            if isinstance(record, dict):
+                first_keys = list(record) if first_keys is None else first_keys
+                has_text = has_text or text_column in record
             if not isinstance(record, dict):
                 row_id = row if id_column is None else None
                 yield row_id, None, line_number, error or "not a JSON object"
@@ -253,6 +249,12 @@ def _jsonl_rows(file: InputFile, text_column: str, id_column: str | None) -> Ite
             else:
                 yield (row if id_column is None else record.get(id_column)), record.get(text_column), line_number, error
             row += 1
+    # A row without the text column is a bad row (JSONL rows may leave fields out); a file where no row has it
+    # is a wrong --text-column, which --on-error skip would otherwise turn into a job of bad rows only.
+    if first_keys is not None and not has_text:
+        raise CorpusError(
+            f"{file.path}: no row has the text column {text_column!r}; its first row has: {', '.join(first_keys)}"
+        )
 
 
 def _text_rows(file: InputFile) -> Iterator[Any]:

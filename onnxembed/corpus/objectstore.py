@@ -20,7 +20,7 @@ from typing import Any
 
 from onnxembed.corpus.inputs import CorpusError
 from onnxembed.corpus.job import ERRORS_FILE, JOB_FILE, PART_FOLDER, TEMPORARY, is_ours, job_record
-from onnxembed.corpus.parts import report_parts
+from onnxembed.corpus.parts import part_order, report_parts
 
 logger = logging.getLogger(__name__)
 
@@ -130,10 +130,11 @@ def collect_report(out: Output, file_names: list[str]) -> tuple[list[dict[str, A
     from pyarrow import fs
 
     parts = []
-    for info in sorted(out.filesystem.get_file_info(fs.FileSelector(out.root)), key=lambda info: info.path):
+    listed = out.filesystem.get_file_info(fs.FileSelector(out.root))
+    for info in sorted(listed, key=lambda info: part_order(posixpath.basename(info.path))):
         name = posixpath.basename(info.path)
         if PART_FOLDER.fullmatch(name) and info.type == fs.FileType.Directory and is_committed(out, info.path):
-            file_name = file_names[int(name[5:10])]
+            file_name = file_names[int(name.split("-")[1])]  # "part-FFFFF", more digits past 99,999 files
             parts += [(path, file_name) for path in committed_parts(out, info.path)]
     bad, duplicates, text = report_parts(parts, out.filesystem)
     errors = out.path(ERRORS_FILE)

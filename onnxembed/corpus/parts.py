@@ -123,7 +123,7 @@ def our_parts(output: Path) -> list[Path]:
     """Our Parquet files in OUTPUT: local parts, and the files inside Ray's part folders."""
     parts: list[Path] = []
     # by number, not by name: past 99,999 files "part-100000" would sort before "part-10001"
-    for path in sorted(output.iterdir(), key=lambda path: _numbers(path.name)):
+    for path in sorted(output.iterdir(), key=lambda path: part_order(path.name)):
         if PART_FILE.fullmatch(path.name) and path.is_file():
             parts.append(path)
         elif PART_FOLDER.fullmatch(path.name) and path.is_dir():
@@ -131,7 +131,7 @@ def our_parts(output: Path) -> list[Path]:
     return parts
 
 
-def _numbers(name: str) -> tuple[tuple[int, ...], str]:
+def part_order(name: str) -> tuple[tuple[int, ...], str]:
     """``part-00003-000012.parquet`` -> ((3, 12), ""); other names sort by themselves, after the parts."""
     match = re.fullmatch(r"part-(\d+)(?:-(\d+)\.parquet)?", name)
     if match is None:

@@ -10,6 +10,7 @@ import dataclasses
 import inspect
 import json
 import logging
+import numbers
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -250,7 +251,7 @@ def export(
         "int8_min_top10_overlap": int8_min_top10_overlap,
     }
     for name, budget in budgets.items():
-        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float))):
+        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, numbers.Real)):
             raise ArgumentTypeError(f"{name} must be a number in (0, 1]; got {type(budget).__name__} {budget!r}")
         if budget is not None and not 0.0 < budget <= 1.0:
             raise InvalidArgumentError(f"{name} must be in (0, 1]; got {budget}")

@@ -51,9 +51,9 @@ def semantic_search(
     """The top_k corpus entries for each query, best first, as sentence-transformers' ``util.semantic_search``.
 
     query_embeddings: (n_queries, dim) or (dim,) float; corpus_embeddings: (n_corpus, dim) float, any float
-    dtype, cast one chunk at a time (a memmap works); scored in float32, or in float64 where an input is
-    float64. The options are keyword-only: their order differs from sentence-transformers' (query_chunk_size
-    comes third there). Returns (scores, indices): (n_queries, k) float32 (float64) and int64 with
+    dtype, cast one chunk at a time (a memmap works); scored in float32, or in float64 for a float64 corpus.
+    The options are keyword-only: their order differs from sentence-transformers' (query_chunk_size comes
+    third there). Returns (scores, indices): (n_queries, k) float32 (float64) and int64 with
     k = min(top_k, n_corpus); an empty corpus gives k = 0, as sentence-transformers
     gives empty lists.
     """
@@ -202,7 +202,8 @@ def _search_block(
 
     self_offset: the block's first row index in the corpus, to leave each query out of its own results.
     """
-    best_scores = np.empty((query_block.shape[0], 0), dtype=query_block.dtype)
+    floating = np.issubdtype(query_block.dtype, np.floating)  # packed bits are scored as float32 (Hamming)
+    best_scores = np.empty((query_block.shape[0], 0), dtype=query_block.dtype if floating else np.float32)
     best_indices = np.empty((query_block.shape[0], 0), dtype=np.int64)
     for start in range(0, corpus.shape[0], corpus_chunk_size):
         scores = scorer(query_block, corpus[start : start + corpus_chunk_size])
@@ -263,8 +264,10 @@ def _best_unique_pairs(scores: np.ndarray, pairs: np.ndarray, n: int, max_pairs:
 
 
 def _score_dtype(queries: np.ndarray, corpus: np.ndarray) -> type[np.floating]:
-    """float64 if either input is a float64 array (pooling.float_array's rule), else float32."""
-    return np.float64 if np.float64 in (queries.dtype, corpus.dtype) else np.float32
+    """float64 for a float64 corpus array (pooling.float_array's rule), else float32: a float64 query (one parsed
+    from JSON) against a float32 corpus must not copy every corpus chunk to float64."""
+    del queries
+    return np.float64 if corpus.dtype == np.float64 else np.float32
 
 
 def _float_scorer(score_function: ScoreFunction, dtype: type[np.floating] = np.float32) -> _Scorer:

@@ -1,6 +1,6 @@
 """Similarity between embeddings, in numpy, as sentence-transformers' similarity functions.
 
-Scores are float32, float64 where an input is float64.
+Scores are float32, float64 where both inputs are float64 arrays.
 
 In scope: the four functions sentence-transformers names in ``similarity_fn_name`` — cosine, dot,
 euclidean and manhattan (the last two as negated distances, so that higher is more similar) — as
@@ -43,11 +43,12 @@ def _as_matrix(embeddings: np.ndarray, name: str) -> np.ndarray:
 
 
 def _pair(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Both as matrices of one float dtype: float64 if either is a float64 array (float_array), else float32."""
+    """Both as matrices of one float dtype: float64 if both are float64 arrays (float_array), else float32 (one
+    float64 query need not copy a float32 matrix; sentence-transformers refuses the mix)."""
     a, b = _as_matrix(a, "a"), _as_matrix(b, "b")
     if a.shape[1] != b.shape[1]:
         raise InvalidArgumentError(f"dimension mismatch: a has {a.shape[1]}, b has {b.shape[1]}")
-    dtype = np.float64 if np.float64 in (a.dtype, b.dtype) else np.float32
+    dtype = np.float64 if a.dtype == b.dtype == np.float64 else np.float32
     return a.astype(dtype, copy=False), b.astype(dtype, copy=False)
 
 

@@ -153,8 +153,9 @@ def as_sparse_matrix(embeddings: Any, name: str = "embeddings") -> SparseMatrix:
     if isinstance(embeddings, (list, tuple)) and all(isinstance(row, SparseEmbedding) for row in embeddings):
         return SparseMatrix.from_rows(embeddings)
     if hasattr(embeddings, "detach") and hasattr(embeddings, "is_sparse"):  # a torch tensor, without torch
-        dense = embeddings.to_dense() if embeddings.is_sparse else embeddings
-        embeddings = np.asarray(dense.detach().cpu().float().numpy())
+        if embeddings.is_sparse:  # COO, as sentence-transformers returns: its terms, never a dense copy
+            return _from_coo(embeddings.detach().cpu().coalesce())
+        embeddings = np.asarray(embeddings.detach().cpu().to_dense().float().numpy())
     if isinstance(embeddings, (list, tuple)) and embeddings and all(isinstance(row, np.ndarray) for row in embeddings):
         if any(row.ndim != 1 for row in embeddings) or len({row.shape for row in embeddings}) > 1:
             raise InvalidArgumentError(f"{name}: a list of dense vectors must hold (dim,) arrays of one dim")
@@ -170,6 +171,23 @@ def as_sparse_matrix(embeddings: Any, name: str = "embeddings") -> SparseMatrix:
         f"{name} must be SparseEmbedding(s), a SparseMatrix, a scipy sparse matrix or a dense array; "
         f"got {type(embeddings).__name__}"
     )
+
+
+def _from_coo(tensor: Any) -> SparseMatrix:
+    """A coalesced torch sparse COO tensor, (dim,) or (rows, dim), as CSR rows (coalesced indices come sorted
+    by row, then term); stored zeros are dropped, as every other form here drops them."""
+    if tensor.ndim not in (1, 2):
+        raise InvalidArgumentError(f"a sparse tensor of embeddings must be 1-D or 2-D; got {tensor.ndim}-D")
+    indices = tensor.indices().numpy().astype(np.int64)
+    values = tensor.values().float().numpy()
+    keep = values != 0
+    indices, values = indices[:, keep], values[keep]
+    if tensor.ndim == 1:
+        return SparseMatrix(np.array([0, values.shape[0]], np.int64), indices[0], values, int(tensor.shape[0]))
+    rows = int(tensor.shape[0])
+    indptr = np.zeros(rows + 1, dtype=np.int64)
+    np.cumsum(np.bincount(indices[0], minlength=rows), out=indptr[1:])
+    return SparseMatrix(indptr, indices[1], values, int(tensor.shape[1]))
 
 
 def _score_chunk(queries: np.ndarray, chunk: SparseMatrix) -> np.ndarray:

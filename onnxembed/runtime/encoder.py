@@ -99,7 +99,10 @@ class Encoder(EmbeddingEngine):
         self.truncate_dim = _checked_truncate_dim(
             truncate_dim if truncate_dim is not None else self.manifest.truncate_dim
         )
-        self.similarity_fn_name = similarity_fn_name or self.manifest.similarity_fn_name
+        # the model's own name as saved (an odd one fails only in similarity(), as before); one given is checked
+        self._similarity_fn_name = self.manifest.similarity_fn_name
+        if similarity_fn_name is not None:
+            self.similarity_fn_name = similarity_fn_name
         self._load(
             provider, threads, variant, overlap=overlap, sessions=sessions, io_binding=io_binding, profile=profile
         )
@@ -127,8 +130,9 @@ class Encoder(EmbeddingEngine):
         return self._similarity_fn_name
 
     @similarity_fn_name.setter
-    def similarity_fn_name(self, name: str) -> None:
-        self._similarity_fn_name = check_similarity_fn(name)
+    def similarity_fn_name(self, name: Any) -> None:
+        # sentence-transformers' SimilarityFunction enum too, by its value ("cosine", ...)
+        self._similarity_fn_name = check_similarity_fn(getattr(name, "value", name))
 
     @property
     def default_prompt_name(self) -> str | None:
@@ -373,7 +377,7 @@ class Encoder(EmbeddingEngine):
             b: (n, dim) embeddings.
 
         Returns:
-            (n,) float32 scores.
+            (n,) float32 scores (float64 for two float64 arrays; 0-d for two (dim,) vectors).
         """
         return similarity_pairwise(a, b, self.similarity_fn_name)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import numbers
 import os
 import signal
 import threading
@@ -121,8 +122,9 @@ def serve(
     from onnxembed.serve.protocol import guarded_protocol
 
     # checked before the model loads: uvicorn would find a bad port only when it binds, with a traceback
-    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
-        raise InvalidArgumentError(f"port must be 1-65535 (0 picks one the server would not report); got {port!r}")
+    if isinstance(port, bool) or not isinstance(port, numbers.Integral) or not 0 <= port <= 65535:
+        raise InvalidArgumentError(f"port must be 0-65535 (0: any free port, which -v logs); got {port!r}")
+    port = int(port)
     workers, threads = worker_threads(resolve_provider(provider), workers, threads)
     max_inputs = max_inputs if max_inputs is not None else min(2048, max_queue)
     documents_given = max_documents is not None

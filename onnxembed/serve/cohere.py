@@ -54,7 +54,9 @@ async def _cohere_embed(request: Request, version: int) -> Response:
     payload = await read_json(request, service.config.max_body_bytes)
     if payload.get("images") is not None:
         raise ApiError(422, "'images' is not supported: this server embeds text only", INVALID)
-    if version == 2 and payload.get("inputs") is not None:
+    if payload.get("inputs") is not None:
+        if version == 1:
+            raise ApiError(422, "'inputs' is v2's (/v2/embed); /v1/embed takes 'texts'", INVALID)
         if payload.get("texts") is not None:
             raise ApiError(422, "send the texts once: as 'texts' or as 'inputs', not both", INVALID)
         payload["inputs"] = _inputs_texts(payload["inputs"])
@@ -113,9 +115,10 @@ async def _cohere_embed(request: Request, version: int) -> Response:
 def _inputs_texts(inputs: Any) -> Any:
     """v2's ``inputs`` (``[{"content": [{"type": "text", "text": ...}]}]``) as the texts they hold: one text part
     per input. Several parts make one vector in Cohere's multimodal models; joining them here would be a guess, so
-    they are refused, as images are. What is not a list is left for texts_field to name."""
+    they are refused, as images are."""
     if not isinstance(inputs, list):
-        return inputs
+        message = "'inputs' must be a list of objects, each with 'content': a list of one text part"
+        raise ApiError(422, message, INVALID)
     texts = []
     for index, item in enumerate(inputs):
         content = item.get("content") if isinstance(item, dict) else None

@@ -73,9 +73,9 @@ class ServeConfig:
                 f"max_queue_chars ({self.max_queue_chars}) must be >= the characters one request may hold "
                 f"({self.max_request_chars}: the least of max_body_bytes and max_inputs x max_input_chars)"
             )
-        if self.drain_timeout_s is not None and not 0 <= self.drain_timeout_s <= 3600:
+        if self.drain_timeout_s is not None and not 0 <= self.drain_timeout_s < float("inf"):
             raise InvalidArgumentError(
-                f"the shutdown timeout (--shutdown-timeout) must be in [0, 3600] s; got {self.drain_timeout_s!r}"
+                f"the shutdown timeout (--shutdown-timeout) must be 0 s or more; got {self.drain_timeout_s!r}"
             )
         for name in ("request_timeout_s", "send_timeout_s"):
             if not 0 < getattr(self, name) <= 3600:

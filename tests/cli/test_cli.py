@@ -157,8 +157,8 @@ def _unknown_provider(tiny_export: Path, tmp_path: Path) -> list[str]:
 
 def _output_is_the_input(tiny_export: Path, tmp_path: Path) -> list[str]:
     (tmp_path / "texts.txt").write_text("hello\n", encoding="utf-8")
-    (tmp_path / "same.npy").symlink_to(tmp_path / "texts.txt")  # a link to the input is the input too
-    return ["encode", str(tiny_export), str(tmp_path / "texts.txt"), "-o", str(tmp_path / "same.npy")]
+    (tmp_path / "link.txt").symlink_to(tmp_path / "texts.txt")  # the input read through a link is the input too
+    return ["encode", str(tiny_export), str(tmp_path / "link.txt"), "-o", str(tmp_path / "texts.txt")]
 
 
 def _output_folder_missing(tiny_export: Path, tmp_path: Path) -> list[str]:
@@ -190,6 +190,22 @@ def test_errors_are_one_line_and_exit_1(case: str, tiny_export: Path, tmp_path: 
     assert not (tmp_path / "o.npy").exists()
     if (tmp_path / "texts.txt").exists():  # the input is never touched
         assert (tmp_path / "texts.txt").read_text(encoding="utf-8") == "hello\n"
+
+
+def test_encode_refuses_to_overwrite_the_file_stdin_reads(tiny_export: Path, tmp_path: Path) -> None:
+    texts = tmp_path / "texts.txt"
+    texts.write_text("hello\n", encoding="utf-8")
+    with open(texts, "rb") as stdin:  # onnxembed encode M -o texts.txt < texts.txt
+        result = subprocess.run(
+            [sys.executable, "-m", "onnxembed", "encode", str(tiny_export), "-o", str(texts)],
+            stdin=stdin,
+            capture_output=True,
+            cwd=tmp_path,
+            timeout=300,
+            check=False,
+        )
+    assert result.returncode == 1 and b"is the input file" in result.stderr, result.stderr
+    assert texts.read_text(encoding="utf-8") == "hello\n"
 
 
 def test_encode_reads_a_pipe_named_as_input(tiny_export: Path, tmp_path: Path, reference) -> None:

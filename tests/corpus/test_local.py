@@ -47,10 +47,16 @@ def test_jsonl_file_with_other_columns(tmp_path: Path, tiny_export: Path, expect
     source = write_jsonl(tmp_path / "in.jsonl", rows)
     embed_corpus(source, tmp_path / "out", tiny_export, text_column="body", id_column="key", chunk_rows=10)
     assert_rows_equal(read_output(tmp_path / "out"), dict(zip(IDS, expected, strict=True)))
-    # a text column the file's first row lacks is the job's mistake, named at once (as for Parquet), not a bad
-    # row on every line that --on-error skip would skip, every one of them
-    with pytest.raises(CorpusError, match="has no text column 'text'; its first row has: key, body, lang"):
+    # a text column no row has is the job's mistake, named (as for Parquet), not a bad row on every line that
+    # --on-error skip would skip, every one of them; a row that leaves the field out is one bad row
+    with pytest.raises(CorpusError, match="no row has the text column 'text'; its first row has: key, body, lang"):
         embed_corpus(source, tmp_path / "out2", tiny_export, id_column="key", on_error="skip")
+    sparse = write_jsonl(tmp_path / "sparse.jsonl", [{"key": "a", "title": "no body"}, *rows[1:4]])
+    result = embed_corpus(sparse, tmp_path / "out3", tiny_export, text_column="body", id_column="key", on_error="skip")
+    assert [error["id"] for error in result.errors] == ["a"]
+    written = read_output(tmp_path / "out3")
+    assert written.pop("a")["embedding"] is None
+    assert_rows_equal(written, dict(zip(IDS[1:4], expected[1:4], strict=True)))
 
 
 def test_text_file_ids_are_row_numbers(tmp_path: Path, tiny_export: Path, expected: np.ndarray) -> None:

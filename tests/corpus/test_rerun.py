@@ -208,11 +208,11 @@ def test_part_names_past_their_padding_stay_ours_and_in_order() -> None:
     """Part names are zero-padded to 5 and 6 digits; past 99,999 input files (or 999,999 chunks of one) they are
     longer, and must still be recognised as the job's own (rerun, restart) and be ordered by number."""
     from onnxembed.corpus.job import is_ours
-    from onnxembed.corpus.parts import _file_index, _numbers, part_name
+    from onnxembed.corpus.parts import _file_index, part_name, part_order
 
     names = [part_name(10001, 0), part_name(100000, 0), part_name(10000, 1_000_000), part_name(10000, 2)]
     assert all(is_ours(name) for name in names) and is_ours(part_name(123456))
     assert not is_ours("part-1234-000001.parquet")  # not a width the job writes
-    assert sorted(names, key=_numbers) == [names[3], names[2], names[0], names[1]]
+    assert sorted(names, key=part_order) == [names[3], names[2], names[0], names[1]]
     assert _file_index(Path(part_name(100000, 1_000_000))) == 100000
     assert _file_index(Path(part_name(123456)) / "x.parquet") == 123456

@@ -87,6 +87,11 @@ def test_float64_past_float32s_range_as_sentence_transformers(fn: str) -> None:
     scores, indices = semantic_search(queries, corpus, top_k=4, score_function=fn)
     assert indices.tolist() == [[hit["corpus_id"] for hit in row] for row in hits]
     np.testing.assert_allclose(scores, [[hit["score"] for hit in row] for row in hits], rtol=1e-6)
+    # a float64 query (parsed from JSON) against a float32 corpus: scored in float32, no corpus copy to float64
+    narrow = _embeddings(6, 40)
+    mixed_scores, mixed_indices = semantic_search(narrow[:3].astype(np.float64), narrow, top_k=4, score_function=fn)
+    assert mixed_scores.dtype == np.float32
+    np.testing.assert_array_equal(mixed_indices, semantic_search(narrow[:3], narrow, top_k=4, score_function=fn)[1])
     expected = util.paraphrase_mining_embeddings(torch.from_numpy(corpus), top_k=2, score_function=ST_SCORE[fn])
     mined = paraphrase_mining_embeddings(corpus, top_k=2, score_function=fn)
     assert [(i, j) for _, i, j in mined[:10]] == [(i, j) for _, i, j in expected[:10]]

@@ -101,6 +101,7 @@ def test_float64_input_is_scored_in_float64_as_sentence_transformers(fn: str) ->
     wide_a, wide_b = a.astype(np.float64) * 1e20, b.astype(np.float64) * 1e20
     expected = theirs(torch.from_numpy(wide_a), torch.from_numpy(wide_b)).numpy()
     np.testing.assert_allclose(ours(wide_a, wide_b), expected, rtol=1e-6)
+    assert similarity(a.astype(np.float64), b, fn).dtype == np.float32  # a mix (ST refuses it) stays float32
     pairwise = {"cosine": util.pairwise_cos_sim, "dot": util.pairwise_dot_score}.get(fn)
     if pairwise is not None:
         expected = pairwise(torch.from_numpy(wide_a[:2]), torch.from_numpy(wide_b[:2])).numpy()

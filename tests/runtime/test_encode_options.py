@@ -133,6 +133,10 @@ def test_similarity_fn_name_is_settable_as_on_a_sentence_transformer(pair) -> No
         )
     with pytest.raises(ValueError, match="unknown similarity function 'hamming'"):
         encoder.similarity_fn_name = "hamming"
+    from sentence_transformers import SimilarityFunction
+
+    encoder.similarity_fn_name = SimilarityFunction.DOT_PRODUCT  # the enum, as sentence-transformers takes it
+    assert encoder.similarity_fn_name == "dot"
     assert encoder.default_prompt_name == reference.default_prompt_name
     assert encoder.get_sentence_embedding_dimension() == reference.get_sentence_embedding_dimension()
     assert encoder.device == "cpu"

@@ -76,6 +76,11 @@ def test_v2_inputs_with_one_text_part_each(served: Server, reference: Any) -> No
     np.testing.assert_allclose(np.array(response.embeddings.float_), expected, atol=1e-5, rtol=0)
 
 
+def test_v1_refuses_v2s_inputs(served: Server) -> None:
+    response = served.request("/v1/embed", {"inputs": [{"content": [{"type": "text", "text": "a"}]}]})
+    assert response.status == 422 and "'inputs' is v2's" in response.body["error"]["message"], response.body
+
+
 def test_v1_floats_and_the_default_prompt(served: Server, reference: Any) -> None:
     response = served.request("/v1/embed", {"texts": TEXTS[:3]})  # no input_type: the default prompt (query)
     assert response.status == 200, response.body
@@ -128,6 +133,7 @@ def test_truncate_max_tokens_and_output_dimension(served: Server, reference: Any
             "2 text parts",
         ),
         ({"inputs": ["a"], "input_type": "search_query"}, "'inputs'[0]"),
+        ({"inputs": "a", "input_type": "search_query"}, "'inputs' must be a list of objects"),
         (
             {"inputs": [{"content": [{"type": "text", "text": "a"}]}], "texts": ["a"], "input_type": "search_query"},
             "not both",
