@@ -65,7 +65,7 @@ def semantic_search(
     corpus = _float_matrix(corpus_embeddings, "corpus_embeddings", allow_vector=False)
     _check_same_dim(queries, corpus, "dim")
 
-    dtype = _score_dtype(queries, corpus)
+    dtype = _score_dtype(corpus)
     k = min(top_k, corpus.shape[0])
     scores = np.empty((queries.shape[0], k), dtype=dtype)
     indices = np.empty((queries.shape[0], k), dtype=np.int64)
@@ -171,7 +171,7 @@ def paraphrase_mining_embeddings(
         return []
 
     k = min(top_k, n - 1)
-    dtype = _score_dtype(matrix, matrix)
+    dtype = _score_dtype(matrix)
     scorer = _float_scorer(score_function, dtype)
     pool_scores = np.empty(0, dtype=dtype)
     pool_pairs = np.empty((0, 2), dtype=np.int64)
@@ -263,10 +263,9 @@ def _best_unique_pairs(scores: np.ndarray, pairs: np.ndarray, n: int, max_pairs:
     return scores[keep], pairs[keep]
 
 
-def _score_dtype(queries: np.ndarray, corpus: np.ndarray) -> type[np.floating]:
+def _score_dtype(corpus: np.ndarray) -> type[np.floating]:
     """float64 for a float64 corpus array (pooling.float_array's rule), else float32: a float64 query (one parsed
     from JSON) against a float32 corpus must not copy every corpus chunk to float64."""
-    del queries
     return np.float64 if corpus.dtype == np.float64 else np.float32
 
 

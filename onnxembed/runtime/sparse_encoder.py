@@ -294,7 +294,7 @@ class SparseEncoder:
         first = as_sparse_matrix(a, "a")
         if len(first) != 1:
             raise InvalidArgumentError(f"a must be one vector; got {len(first)}")
-        one = isinstance(b, SparseEmbedding) or (isinstance(b, np.ndarray) and b.ndim == 1)
+        one = isinstance(b, SparseEmbedding) or getattr(b, "ndim", None) == 1  # a 1-D array or torch tensor
         second = as_sparse_matrix(b, "b")
         if first.dim != second.dim:
             raise InvalidArgumentError(f"vocabulary mismatch: a has {first.dim}, b has {second.dim}")

@@ -127,6 +127,8 @@ def test_pairwise_intersection_and_sparsity_as_sentence_transformers(bert_splade
         assert dense.shape == expected.shape
         np.testing.assert_allclose(dense, expected, rtol=1e-6, atol=1e-7)
         assert model.decode(shared) is not None
+    # a 1-D tensor is one vector, as in sentence-transformers (the result has its shape)
+    assert isinstance(model.intersection(rows[0], rows[1]), SparseEmbedding)
     expected_stats = reference.sparsity(rows)
     stats = model.sparsity(ours)
     assert stats.keys() == expected_stats.keys()
