@@ -20,6 +20,7 @@ import torch
 from onnxembed.exporter.attention import lean_attention, lean_family, loop_rows
 from onnxembed.exporter.config import DECODER_MODEL_TYPES
 from onnxembed.exporter.errors import UnsupportedModelError
+from onnxembed.exporter.fusions import fuse_rms_norms
 from onnxembed.exporter.onnx_io import save
 
 logger = logging.getLogger(__name__)
@@ -216,13 +217,17 @@ def export_onnx(
         # The exporters may already have spilled weights to files beside the graph: count them all.
         size = sum(path.stat().st_size for path in Path(scratch).iterdir())
         graph = onnx.load(str(traced), load_external_data=True)
+    rms_norms = fuse_rms_norms(graph)
     external = size > _EXTERNAL_DATA_BYTES if external_data is None else external_data
     save(graph, out_file, external)
     logger.info("exported %s with %s (%d MB, external data: %s)", out_file, method, size >> 20, external)
+    if rms_norms:
+        logger.info("fused %d RMSNorms into SimplifiedLayerNormalization", rms_norms)
     return {
         "exporter": method,
         "opset": OPSET,
         "external_data": external,
         "graph_bytes": size,
         "attention": plan.describe() if plan else "eager",
+        "fused_rms_norms": rms_norms,
     }

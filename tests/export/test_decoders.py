@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import pytest
 
 from onnxembed import Encoder, export
@@ -65,6 +67,18 @@ def test_manifest_names_the_decoder_its_padding_and_pooling(decoder: tuple[str, 
     assert manifest.pooling_modes == ("lasttoken",)
     assert manifest.input_names == ("input_ids", "attention_mask")  # position ids are computed in the graph
     assert manifest.variants["fp32"].accuracy["token_embeddings_max_abs_diff"] <= 1e-4
+
+
+def test_every_rms_norm_runs_as_one_operator(decoder: tuple[str, Replica, Path]) -> None:
+    """Each RMSNorm (before attention, before the MLP, Qwen3's q and k norms, the last one) is one
+    SimplifiedLayerNormalization in the exported graph, not the seven kernels it is traced as."""
+    name, _, out = decoder
+    config = json.loads((out / "config.json").read_text())
+    per_layer = 4 if name == "qwen3_embedding" else 2
+    graph = onnx.load(str(out / "onnx" / "model.onnx"), load_external_data=False).graph
+    kinds = Counter(node.op_type for node in graph.node)
+    assert kinds["SimplifiedLayerNormalization"] == per_layer * config["num_hidden_layers"] + 1
+    assert not {"Pow", "Sqrt", "Reciprocal"} & set(kinds), kinds
 
 
 def test_tokens_end_with_the_end_token_as_sentence_transformers(

@@ -7,10 +7,12 @@ from __future__ import annotations
 import json
 import random
 import shutil
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import pytest
 
 from onnxembed import Encoder, export
@@ -89,6 +91,26 @@ def test_manifest_names_the_family_and_its_exporter(family: tuple[str, Replica, 
     assert manifest.source["exporter"] == EXPORTERS.get(name, "dynamo")
     assert manifest.input_names == ("input_ids", "attention_mask")  # none of these families takes token types
     assert manifest.variants["fp32"].accuracy["token_embeddings_max_abs_diff"] <= 1e-4
+
+
+# RMSNorms per layer as transformers writes each family (T5: before attention and before the FFN; Gemma3: four
+# around attention and FFN, plus the q and k norms), and one after the last layer; ModernBERT has LayerNorms
+RMS_NORMS_PER_LAYER = {"modernbert": 0, "t5_encoder": 2, "mt5_encoder": 2, "embedding_gemma": 6}
+
+
+def test_every_rms_norm_runs_as_one_operator(family: tuple[str, Replica, Path]) -> None:
+    """The exporter rewrites each RMSNorm (seven kernels as exported) as one SimplifiedLayerNormalization."""
+    name, _, out = family
+    config = json.loads((out / "config.json").read_text())
+    layers = config.get("num_hidden_layers", config.get("num_layers"))
+    per_layer = RMS_NORMS_PER_LAYER[name]
+    expected = per_layer * layers + 1 if per_layer else 0
+    graph = onnx.load(str(out / "onnx" / "model.onnx"), load_external_data=False).graph
+    kinds = Counter(node.op_type for node in graph.node)
+    assert kinds["SimplifiedLayerNormalization"] == expected
+    assert Manifest.read(out).source["fused_rms_norms"] == expected
+    if per_layer:
+        assert not {"Sqrt", "Reciprocal"} & set(kinds), kinds  # Gemma's tanh GELU keeps a Pow
 
 
 @pytest.mark.parametrize("variant", ["fp32", "optimized"])
