@@ -66,19 +66,25 @@ class _Graph:
         return float(value.reshape(())) if value is not None and value.size == 1 else None
 
     def is_vector(self, name: str) -> bool:
-        """Whether ``name`` is a constant of one axis (an initializer, possibly external, or a Constant), or an
-        Identity of one (TorchScript writes a weight equal to another's so)."""
+        """Whether ``name`` is a constant of one axis of more than one element (an initializer, possibly external,
+        or a Constant), or an Identity of one (TorchScript writes a weight equal to another's so). One element
+        would broadcast in a Mul but not as the operator's scale."""
         while name in self.producers and self.producers[name].op_type == "Identity":
             name = self.producers[name].input[0]
         if name in self.initializers:
-            return len(self.initializers[name].dims) == 1
+            return _one_axis(list(self.initializers[name].dims))
         producer = self.producers.get(name)
         if producer is None or producer.op_type != "Constant":
             return False
         return any(
-            (attribute.name == "value" and len(attribute.t.dims) == 1) or attribute.name == "value_floats"
+            (attribute.name == "value" and _one_axis(list(attribute.t.dims)))
+            or (attribute.name == "value_floats" and len(attribute.floats) > 1)
             for attribute in producer.attribute
         )
+
+
+def _one_axis(dims: list[int]) -> bool:
+    return len(dims) == 1 and dims[0] > 1
 
 
 def _small_constant(node: onnx.NodeProto) -> np.ndarray | None:

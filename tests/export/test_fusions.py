@@ -116,3 +116,12 @@ def test_a_chain_whose_intermediate_a_subgraph_reads_is_left_alone() -> None:
     x = np.random.default_rng(1).normal(size=(2, 3, HIDDEN)).astype(np.float32)
     weight = numpy_helper.to_array(model.graph.initializer[0])
     np.testing.assert_allclose(_run(model, x), _rms_norm(x, weight), rtol=1e-5, atol=1e-6)
+
+
+def test_a_one_element_weight_is_left_alone() -> None:
+    """Mul broadcasts a (1,) weight over the hidden axis; the operator's scale must have the axis's size."""
+    model = _graph()
+    model.graph.initializer[0].CopyFrom(numpy_helper.from_array(np.array([0.5], np.float32), "weight"))
+    assert fuse_rms_norms(model) == 0
+    x = np.random.default_rng(1).normal(size=(2, 3, HIDDEN)).astype(np.float32)
+    np.testing.assert_allclose(_run(model, x), _rms_norm(x, np.float32(0.5)), rtol=1e-5, atol=1e-6)
