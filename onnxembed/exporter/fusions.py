@@ -13,8 +13,6 @@ the hidden states (113 norms in a Qwen3-Embedding-0.6B graph). Measured in docs/
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
@@ -23,18 +21,15 @@ from onnx import helper, numpy_helper
 _SMALL = 16
 
 
-@dataclasses.dataclass
 class _Graph:
-    """Lookups over one graph's top level: who makes and who reads each value, and its constant values."""
+    """Lookups over one graph's top level: who makes and who reads each value, and its small constant values."""
 
-    graph: onnx.GraphProto
-    producers: dict[str, onnx.NodeProto] = dataclasses.field(default_factory=dict)
-    readers: dict[str, list[onnx.NodeProto]] = dataclasses.field(default_factory=dict)
-    constants: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        outputs = {value.name for value in self.graph.output}
-        for node in self.graph.node:
+    def __init__(self, graph: onnx.GraphProto) -> None:
+        self.producers: dict[str, onnx.NodeProto] = {}
+        self.readers: dict[str, list[onnx.NodeProto]] = {}
+        self.constants: dict[str, np.ndarray] = {}
+        self.initializers = {tensor.name: tensor for tensor in graph.initializer}
+        for node in graph.node:
             for name in node.output:
                 self.producers[name] = node
             for name in node.input:
@@ -46,13 +41,12 @@ class _Graph:
                 value = _small_constant(node)
                 if value is not None:
                     self.constants[node.output[0]] = value
-        for tensor in self.graph.initializer:
+        for tensor in graph.initializer:
             # scalars and axes only: converting the weights would copy the whole model once more
             if int(np.prod(tensor.dims)) <= _SMALL and tensor.data_location != onnx.TensorProto.EXTERNAL:
                 self.constants[tensor.name] = numpy_helper.to_array(tensor)
-        for name in outputs:
-            self.readers.setdefault(name, []).append(helper.make_node("Identity", [name], [""], name="graph output"))
-        self.initializers = {tensor.name: tensor for tensor in self.graph.initializer}
+        for value in graph.output:  # a graph output is read from outside: no rewrite may drop it
+            self.readers.setdefault(value.name, []).append(helper.make_node("Identity", [value.name], [""]))
 
     def only_reader(self, name: str, op_type: str) -> onnx.NodeProto | None:
         """The node that alone reads ``name``, if it is an ``op_type`` of the default domain."""
