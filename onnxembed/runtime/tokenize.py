@@ -35,10 +35,11 @@ LONG_GROUP_CHARS = 1_000_000
 # Pre-tokenizers that end every word at a space (ByteLevel only with its regex; Metaspace only when it splits).
 _SPACE_SPLITTERS = {"Whitespace", "WhitespaceSplit", "BertPreTokenizer", "ByteLevel", "Metaspace"}
 # The CJK ideograph ranges BERT's normalizer (handle_chinese_chars) surrounds with spaces: each is a word of
-# its own, so text without spaces (Chinese, Japanese kanji) can be cut right after one.
+# its own, so text without spaces (Chinese, Japanese kanji) can be cut right after one. tokenizers' ranges,
+# not Google BERT's: they skip U+2B820-U+2B91F, and a cut after one of those would split a word.
 _CJK_IDEOGRAPH = re.compile(
     "[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002a6df\U0002a700-\U0002b73f"
-    "\U0002b740-\U0002b81f\U0002b820-\U0002ceaf\U0002f800-\U0002fa1f]"
+    "\U0002b740-\U0002b81f\U0002b920-\U0002ceaf\U0002f800-\U0002fa1f]"
 )
 # Normalizers that act on one character at a time, so a cut between two characters cannot change either.
 _PER_CHARACTER_NORMALIZERS = {"BertNormalizer", "Lowercase", "NFC", "NFD", "NFKC", "NFKD", "StripAccents"}

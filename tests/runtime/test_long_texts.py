@@ -95,6 +95,23 @@ def _tokenizers(export: Path, tmp_path: Path, kind: str) -> tuple[Path, Manifest
     return folder, Manifest.read(export)
 
 
+def test_cuts_follow_the_ideographs_the_normalizer_isolates() -> None:
+    """A text is cut after a character only where BERT's normalizer makes it a word of its own; one it does
+    not isolate (U+2B820-U+2B91F, in Google BERT's ranges, not in tokenizers') would split a word."""
+    from tokenizers.normalizers import BertNormalizer
+
+    from onnxembed.runtime.tokenize import _CJK_IDEOGRAPH
+
+    normalizer = BertNormalizer(clean_text=False, handle_chinese_chars=True, strip_accents=False, lowercase=False)
+    points = [point for point in range(0x3000, 0x30000) if not 0xD800 <= point < 0xE000]
+    wrong = [
+        hex(point)
+        for point in points
+        if bool(_CJK_IDEOGRAPH.fullmatch(chr(point))) != (normalizer.normalize_str(chr(point)) == f" {chr(point)} ")
+    ]
+    assert not wrong, wrong[:10]
+
+
 @pytest.mark.parametrize("kind", ["wordpiece", "unigram", "bpe", "spaceless-bpe"])
 @pytest.mark.parametrize("side", ["right", "left"])
 @pytest.mark.parametrize("max_seq_length", [8, 128])
