@@ -370,6 +370,9 @@ def build_app(
             Exception: _server_error,
         },
     )
+    # Starlette answers "/v1/embeddings/" with a 307 whose Location is built from the client's Host header
+    # (and says http:// behind a TLS proxy): one path per route, anything else a JSON 404.
+    app.router.redirect_slashes = False
     app.state.service = service
     app.add_middleware(Gate, service=service, paths={route.path for route in routes})
     return app

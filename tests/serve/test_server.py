@@ -215,6 +215,7 @@ BAD_REQUESTS: list[tuple[str, Any, bytes | None, int]] = [
     ("/similarity", {"source_sentence": 3, "sentences": ["y"]}, None, 422),
     ("/similarity", {"source_sentence": "x", "sentences": []}, None, 422),
     ("/no-such-route", {"input": "x"}, None, 404),
+    ("/v1/embeddings/", {"input": "x"}, None, 404),  # not a redirect to a Location built from the Host header
 ]
 
 
