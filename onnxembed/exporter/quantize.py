@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import platform
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -66,15 +67,18 @@ INT8_RECIPES = (
 
 def int8_file_name() -> str:
     """sentence-transformers names int8 files by the instruction set they were made for."""
-    return "onnx/model_qint8_avx512_vnni.onnx" if has_vnni() else "onnx/model_qint8_avx2.onnx"
+    if not full_range():
+        return "onnx/model_qint8_avx2.onnx"
+    arm = platform.machine().lower() in ("arm64", "aarch64")
+    return "onnx/model_qint8_arm64.onnx" if arm else "onnx/model_qint8_avx512_vnni.onnx"
 
 
-def has_vnni() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_vnni" in flags or "avx_vnni" in flags
+def full_range() -> bool:
+    """Whether int8 weights may use the whole int8 range here: only where onnxruntime's kernel does not
+    saturate on them (runtime/int8.py); elsewhere they get 7 bits (onnxruntime's reduce_range)."""
+    from onnxembed.runtime.int8 import u8s8_saturates
+
+    return not u8s8_saturates()
 
 
 def optimize(src: Path, dst: Path, target: Target, num_heads: int, hidden_size: int, right_padded: bool) -> None:
@@ -276,7 +280,7 @@ def quantize_int8(
         str(dst),
         op_types_to_quantize=["MatMul"],
         per_channel=recipe.per_channel,
-        reduce_range=not has_vnni(),
+        reduce_range=not full_range(),
         weight_type=QuantType.QInt8,
         nodes_to_exclude=excluded,
         use_external_data_format=needs_external_data(src),
@@ -290,7 +294,7 @@ def quantize_int8(
         "quantized_matmuls": quantized,
         "fp32_matmuls": len(excluded),
         "per_channel": recipe.per_channel,
-        "reduce_range": not has_vnni(),
+        "reduce_range": not full_range(),
     }
 
 

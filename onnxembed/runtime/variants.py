@@ -9,14 +9,19 @@ The int8 graphs quantize activations dynamically, with one scale per batch tenso
 move with which texts share a batch, about as much as int8 moves them from fp32 (MiniLM: max abs 1.6e-2,
 cosine >= 0.9958 between one text per call and one call of 400). fp32 and fused graphs do not. Running
 each text alone (batch_size=1) makes int8 vectors depend on the text only.
+
+An int8 graph with full-range weights (made on a CPU with VNNI) is not what "auto" takes on a CPU whose int8
+kernel saturates on them (runtime/int8.py): its vectors there are not the ones its accuracy was measured on.
 """
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 from onnxembed.errors import InvalidArgumentError
-from onnxembed.manifest import Manifest
+from onnxembed.manifest import Manifest, Variant
+from onnxembed.runtime.int8 import full_range_int8, u8s8_saturates
 
 _AUTO_ORDER = {
     "CUDAExecutionProvider": (
@@ -36,13 +41,18 @@ def choose_variant(manifest: Manifest, model_dir: Path, variant: str, provider: 
     if variant == "auto":
         for name in _AUTO_ORDER.get(provider, ("fp32",)):
             candidate = manifest.variants.get(name)
-            if candidate is not None and candidate.accuracy.get("accepted", name == "fp32"):
-                return name, candidate.file
+            if candidate is None or not candidate.accuracy.get("accepted", name == "fp32"):
+                continue
+            if _saturates(candidate, provider):
+                warnings.warn(f"{_saturation_note(candidate)}: using the next variant instead", stacklevel=4)
+                continue
+            return name, candidate.file
         return "fp32", manifest.variants["fp32"].file
-    if variant in manifest.variants:
-        return variant, manifest.variants[variant].file
-    for name, candidate in manifest.variants.items():
-        if variant in (candidate.file, Path(candidate.file).name):
+    named = [(variant, manifest.variants[variant])] if variant in manifest.variants else []
+    for name, candidate in named or manifest.variants.items():
+        if variant in (name, candidate.file, Path(candidate.file).name):
+            if _saturates(candidate, provider):
+                warnings.warn(f"{_saturation_note(candidate)}: its accuracy does not hold here", stacklevel=4)
             return name, candidate.file
     for relative in (Path(variant), Path("onnx") / variant):
         if (model_dir / relative).is_file() and relative.suffix == ".onnx":
@@ -50,4 +60,16 @@ def choose_variant(manifest: Manifest, model_dir: Path, variant: str, provider: 
     choices = ", ".join(["auto", *manifest.variants])
     raise InvalidArgumentError(
         f"variant {variant!r} is not in {model_dir}; choose from {choices} or a .onnx file there"
+    )
+
+
+def _saturates(candidate: Variant, provider: str) -> bool:
+    return provider == "CPUExecutionProvider" and full_range_int8(candidate) and u8s8_saturates()
+
+
+def _saturation_note(candidate: Variant) -> str:
+    return (
+        f"{candidate.file} holds full-range int8 weights (made on a CPU with VNNI), which onnxruntime's int8 "
+        "kernel on this CPU adds in 16 bits and saturates, so its vectors differ from those measured at export; "
+        "an int8 export made on a CPU like this one (7-bit weights) runs here as measured"
     )

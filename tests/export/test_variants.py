@@ -29,7 +29,11 @@ def test_variants_are_recorded_with_their_accuracy(with_variants: Path) -> None:
     manifest = json.loads((with_variants / "onnxembed.json").read_text())
     assert set(manifest["variants"]) == {"fp32", "optimized", "int8"}
     int8 = manifest["variants"]["int8"]
-    assert int8["file"] in ("onnx/model_qint8_avx512_vnni.onnx", "onnx/model_qint8_avx2.onnx")
+    assert int8["file"] in (
+        "onnx/model_qint8_avx512_vnni.onnx",
+        "onnx/model_qint8_avx2.onnx",
+        "onnx/model_qint8_arm64.onnx",
+    )
     assert (with_variants / int8["file"]).is_file()
     accuracy = int8["accuracy"]
     assert accuracy["p1_cosine"] >= accuracy["budget_p1_cosine"] == 0.9 and accuracy["accepted"]
