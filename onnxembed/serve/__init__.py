@@ -171,6 +171,11 @@ def serve(
     # beside an embedding model the reranker takes its own best variant ("auto"): --variant names the model's
     rerank_variant = variant if main_is_reranker else "auto"
     scorer = None if reranker_dir is None else Reranker(reranker_dir, provider, threads, rerank_variant)
+    if scorer is not None and scorer.num_labels != 1:  # every rerank route would answer 422
+        raise InvalidArgumentError(
+            f"{reranker_dir} gives {scorer.num_labels} scores a pair (a classifier); the rerank routes rank "
+            "by one score a pair"
+        )
     server = uvicorn.Server(
         uvicorn.Config(
             build_app(encoder, config, scorer),

@@ -16,7 +16,7 @@ from tests.replicas import CORPUS, LONG_TEXT, Replica
 from tests.rerankers import exported_reranker
 from tests.serve.conftest import API_KEY, Server, start_server, stop_server
 
-bert_reranker = rerankers.bert_reranker
+bert_reranker, nli_bert = rerankers.bert_reranker, rerankers.nli_bert
 QUERY = CORPUS[4]
 DOCUMENTS = [*CORPUS[10:16], "a", "Emoji are text too 😀🎉👍🏽"]
 MAX_DOCUMENTS = 8
@@ -204,3 +204,20 @@ def test_metrics_and_auth_cover_rerank(both: Server) -> None:
     metrics = both.request("/metrics").body
     assert 'onnxembed_requests_total{endpoint="/rerank",status="200"}' in metrics
     assert 'onnxembed_requests_total{endpoint="/rerank",status="401"}' in metrics
+
+
+def test_a_classifier_is_refused_at_start(
+    nli_bert: Replica, exports_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 3-label CrossEncoder would answer every rerank route with 422: the server refuses it before it listens."""
+    import uvicorn
+
+    from onnxembed.errors import InvalidArgumentError
+    from onnxembed.serve import serve
+
+    def started(self: Any) -> None:
+        raise AssertionError("the server started")
+
+    monkeypatch.setattr(uvicorn.Server, "run", started)
+    with pytest.raises(InvalidArgumentError, match="gives 3 scores a pair"):
+        serve(exported_reranker(nli_bert, exports_dir), host="127.0.0.1", port=0)
