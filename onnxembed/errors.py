@@ -37,9 +37,15 @@ class OutputExistsError(OnnxEmbedError, FileExistsError):
     """The output directory exists and may not be replaced."""
 
 
+class Int8SaturationWarning(UserWarning):
+    """An int8 graph's full-range weights would saturate in this CPU's int8 kernel (onnxembed/runtime/int8.py):
+    "auto" loads another variant; named, the graph loads with its vectors off the ones measured at export."""
+
+
 __all__ = [
     "ArgumentTypeError",
     "ExportVerificationError",
+    "Int8SaturationWarning",
     "InvalidArgumentError",
     "ModelLoadError",
     "OnnxEmbedError",

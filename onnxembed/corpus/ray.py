@@ -247,7 +247,8 @@ def embed_corpus_ray(
     if started:
         ray.init(address=address, log_to_driver=False, include_dashboard=False)
     try:
-        # The variant the actors will load, chosen here as their Encoder will for their provider.
+        # The variant every actor loads, resolved once here (one job, one graph): by this driver's CPU where
+        # that decides it (a full-range int8 graph and a saturating int8 kernel, runtime/int8.py).
         on_gpu = plan_actors()["provider"] == "cuda"
         provider = "CUDAExecutionProvider" if on_gpu else "CPUExecutionProvider"
         chosen, _ = choose_variant(Manifest.read(model_dir), Path(model_dir), variant, provider)

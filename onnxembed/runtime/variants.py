@@ -19,7 +19,7 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-from onnxembed.errors import InvalidArgumentError
+from onnxembed.errors import Int8SaturationWarning, InvalidArgumentError
 from onnxembed.manifest import Manifest, Variant
 from onnxembed.runtime.int8 import full_range_int8, u8s8_saturates
 
@@ -39,20 +39,25 @@ _AUTO_ORDER = {
 def choose_variant(manifest: Manifest, model_dir: Path, variant: str, provider: str) -> tuple[str, str]:
     """(variant name, graph file relative to model_dir). ValueError listing the choices if unknown."""
     if variant == "auto":
+        saturating = None
         for name in _AUTO_ORDER.get(provider, ("fp32",)):
             candidate = manifest.variants.get(name)
             if candidate is None or not candidate.accuracy.get("accepted", name == "fp32"):
                 continue
-            if _saturates(candidate, provider):
-                warnings.warn(f"{_saturation_note(candidate)}: using the next variant instead", stacklevel=4)
+            if _saturates(candidate):
+                saturating = candidate
                 continue
-            return name, candidate.file
-        return "fp32", manifest.variants["fp32"].file
+            break
+        else:
+            name, candidate = "fp32", manifest.variants["fp32"]
+        if saturating is not None:
+            warnings.warn(_saturation_note(saturating, f"Loading {name} instead."), Int8SaturationWarning, 4)
+        return name, candidate.file
     named = [(variant, manifest.variants[variant])] if variant in manifest.variants else []
     for name, candidate in named or manifest.variants.items():
         if variant in (name, candidate.file, Path(candidate.file).name):
-            if _saturates(candidate, provider):
-                warnings.warn(f"{_saturation_note(candidate)}: its accuracy does not hold here", stacklevel=4)
+            if _saturates(candidate):
+                warnings.warn(_saturation_note(candidate, "Loaded as asked."), Int8SaturationWarning, 4)
             return name, candidate.file
     for relative in (Path(variant), Path("onnx") / variant):
         if (model_dir / relative).is_file() and relative.suffix == ".onnx":
@@ -63,13 +68,15 @@ def choose_variant(manifest: Manifest, model_dir: Path, variant: str, provider: 
     )
 
 
-def _saturates(candidate: Variant, provider: str) -> bool:
-    return provider == "CPUExecutionProvider" and full_range_int8(candidate) and u8s8_saturates()
+def _saturates(candidate: Variant) -> bool:
+    # Whatever the provider: CUDA has no uint8 x int8 MatMulInteger, so those nodes fall back to the CPU's kernel.
+    return full_range_int8(candidate) and u8s8_saturates()
 
 
-def _saturation_note(candidate: Variant) -> str:
+def _saturation_note(candidate: Variant, what: str) -> str:
     return (
-        f"{candidate.file} holds full-range int8 weights (made on a CPU with VNNI), which onnxruntime's int8 "
-        "kernel on this CPU adds in 16 bits and saturates, so its vectors differ from those measured at export; "
-        "an int8 export made on a CPU like this one (7-bit weights) runs here as measured"
+        f"{candidate.file} holds full-range int8 weights (made on a CPU whose int8 kernel is exact: VNNI); "
+        "onnxruntime's int8 kernel on this CPU adds their products in 16 bits and saturates, so its vectors "
+        f"differ from those measured at export. {what} An int8 export made on a CPU like this one (7-bit "
+        "weights) runs here as measured."
     )
