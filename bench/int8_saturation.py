@@ -25,6 +25,7 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH.parent))
 sys.path.insert(0, str(BENCH))
 from corpus import paragraphs, sentences  # noqa: E402
+from int8_formats import quantize  # noqa: E402
 
 from onnxembed import Encoder  # noqa: E402
 from onnxembed.runtime.cpu import cpu_info  # noqa: E402
@@ -63,21 +64,6 @@ def exact_twin(src: Path, dst: Path) -> int:
     return rewritten
 
 
-def quantize_all(fp32: Path, out: Path, reduce_range: bool) -> None:
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    quantize_dynamic(
-        str(fp32),
-        str(out),
-        op_types_to_quantize=["MatMul"],
-        per_channel=True,
-        reduce_range=reduce_range,
-        weight_type=QuantType.QInt8,
-        extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT},
-    )
-
-
 def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
 
@@ -94,7 +80,7 @@ def main() -> None:
     graphs = list(args.graphs)
     if not graphs:
         for name, reduce_range in (("bench_all_matmul_full_range.onnx", False), ("bench_all_matmul_7bit.onnx", True)):
-            quantize_all(onnx_dir / "model.onnx", onnx_dir / name, reduce_range)
+            quantize(onnx_dir / "model.onnx", onnx_dir / name, True, reduce_range, "QInt8")
             made.append(onnx_dir / name)
             graphs.append(name)
     texts = sentences(args.sentences) + paragraphs(args.paragraphs)
