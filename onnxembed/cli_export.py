@@ -32,6 +32,13 @@ def add_parser(commands: Any) -> None:
     faster.add_argument("--target", choices=("cpu", "gpu"), default="cpu", help="what --optimize fuses for")
     faster.add_argument("--quantize", choices=("int8",), help="int8 weights, for CPU")
     faster.add_argument(
+        "--int8-target",
+        choices=("host", "avx2", "avx512_vnni", "arm64"),  # exporter/quantize.py's INT8_TARGETS (no onnx import here)
+        default="host",
+        help="the CPUs the int8 graph is for: host (this CPU's kind), avx2 (7-bit weights, exact on every x86-64 "
+        "CPU), avx512_vnni or arm64 (full-range weights; made on a CPU with VNNI or ARM)",
+    )
+    faster.add_argument(
         "--int8-min-cosine",
         type=float,
         metavar="P1",
@@ -75,6 +82,7 @@ def run(args: argparse.Namespace) -> None:
         optimize=args.optimize,
         target=args.target,
         quantize=args.quantize,
+        int8_target=args.int8_target,
         int8_min_cosine=args.int8_min_cosine,
         int8_min_spearman=args.int8_min_spearman,
         int8_min_top10_overlap=args.int8_min_top10_overlap,

@@ -173,6 +173,7 @@ def export(
     optimize: bool = False,
     target: Target = "cpu",
     quantize: Literal["int8"] | None = None,
+    int8_target: str = "host",
     int8_min_cosine: float | None = None,
     int8_min_spearman: float | None = None,
     int8_min_top10_overlap: float | None = None,
@@ -204,6 +205,9 @@ def export(
         quantize: "int8" also writes the fastest int8 recipe that meets the accuracy budget against fp32 on
             held-out calibration text: for an embedding model ``int8_min_cosine``, for a reranker
             ``int8_min_spearman`` and ``int8_min_top10_overlap``.
+        int8_target: The CPUs the int8 graph is for, in sentence-transformers' names: "host" (this CPU's kind),
+            "avx2" (7-bit weights: exact on every x86-64 CPU, and the only kind a CPU without VNNI can make),
+            "avx512_vnni" or "arm64" (full-range weights, made on a CPU with VNNI or on ARM).
         int8_min_cosine: Embedding models: the lowest 1st-percentile cosine of int8 vectors to fp32's (None:
             0.99). Refused for a reranker, whose scores are not vectors.
         int8_min_spearman: Rerankers: the lowest mean Spearman rank correlation per held-out query of int8's
@@ -235,6 +239,7 @@ def export(
     _require_export_extra()
     from onnxembed.exporter.errors import UnsupportedModelError
     from onnxembed.exporter.load import resolve_source
+    from onnxembed.exporter.quantize import int8_target as int8_target_for
     from onnxembed.exporter.verify import verify_pipeline
 
     model_path(model_name_or_path, "model_name_or_path")
@@ -259,6 +264,10 @@ def export(
     given = [name for name, budget in budgets.items() if budget is not None]
     if given and quantize is None:
         raise InvalidArgumentError(f"{given[0]} is the budget of quantize='int8' (--quantize int8); add it")
+    # before the export: a target this CPU cannot measure is refused now, not after minutes of tracing
+    made_for = int8_target_for(int8_target) if quantize == "int8" else None
+    if made_for is None and int8_target != "host":
+        raise InvalidArgumentError(f"int8_target={int8_target!r} says what quantize='int8' is for; add it")
     if target != "cpu" and not optimize:
         raise InvalidArgumentError(f"target={target!r} chooses what optimize fuses for; add optimize=True (--optimize)")
     source = resolve_source(model_name_or_path)
@@ -303,6 +312,7 @@ def export(
             optimize=optimize,
             target=target,
             quantize=quantize,
+            int8_target=made_for,
             fp16=fp16,
             **ranking_budget,
             texts=partial(_calibration_texts, calibration_file),
@@ -370,7 +380,7 @@ def export(
                 texts=texts,
                 optimize=optimize,
                 target=target,
-                quantize_int8=quantize == "int8",
+                int8_target=made_for,
                 int8_min_cosine=INT8_MIN_COSINE if int8_min_cosine is None else int8_min_cosine,
                 fp16=fp16,
                 pool_in_graph=pool_in_graph,

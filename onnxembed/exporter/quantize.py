@@ -65,20 +65,37 @@ INT8_RECIPES = (
 )
 
 
-def int8_file_name() -> str:
-    """sentence-transformers names int8 files by the instruction set they were made for."""
-    if not full_range():
-        return "onnx/model_qint8_avx2.onnx"
-    arm = platform.machine().lower() in ("arm64", "aarch64")
-    return "onnx/model_qint8_arm64.onnx" if arm else "onnx/model_qint8_avx512_vnni.onnx"
+# What an int8 graph is made for, as sentence-transformers names its int8 files (the quantization_config of
+# export_dynamic_quantized_onnx_model). "avx2" graphs have 7-bit weights: exact on every x86-64 CPU.
+INT8_TARGETS = ("host", "avx2", "avx512_vnni", "arm64")
 
 
-def full_range() -> bool:
-    """Whether int8 weights may use the whole int8 range here: only where onnxruntime's kernel does not
-    saturate on them (runtime/int8.py); elsewhere they get 7 bits (onnxruntime's reduce_range)."""
+def int8_target(asked: str) -> str:
+    """The instruction set to make int8 weights for: ``asked``, or for "host" this CPU's (full-range weights
+    where onnxruntime's int8 kernel does not saturate on them, runtime/int8.py; 7 bits elsewhere). Full range
+    is refused where the kernel saturates: the recipes' accuracy could not be measured here."""
     from onnxembed.runtime.int8 import u8s8_saturates
 
-    return not u8s8_saturates()
+    if asked not in INT8_TARGETS:
+        raise InvalidArgumentError(f"int8_target must be one of {', '.join(map(repr, INT8_TARGETS))}; got {asked!r}")
+    if asked == "avx2":
+        return asked
+    if u8s8_saturates():
+        if asked == "host":
+            return "avx2"
+        raise InvalidArgumentError(
+            f"int8_target={asked!r} writes full-range int8 weights, and this CPU's int8 kernel (no VNNI) saturates "
+            "on them, so their accuracy cannot be measured here: export on a CPU with VNNI (or ARM), or use "
+            "int8_target='avx2' (7-bit weights, exact on every x86-64 CPU, VNNI or not)"
+        )
+    if asked == "host":
+        return "arm64" if platform.machine().lower() in ("arm64", "aarch64") else "avx512_vnni"
+    return asked
+
+
+def int8_file_name(target: str) -> str:
+    """sentence-transformers' name for an int8 file made for ``target`` (an int8_target() answer)."""
+    return f"onnx/model_qint8_{target}.onnx"
 
 
 def optimize(src: Path, dst: Path, target: Target, num_heads: int, hidden_size: int, right_padded: bool) -> None:
@@ -246,11 +263,17 @@ def _gelu_candidates(node: onnx.NodeProto, consumers: dict[str, list[onnx.NodePr
 
 
 def quantize_int8(
-    src: Path, dst: Path, recipe: Int8Recipe, feeds: list[dict[str, Any]], also_keep: list[str] | None = None
+    src: Path,
+    dst: Path,
+    recipe: Int8Recipe,
+    feeds: list[dict[str, Any]],
+    also_keep: list[str] | None = None,
+    *,
+    target: str,
 ) -> dict[str, object]:
-    """Dynamic int8 quantization of MatMul weights (activations quantized at run time); returns what was
-    done. ``feeds`` (calibration batches) are used only by splitting recipes; ``also_keep`` names more
-    MatMuls to leave in fp32."""
+    """Dynamic int8 quantization of MatMul weights (activations quantized at run time) for ``target`` (an
+    int8_target() answer: "avx2" means 7-bit weights); returns what was done. ``feeds`` (calibration batches)
+    are used only by splitting recipes; ``also_keep`` names more MatMuls to leave in fp32."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     if recipe.smooth:
@@ -258,7 +281,7 @@ def quantize_int8(
         smooth_inputs(src, smoothed, recipe.smooth, feeds, recipe.smooth_alpha)
         try:
             rest = dataclasses.replace(recipe, smooth=())
-            how = quantize_int8(smoothed, dst, rest, feeds, also_keep=also_keep)
+            how = quantize_int8(smoothed, dst, rest, feeds, also_keep=also_keep, target=target)
         finally:
             onnx_io.remove(smoothed)
         smoothing = {"smoothed_groups": list(recipe.smooth), "smooth_alpha": recipe.smooth_alpha}
@@ -269,7 +292,7 @@ def quantize_int8(
         kept = split_outliers(src, split, recipe.split_outliers, feeds, recipe.outlier_channels)
         try:
             plain = Int8Recipe(recipe.name, keep_fp32=recipe.keep_fp32, per_channel=recipe.per_channel)
-            how = quantize_int8(split, dst, plain, feeds, also_keep=[*kept, *(also_keep or [])])
+            how = quantize_int8(split, dst, plain, feeds, also_keep=[*kept, *(also_keep or [])], target=target)
         finally:
             onnx_io.remove(split)
         return {**how, "outlier_channels": recipe.outlier_channels, "split_groups": list(recipe.split_outliers)}
@@ -280,7 +303,7 @@ def quantize_int8(
         str(dst),
         op_types_to_quantize=["MatMul"],
         per_channel=recipe.per_channel,
-        reduce_range=not full_range(),
+        reduce_range=target == "avx2",
         weight_type=QuantType.QInt8,
         nodes_to_exclude=excluded,
         use_external_data_format=needs_external_data(src),
@@ -294,7 +317,7 @@ def quantize_int8(
         "quantized_matmuls": quantized,
         "fp32_matmuls": len(excluded),
         "per_channel": recipe.per_channel,
-        "reduce_range": not full_range(),
+        "reduce_range": target == "avx2",
     }
 
 

@@ -51,19 +51,20 @@ def build_variants(
     texts: list[str],
     optimize: bool = False,
     target: Target = "cpu",
-    quantize_int8: bool = False,
+    int8_target: str | None = None,
     int8_min_cosine: float = 0.99,
     fp16: bool = False,
     pool_in_graph: bool = False,
     manifest: Manifest | None = None,
 ) -> dict[str, Variant]:
-    """Write the requested variants into out/onnx and return them with their measured accuracy."""
+    """Write the requested variants into out/onnx and return them with their measured accuracy; an int8 one
+    when ``int8_target`` names what it is made for (quantize.int8_target())."""
     calibration, held_out = texts[: len(texts) // 2], texts[len(texts) // 2 :]
     fp32 = _encoder(out, "fp32")
     reference = fp32.encode(held_out)
     timed = timing_texts(fp32, held_out[:512])
     fp32_rate = rate(fp32, timed)
-    feeds = _calibration_feeds(fp32, calibration) if quantize_int8 else []
+    feeds = _calibration_feeds(fp32, calibration) if int8_target else []
     # a large model's fp32 session holds its weights and onnxruntime's packed copies: not kept beside int8's
     del fp32
     fp32_file = out / "onnx" / "model.onnx"
@@ -77,8 +78,8 @@ def build_variants(
         return {**accuracy, **extra}
 
     variants.update(_float_variants(out, measured, optimize, target, fp16, num_heads, hidden_size, right_padded))
-    if quantize_int8:
-        variants["int8"] = _choose_int8(out, fp32_file, measured, feeds, int8_min_cosine)
+    if int8_target:
+        variants["int8"] = _choose_int8(out, fp32_file, measured, feeds, int8_min_cosine, int8_target)
     if pool_in_graph:
         if manifest is None:
             raise InvalidArgumentError("pool_in_graph needs the manifest (pooling modes, Normalize, dim)")
@@ -119,14 +120,17 @@ def _try_measure(measured: Any, file: str) -> dict[str, Any]:
         return {"accepted": True, "measured": f"not on CPU: {type(error).__name__}: {str(error)[:200]}"}
 
 
-def _choose_int8(out: Path, fp32_file: Path, measured: Any, feeds: list[dict[str, object]], budget: float) -> Variant:
+def _choose_int8(
+    out: Path, fp32_file: Path, measured: Any, feeds: list[dict[str, object]], budget: float, target: str
+) -> Variant:
     """Try INT8_RECIPES fastest first; keep the first whose 1st-percentile cosine meets the budget."""
-    file = quantize.int8_file_name()
+    file = quantize.int8_file_name(target)
     accuracy, accepted, tried = _first_accepted_int8(
         out,
         fp32_file,
         measured,
         feeds,
+        target,
         lambda accuracy: accuracy["p1_cosine"] >= budget,
         lambda recipe, accuracy: {
             "recipe": recipe,
@@ -154,7 +158,7 @@ def build_ranked_variants(
     *,
     optimize: bool,
     target: Target,
-    quantize_int8: bool,
+    int8_target: str | None,
     fp16: bool,
     budget: tuple[float, float],
     runtime: str,
@@ -164,8 +168,8 @@ def build_ranked_variants(
     ``feeds()`` the calibration batches; ``budget`` int8's (mean Spearman, top-10 overlap) floor."""
     fp32_file = out / "onnx" / "model.onnx"
     variants = _float_variants(out, measured, optimize, target, fp16, num_heads, hidden_size, right_padded)
-    if quantize_int8:
-        variants["int8"] = _choose_ranked_int8(out, fp32_file, measured, feeds(), budget, runtime)
+    if int8_target:
+        variants["int8"] = _choose_ranked_int8(out, fp32_file, measured, feeds(), budget, runtime, int8_target)
     return variants
 
 
@@ -201,15 +205,17 @@ def _choose_ranked_int8(
     feeds: list[dict[str, Any]],
     budget: tuple[float, float],
     runtime: str,
+    target: str,
 ) -> Variant:
     """INT8_RECIPES fastest first; keep the first whose ranking meets the budget (else the last, not accepted)."""
     min_spearman, min_overlap = budget
-    file = quantize.int8_file_name()
+    file = quantize.int8_file_name(target)
     accuracy, accepted, tried = _first_accepted_int8(
         out,
         fp32_file,
         measured,
         feeds,
+        target,
         lambda accuracy: accuracy["mean_spearman"] >= min_spearman and accuracy["top10_overlap"] >= min_overlap,
         lambda recipe, accuracy: {
             key: accuracy[key] for key in ("recipe", "mean_spearman", "top10_overlap", "speedup_vs_fp32")
@@ -231,17 +237,18 @@ def _first_accepted_int8(
     fp32_file: Path,
     measured: Callable[..., dict[str, Any]],
     feeds: list[dict[str, Any]],
+    target: str,
     accepts: Callable[[dict[str, Any]], bool],
     tried_entry: Callable[[str, dict[str, Any]], dict[str, Any]],
 ) -> tuple[dict[str, Any], bool, list[dict[str, Any]]]:
-    """INT8_RECIPES fastest first, each quantized with ``feeds`` and ``measured``; the first that ``accepts``
-    (else the last) becomes int8_file_name(), the others are removed. Returns its accuracy, whether it was
-    accepted, and ``tried_entry(recipe name, accuracy)`` of every recipe tried, for the manifest."""
-    file = quantize.int8_file_name()
+    """INT8_RECIPES fastest first, each quantized for ``target`` with ``feeds`` and ``measured``; the first that
+    ``accepts`` (else the last) becomes int8_file_name(target), the others are removed. Returns its accuracy,
+    whether it was accepted, and ``tried_entry(recipe name, accuracy)`` of every recipe tried, for the manifest."""
+    file = quantize.int8_file_name(target)
     tried = []
     for recipe in quantize.INT8_RECIPES:
         candidate = out / "onnx" / f"int8_candidate_{recipe.name}.onnx"
-        how = quantize.quantize_int8(fp32_file, candidate, recipe, feeds)
+        how = quantize.quantize_int8(fp32_file, candidate, recipe, feeds, target=target)
         accuracy = measured(str(candidate.relative_to(out)), **how)
         tried.append(tried_entry(recipe.name, accuracy))
         logger.info("int8 %s: %s", recipe.name, accuracy)

@@ -129,6 +129,19 @@ def test_export_then_info(chinese_bert: Replica, reference, tmp_path: Path, caps
     assert fields["architecture"].startswith("BertModel")
 
 
+def test_export_passes_int8_target_on(chinese_bert: Replica, tmp_path: Path, capsys) -> None:
+    from onnxembed.cli import _build_parser
+    from onnxembed.exporter.quantize import INT8_TARGETS
+
+    export = _build_parser()._subparsers._group_actions[0].choices["export"]  # type: ignore[union-attr]
+    (action,) = [action for action in export._actions if action.dest == "int8_target"]
+    assert tuple(action.choices) == INT8_TARGETS
+    # refused by export() itself (without --quantize it would be ignored), so the CLI handed it over
+    assert main(["export", str(chinese_bert.path), str(tmp_path / "out"), "--int8-target", "avx2"]) == 1
+    assert "int8_target='avx2'" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def _missing_model(tiny_export: Path, tmp_path: Path) -> list[str]:
     return ["info", str(tmp_path / "no-such-model")]
 

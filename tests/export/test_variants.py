@@ -38,6 +38,8 @@ def test_variants_are_recorded_with_their_accuracy(with_variants: Path) -> None:
     expected_names = ("onnx/model_qint8_avx2.onnx",) if u8s8_saturates() else full_range_names
     assert int8["file"] in expected_names
     assert (with_variants / int8["file"]).is_file()
+    # and the file holds what the manifest says: 7-bit weights peak at 64, full-range ones at 127
+    assert int8_weight_peak(with_variants / int8["file"]) == (64 if int8["accuracy"]["reduce_range"] else 127)
     accuracy = int8["accuracy"]
     assert accuracy["p1_cosine"] >= accuracy["budget_p1_cosine"] == 0.9 and accuracy["accepted"]
     assert accuracy["tried"][-1]["recipe"] == accuracy["recipe"]
@@ -91,12 +93,84 @@ def test_int8_one_text_per_run_depends_on_the_text_alone(with_variants: Path) ->
     np.testing.assert_array_equal(encoder.encode(texts[::-1], batch_size=1), alone[::-1])
 
 
+def int8_weight_peak(graph: Path) -> int:
+    """The largest |weight| among an int8 graph's quantized weights."""
+    import onnx
+    from onnx import numpy_helper
+
+    weights = [numpy_helper.to_array(t) for t in onnx.load(str(graph)).graph.initializer]
+    return max(int(np.abs(w.astype(np.int32)).max()) for w in weights if w.dtype == np.int8 and w.size > 1)
+
+
 @pytest.mark.parametrize(
-    ("kwargs", "message"), [({"quantize": "int4"}, "quantize"), ({"int8_min_cosine": 1.5}, "int8_min")]
+    ("kwargs", "message"),
+    [
+        ({"quantize": "int4"}, "quantize"),
+        ({"int8_min_cosine": 1.5}, "int8_min"),
+        ({"int8_target": "avx2"}, "add it"),  # alone it would be ignored without a word
+        ({"quantize": "int8", "int8_target": "avx512"}, "int8_target must be one of"),
+    ],
 )
 def test_bad_variant_options(chinese_bert: Replica, tmp_path: Path, kwargs, message) -> None:
     with pytest.raises(ValueError, match=message):
         export(chinese_bert.path, tmp_path / "out", **kwargs)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("saturates", "machine", "asked", "made_for"),
+    [
+        (True, "x86_64", "host", "avx2"),
+        (True, "x86_64", "avx2", "avx2"),
+        (False, "x86_64", "host", "avx512_vnni"),
+        (False, "AMD64", "avx2", "avx2"),
+        (False, "aarch64", "host", "arm64"),
+        (False, "x86_64", "arm64", "arm64"),
+    ],
+)
+def test_int8_target_follows_the_kernel(monkeypatch, saturates: bool, machine: str, asked: str, made_for: str) -> None:
+    from onnxembed.exporter import quantize
+    from onnxembed.runtime import int8
+
+    monkeypatch.setattr(int8, "u8s8_saturates", lambda: saturates)
+    monkeypatch.setattr(quantize.platform, "machine", lambda: machine)
+    assert quantize.int8_target(asked) == made_for
+    assert quantize.int8_file_name(made_for) == f"onnx/model_qint8_{made_for}.onnx"
+
+
+@pytest.mark.parametrize("asked", ["avx512_vnni", "arm64"])
+def test_full_range_int8_is_refused_before_the_export_where_it_cannot_be_measured(
+    monkeypatch, chinese_bert: Replica, tmp_path: Path, asked: str
+) -> None:
+    from onnxembed.runtime import int8
+
+    monkeypatch.setattr(int8, "u8s8_saturates", lambda: True)
+    with pytest.raises(ValueError, match="saturates.*int8_target='avx2'"):
+        export(chinese_bert.path, tmp_path / "out", quantize="int8", int8_target=asked)
+    assert not (tmp_path / "out").exists()
+
+
+def test_avx2_int8_made_on_a_vnni_host_has_7_bit_weights(monkeypatch, chinese_bert: Replica, tmp_path: Path) -> None:
+    """An export for a fleet of CPUs without VNNI, made where full range would be the default."""
+    from onnxembed.runtime import int8
+
+    monkeypatch.setattr(int8, "u8s8_saturates", lambda: False)
+    manifest = export(
+        chinese_bert.path,
+        tmp_path / "out",
+        quantize="int8",
+        int8_target="avx2",
+        int8_min_cosine=0.9,
+        calibration_file=CALIBRATION,
+    )
+    variant = manifest.variants["int8"]
+    assert variant.file == "onnx/model_qint8_avx2.onnx" and variant.accuracy["reduce_range"] is True
+    assert int8_weight_peak(tmp_path / "out" / variant.file) == 64
+    monkeypatch.undo()  # the real kernel: 7-bit weights load on any CPU, and give what was recorded
+    encoder = Encoder(tmp_path / "out")
+    assert encoder.variant == "int8"
+    reference = Encoder(tmp_path / "out", variant="fp32").encode(CORPUS[:40])
+    assert compare(reference, encoder.encode(CORPUS[:40]))["mean_cosine"] >= variant.accuracy["p1_cosine"] - 0.05
 
 
 class _ClockedEncoder:
