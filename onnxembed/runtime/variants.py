@@ -77,6 +77,6 @@ def _saturation_note(candidate: Variant, what: str) -> str:
     return (
         f"{candidate.file} holds full-range int8 weights (made on a CPU whose int8 kernel is exact: VNNI); "
         "onnxruntime's int8 kernel on this CPU adds their products in 16 bits and saturates, so its vectors "
-        f"differ from those measured at export. {what} An int8 export made on a CPU like this one (7-bit "
-        "weights) runs here as measured."
+        f"differ from those measured at export. {what} An int8 export with 7-bit weights (--int8-target avx2, "
+        "made on any CPU) runs here as measured."
     )
