@@ -36,8 +36,8 @@ def add_parser(commands: Any) -> None:
 
 
 def read_lines(stream: BinaryIO | TextIO, name: str) -> Iterator[str]:
-    """Lines as embed-corpus reads them: ended by "\n" only (a lone "\r" stays inside its line), UTF-8; a
-    line that is not UTF-8 is an error naming ``name`` and the line."""
+    """Lines as embed-corpus reads them: ended by "\n" only (a lone "\r" stays inside its line), UTF-8, the
+    first without a byte order mark; a line that is not UTF-8 is an error naming ``name`` and the line."""
     for number, line in enumerate(stream, 1):
         try:
             text: str = line.decode("utf-8") if isinstance(line, bytes) else str(line)
@@ -45,7 +45,7 @@ def read_lines(stream: BinaryIO | TextIO, name: str) -> Iterator[str]:
             raise InvalidArgumentError(
                 f"{name} line {number} is not UTF-8 (byte {error.start}: {error.reason})"
             ) from None
-        yield text.rstrip("\r\n")
+        yield (text.removeprefix("\ufeff") if number == 1 else text).rstrip("\r\n")
 
 
 def _is_the_input(output: Path, source: str) -> bool:

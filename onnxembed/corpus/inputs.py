@@ -111,11 +111,13 @@ def scan(path: Path, file_format: Format) -> tuple[int, int, str]:
     with open(path, "rb") as stream:
         while block := stream.read(_BLOCK):
             digest.update(block)
+            first = size == 0
             size += len(block)
             if file_format == "text":
                 rows += block.count(b"\n")
             elif file_format == "jsonl":
-                lines = (tail + block).split(b"\n")
+                # counted as _jsonl_rows reads: a first line that is only a byte order mark is blank
+                lines = ((tail + block).removeprefix(_BOM) if first else tail + block).split(b"\n")
                 tail = lines.pop()
                 rows += sum(1 for line in lines if line.strip())
             tail = block[-1:] if file_format == "text" else tail
@@ -161,10 +163,13 @@ def _columns(file: InputFile) -> list[str]:
     return []
 
 
+_BOM = b"\xef\xbb\xbf"
+
+
 def _without_bom(stream: Iterable[bytes]) -> Iterator[bytes]:
     """A file's lines, the first without a UTF-8 byte order mark (some editors write one; JSON has none)."""
     for number, line in enumerate(stream):
-        yield line.removeprefix(b"\xef\xbb\xbf") if number == 0 else line
+        yield line.removeprefix(_BOM) if number == 0 else line
 
 
 def read_chunks(file: InputFile, text_column: str, id_column: str | None, chunk_rows: int) -> Iterator[Chunk]:
@@ -259,7 +264,7 @@ def _jsonl_rows(file: InputFile, text_column: str, id_column: str | None) -> Ite
 
 def _text_rows(file: InputFile) -> Iterator[Any]:
     with open(file.path, "rb") as stream:
-        for line_number, line in enumerate(stream, 1):
+        for line_number, line in enumerate(_without_bom(stream), 1):
             try:
                 yield file.first_row + line_number - 1, line.decode("utf-8").rstrip("\r\n"), line_number, None
             except UnicodeDecodeError as failure:

@@ -15,7 +15,7 @@ from typing import Any
 
 from onnxembed.errors import InvalidArgumentError, ModelLoadError
 from onnxembed.exporter.errors import UnsupportedModelError
-from onnxembed.kernels import POOLING_MODES
+from onnxembed.kernels import POOLING_MODES, SIMILARITY_FNS
 
 # The legacy boolean keys, in the order sentence-transformers concatenates them.
 _LEGACY_POOLING_KEYS = {
@@ -116,9 +116,29 @@ def read_json(path: Path) -> Any:
         raise ModelLoadError(f"could not read {path}: {error}") from error
 
 
+def read_json_object(path: Path) -> dict[str, Any]:
+    """read_json for a config file, which must hold a JSON object."""
+    config = read_json(path)
+    if not isinstance(config, dict):
+        raise ModelLoadError(f"{path} is not a JSON object (found a {type(config).__name__})")
+    return config
+
+
 def module_kind(type_name: str) -> str:
     """'sentence_transformers.models.Pooling' -> 'Pooling'."""
     return type_name.rsplit(".", 1)[-1]
+
+
+def read_modules(modules_path: Path) -> list[dict[str, Any]]:
+    """modules.json's entries, each an object with a "path": sentence-transformers reads every entry's (the
+    root module's is "") and fails without one; read as "" it would take another module's config."""
+    modules = read_json(modules_path)
+    if not isinstance(modules, list) or not modules:
+        raise InvalidArgumentError(f"{modules_path} does not list any module")
+    for index, module in enumerate(modules):
+        if not isinstance(module, dict) or not isinstance(module.get("path"), str):
+            raise ModelLoadError(f'{modules_path}: module {index} is not an object with a "path": {module!r}')
+    return modules
 
 
 def _check_module_order(modules: list[dict[str, Any]]) -> list[str]:
@@ -143,7 +163,7 @@ def _check_module_order(modules: list[dict[str, Any]]) -> list[str]:
 
 def _dense_config(path: Path) -> DenseConfig:
     """A Dense module's config.json, refusing what onnxembed would not reproduce."""
-    config = read_json(path / "config.json")
+    config = read_json_object(path / "config.json")
     for key in ("module_input_name", "module_output_name"):
         name = config.get(key)
         if name not in (None, "sentence_embedding"):
@@ -175,9 +195,12 @@ def transformer_module_config(transformer_dir: Path, task: str = "feature-extrac
     ``task``: the transformer_task it must have (a CrossEncoder's is "sequence-classification")."""
     for name in TRANSFORMER_CONFIG_NAMES:
         if (transformer_dir / name).is_file():
-            config = read_json(transformer_dir / name)
-            if not isinstance(config, dict):
-                raise InvalidArgumentError(f"{transformer_dir / name} is not a JSON object")
+            config = read_json_object(transformer_dir / name)
+            max_seq_length = config.get("max_seq_length")
+            if max_seq_length is not None and (type(max_seq_length) is not int or max_seq_length < 1):
+                raise ModelLoadError(
+                    f"{transformer_dir / name}: max_seq_length must be a positive integer; got {max_seq_length!r}"
+                )
             if config.get("processing_kwargs"):
                 raise UnsupportedModelError(
                     f"{transformer_dir / name}: processing_kwargs={config['processing_kwargs']!r} is not supported"
@@ -213,8 +236,14 @@ def read_pipeline_config(root: Path) -> tuple[dict[str, Any], dict[str, str], st
     """config_sentence_transformers.json ({} when absent), its prompts (see _prompts) and default_prompt_name,
     checked to name one of them."""
     path = root / "config_sentence_transformers.json"
-    pipeline_config = read_json(path) if path.is_file() else {}
+    pipeline_config = read_json_object(path) if path.is_file() else {}
     prompts = _prompts(pipeline_config, path)
+    similarity = pipeline_config.get("similarity_fn_name")
+    if similarity is not None and similarity not in SIMILARITY_FNS:
+        # sentence-transformers refuses it on load; the runtime could not score with it
+        raise InvalidArgumentError(
+            f"{path}: similarity_fn_name {similarity!r} is not one of sentence-transformers' {SIMILARITY_FNS}"
+        )
     default_prompt_name = pipeline_config.get("default_prompt_name")
     if default_prompt_name is not None and default_prompt_name not in prompts:
         raise InvalidArgumentError(
@@ -227,7 +256,9 @@ def pooling_modes_from_config(config: dict[str, Any]) -> tuple[str, ...]:
     """Pooling modes from a 1_Pooling/config.json, in concatenation order."""
     if "pooling_mode" in config:
         raw = config["pooling_mode"]
-        modes = (raw,) if isinstance(raw, str) else tuple(raw)
+        modes = (raw,) if isinstance(raw, str) else tuple(raw) if isinstance(raw, list) else (raw,)
+        if not modes:
+            raise UnsupportedModelError(f"pooling_mode is an empty list; supported: {POOLING_MODES}")
     else:
         modes = tuple(mode for key, mode in _LEGACY_POOLING_KEYS.items() if config.get(key, False))
         modes = modes or ("mean",)
@@ -269,19 +300,15 @@ def read_sentence_transformer_config(root: Path) -> SentenceTransformerConfig:
     modules_path = root / "modules.json"
     if not modules_path.is_file():
         raise InvalidArgumentError(f"{modules_path} is missing: {root} is not a SentenceTransformer directory")
-    modules = read_json(modules_path)
-    if not isinstance(modules, list) or not modules:
-        raise InvalidArgumentError(f"{modules_path} does not list any module")
+    modules = read_modules(modules_path)
     kinds = _check_module_order(modules)
     static = kinds[0] == "StaticEmbedding"
 
-    transformer_dir = root / str(modules[0].get("path", ""))
+    transformer_dir = root / modules[0]["path"]
     st_config = {} if static else transformer_module_config(transformer_dir)
-    pooling_config = {} if static else read_json(root / str(modules[1].get("path", "")) / "config.json")
+    pooling_config = {} if static else read_json_object(root / modules[1]["path"] / "config.json")
     dense = tuple(
-        _dense_config(root / str(module.get("path", "")))
-        for module, kind in zip(modules, kinds, strict=True)
-        if kind == "Dense"
+        _dense_config(root / module["path"]) for module, kind in zip(modules, kinds, strict=True) if kind == "Dense"
     )
     pipeline_path = root / "config_sentence_transformers.json"
     pipeline_config, prompts, default_prompt_name = read_pipeline_config(root)

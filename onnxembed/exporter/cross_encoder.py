@@ -22,6 +22,8 @@ from onnxembed.exporter.config import (
     SentenceTransformerConfig,
     module_kind,
     read_json,
+    read_json_object,
+    read_modules,
     transformer_module_config,
     whole_transformer_config,
 )
@@ -104,20 +106,20 @@ def read_cross_encoder_config(root: Path) -> CrossEncoderConfig:
     transformer: dict[str, Any] = {}
     pipeline: dict[str, Any] = {}
     if (root / "modules.json").is_file():
-        modules = read_json(root / "modules.json")
+        modules = read_modules(root / "modules.json")
         kinds = [module_kind(str(module.get("type", ""))) for module in modules]
         if kinds != ["Transformer"]:
             raise UnsupportedModelError(
                 f"{root / 'modules.json'}: modules {' -> '.join(kinds)} are not supported for a CrossEncoder; "
                 "onnxembed exports a single Transformer module with a sequence-classification head"
             )
-        transformer_dir = root / str(modules[0].get("path", ""))
+        transformer_dir = root / modules[0]["path"]
         transformer = transformer_module_config(transformer_dir, CLASSIFICATION_TASK)
         for key in ("module_output_name",):
             if transformer.get(key, "scores") != "scores":
                 raise UnsupportedModelError(f"{transformer_dir}: {key} {transformer[key]!r} is not supported")
         pipeline_path = root / "config_sentence_transformers.json"
-        pipeline = read_json(pipeline_path) if pipeline_path.is_file() else {}
+        pipeline = read_json_object(pipeline_path) if pipeline_path.is_file() else {}
     architectures = _architectures(transformer_dir)
     if architectures and not architectures[0].endswith("ForSequenceClassification"):
         raise UnsupportedModelError(
@@ -145,7 +147,7 @@ def _saved_activation(root: Path, transformer_dir: Path, pipeline: dict[str, Any
     if pipeline.get("activation_fn") is not None:
         return str(pipeline["activation_fn"]), "config_sentence_transformers.json activation_fn"
     config_path = transformer_dir / "config.json"
-    config = read_json(config_path) if config_path.is_file() else {}
+    config = read_json_object(config_path) if config_path.is_file() else {}
     saved = config.get("sentence_transformers")
     if isinstance(saved, dict) and "activation_fn" in saved:
         if saved["activation_fn"] is not None:

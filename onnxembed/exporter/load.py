@@ -14,8 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from onnxembed.errors import InvalidArgumentError
-from onnxembed.exporter.config import DECODER_MODEL_TYPES, SUPPORTED_ARCHITECTURES, SentenceTransformerConfig
+from onnxembed.errors import InvalidArgumentError, ModelLoadError
+from onnxembed.exporter.config import (
+    DECODER_MODEL_TYPES,
+    SUPPORTED_ARCHITECTURES,
+    SentenceTransformerConfig,
+    read_json_object,
+)
 from onnxembed.exporter.errors import UnsupportedModelError
 from onnxembed.exporter.lora import ADAPTER_CONFIG, merge_lora, read_adapter_config
 
@@ -71,6 +76,10 @@ def _resolve_base(adapter_dir: Path, adapter_config: dict[str, Any], base_model:
 def _check_architecture(model_dir: Path, classifier: bool = False, masked_lm: bool = False) -> str:
     from transformers import AutoConfig
 
+    config_path = model_dir / "config.json"
+    if config_path.is_file() and "model_type" not in read_json_object(config_path):
+        # transformers' own error lists every model type it knows
+        raise ModelLoadError(f"{config_path} has no model_type: it is not a transformers model config")
     config = AutoConfig.from_pretrained(str(model_dir))
     if masked_lm:
         from onnxembed.exporter.sparse_config import MASKED_LM_ARCHITECTURES
@@ -139,7 +148,12 @@ def load_encoder(
     # Eager attention traces to plain MatMul/Softmax, which onnxruntime's optimizer can fuse later. The class
     # is named, not AutoModel's choice: T5 checkpoints load as their encoder alone, as sentence-transformers does.
     model_class = getattr(transformers, architecture)
-    model = model_class.from_pretrained(str(weights_dir), attn_implementation="eager")
+    try:
+        model = model_class.from_pretrained(str(weights_dir), attn_implementation="eager")
+    except Exception as error:  # safetensors' header errors do not name the file
+        raise ModelLoadError(
+            f"could not load the {architecture} weights in {weights_dir}: {type(error).__name__}: {error}"
+        ) from error
     if type(model).__name__ != architecture:
         raise UnsupportedModelError(f"{weights_dir} loads as {type(model).__name__}; expected {architecture}")
     if adapter is not None:
@@ -153,7 +167,12 @@ def load_encoder(
     tokenizer_kwargs = dict(st_config.processor_kwargs)
     if st_config.max_seq_length is not None and "model_max_length" not in tokenizer_kwargs:
         tokenizer_kwargs["model_max_length"] = st_config.max_seq_length
-    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir), **tokenizer_kwargs)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir), **tokenizer_kwargs)
+    except Exception as error:  # with no tokenizer files at all, transformers fails on a None path (TypeError)
+        raise ModelLoadError(
+            f"could not load a tokenizer from {tokenizer_dir}: {type(error).__name__}: {error}"
+        ) from error
     if not tokenizer.is_fast:
         raise UnsupportedModelError(f"the tokenizer in {tokenizer_dir} has no fast (tokenizers) version")
     # T5's relative positions have no table to cap at (sentence-transformers checks for the attribute too).

@@ -94,7 +94,7 @@ def _write_sentence_transformers_files(
         kind = module_kind(str(module["type"]))
         path = "" if kind in ("Transformer", "StaticEmbedding") else f"{index}_{kind}"
         modules.append({"idx": index, "name": str(index), "path": path, "type": module["type"]})
-        source = st_config.root / str(module.get("path", ""))
+        source = st_config.root / module["path"]
         if kind == "Pooling":
             (out_dir / path).mkdir()
             shutil.copyfile(source / "config.json", out_dir / path / "config.json")

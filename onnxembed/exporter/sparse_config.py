@@ -19,6 +19,8 @@ from onnxembed.exporter.config import (
     SentenceTransformerConfig,
     module_kind,
     read_json,
+    read_json_object,
+    read_modules,
     read_pipeline_config,
     transformer_module_config,
     whole_transformer_config,
@@ -96,7 +98,7 @@ def is_sparse_encoder(root: Path) -> bool:
 
 
 def _splade_pooling(folder: Path) -> tuple[str, str]:
-    config = read_json(folder / "config.json") if (folder / "config.json").is_file() else {}
+    config = read_json_object(folder / "config.json") if (folder / "config.json").is_file() else {}
     strategy = config.get("pooling_strategy", "max")
     activation = config.get("activation_function", "relu")
     if strategy not in SPLADE_POOLING_STRATEGIES:
@@ -120,11 +122,11 @@ def _mlm_route(folders: list[tuple[str, Path]], where: str) -> tuple[Path, str, 
 
 def read_sparse_encoder_config(root: Path) -> SparseEncoderConfig:
     """Read ``root`` (a SparseEncoder directory: see :func:`is_sparse_encoder`)."""
-    modules = read_json(root / "modules.json")
+    modules = read_modules(root / "modules.json")
     kinds = _kinds(modules)
     static_route = None
     if kinds == ["Router"]:
-        router = read_json(root / str(modules[0].get("path", "")) / "router_config.json")
+        router = read_json_object(root / modules[0]["path"] / "router_config.json")
         structure: dict[str, list[str]] = router.get("structure") or {}
         types: dict[str, str] = router.get("types") or {}
         parameters = router.get("parameters") or {}
@@ -152,7 +154,7 @@ def read_sparse_encoder_config(root: Path) -> SparseEncoderConfig:
             routes[static[0]][0][1], (static[0],), None if default is None else default == static[0], (mlm[0],)
         )
     else:
-        folders = [(kind, root / str(module.get("path", ""))) for kind, module in zip(kinds, modules, strict=True)]
+        folders = [(kind, root / module["path"]) for kind, module in zip(kinds, modules, strict=True)]
         transformer_dir, strategy, activation = _mlm_route(folders, str(root / "modules.json"))
     transformer = transformer_module_config(transformer_dir, FILL_MASK_TASK)
     if transformer.get("module_output_name", "token_embeddings") != "token_embeddings":

@@ -210,6 +210,28 @@ def test_jsonl_ids_are_never_replaced_by_row_numbers_unseen(tmp_path: Path, tiny
     np.testing.assert_allclose(rows[0]["embedding"], expected[IDS[0]], atol=1e-5)
 
 
+def test_a_byte_order_mark_is_not_read_as_a_row_or_as_text(tmp_path: Path, tiny_export: Path, expected) -> None:
+    """A JSONL file whose first line is only a byte order mark is counted as read (one blank line), so the next
+    file's row numbers follow on; a text file's mark is not part of its first text (encode reads alike)."""
+    from onnxembed.cli_encode import read_lines
+    from onnxembed.corpus.inputs import list_inputs, read_chunks
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "a.jsonl").write_bytes(b"\xef\xbb\xbf \r\n" + _line({"text": TEXTS[0]}) + _line({"text": TEXTS[1]}))
+    (folder / "b.txt").write_bytes(b"\xef\xbb\xbf" + "\n".join(TEXTS[2:4]).encode() + b"\n")
+    files = list_inputs(folder)
+    assert [file.rows for file in files] == [2, 2] and files[1].first_row == 2
+    (text,) = [chunk for chunk in read_chunks(files[1], "text", None, 10)]
+    assert text.texts == TEXTS[2:4] and text.ids == [2, 3]
+    with open(folder / "b.txt", "rb") as stream:
+        assert list(read_lines(stream, "b.txt")) == TEXTS[2:4]
+    embed_corpus(folder, tmp_path / "out", tiny_export)
+    rows = read_output(tmp_path / "out")
+    assert list(rows) == [0, 1, 2, 3]
+    assert_rows_equal(rows, {k: expected[IDS[k]] for k in range(4)})
+
+
 def test_an_unreadable_parquet_input_is_named(tmp_path: Path, tiny_export: Path) -> None:
     folder = tmp_path / "in"
     folder.mkdir()
