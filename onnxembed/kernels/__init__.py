@@ -9,7 +9,14 @@ from onnxembed.kernels.pooling import POOLING_MODES, exclude_prompt, normalize, 
 from onnxembed.kernels.quantization import PRECISIONS, quantize_embeddings
 from onnxembed.kernels.search import paraphrase_mining_embeddings, semantic_search, semantic_search_binary
 from onnxembed.kernels.similarity import SIMILARITY_FNS, cos_sim, dot_score, similarity, similarity_pairwise
-from onnxembed.kernels.sparse import SparseEmbedding, SparseMatrix, sparse_dot_score, sparse_search
+from onnxembed.kernels.sparse import (
+    SparseEmbedding,
+    SparseMatrix,
+    sparse_dot_score,
+    sparse_search,
+    sparse_similarity,
+    sparse_similarity_pairwise,
+)
 
 __all__ = [
     "DENSE_ACTIVATIONS",
@@ -28,6 +35,8 @@ __all__ = [
     "semantic_search_binary",
     "sparse_dot_score",
     "sparse_search",
+    "sparse_similarity",
+    "sparse_similarity_pairwise",
     "SparseEmbedding",
     "SparseMatrix",
     "similarity",

@@ -2,9 +2,10 @@
 
 In scope: :class:`SparseEmbedding` (one text: active term ids and their weights, as fastembed's SparseEmbedding
 and Qdrant's sparse vectors hold them), :class:`SparseMatrix` (rows in CSR form: indptr, indices, values),
-keeping a row's ``max_active_dims`` heaviest terms as sentence-transformers' ``select_max_active_dims`` does, dot
-scores, and top-k search over a CSR corpus with sentence-transformers' ``util.semantic_search`` result order.
-Not in scope: cosine on sparse vectors, approximate or inverted-index search, anything that embeds text.
+keeping a row's ``max_active_dims`` heaviest terms as sentence-transformers' ``select_max_active_dims`` does,
+similarity scores (dot, and the cosine, euclidean and manhattan a SparseEncoder may be saved with), and top-k
+search over a CSR corpus with sentence-transformers' ``util.semantic_search`` result order.
+Not in scope: approximate or inverted-index search, anything that embeds text.
 
 Memory is bounded by chunks: a block of queries is made dense (block x vocabulary float32), each corpus chunk
 is scored by gathering the queries' weights at its terms, a few queries at a time, at most _SCORE_ELEMENTS
@@ -222,6 +223,92 @@ def sparse_dot_score(a: Any, b: Any) -> np.ndarray:
     block = max(1, _SCORE_ELEMENTS // max(1, left.dim))
     for start in range(0, left.shape[0], block):
         scores[start : start + block] = _score_chunk(left[start : start + block].to_dense(), right)
+    return scores
+
+
+SPARSE_SIMILARITY_FNS = ("dot", "cosine", "euclidean", "manhattan")
+
+
+def sparse_similarity(a: Any, b: Any, fn: str = "dot") -> np.ndarray:
+    """(len(a), len(b)) float32 similarities by a sentence-transformers similarity_fn_name, as
+    ``SparseEncoder.similarity`` gives them: "dot", "cosine", and the negated "euclidean" and "manhattan"
+    distances. ``a`` and ``b``: what :func:`as_sparse_matrix` takes; never made dense beyond a block of ``a``.
+
+    Raises:
+        InvalidArgumentError: An unknown ``fn``, or the two have different vocabulary sizes.
+    """
+    fn = check_sparse_similarity_fn(fn)
+    left, right = as_sparse_matrix(a, "a"), as_sparse_matrix(b, "b")
+    if fn in ("euclidean", "manhattan"):
+        _check_same_dim(left, right)
+        return _distances(left, right, 2 if fn == "euclidean" else 1)
+    dots = sparse_dot_score(left, right)
+    if fn == "dot":
+        return dots
+    # cosine; zero vectors score 0, as torch's normalize (eps 1e-12) leaves them
+    left_norms, right_norms = np.sqrt(_squared_norms(left)), np.sqrt(_squared_norms(right))
+    scale = np.maximum(left_norms, 1e-12)[:, None] * np.maximum(right_norms, 1e-12)[None, :]
+    return (dots / scale).astype(np.float32)
+
+
+def sparse_similarity_pairwise(a: Any, b: Any, fn: str = "dot") -> np.ndarray:
+    """(n,) float32 similarity of ``a[i]`` and ``b[i]`` by a similarity_fn_name (see :func:`sparse_similarity`),
+    each pair from its own terms only.
+
+    Raises:
+        InvalidArgumentError: An unknown ``fn``, or ``a`` and ``b`` of different shapes.
+    """
+    fn = check_sparse_similarity_fn(fn)
+    left, right = as_sparse_matrix(a, "a"), as_sparse_matrix(b, "b")
+    if left.shape != right.shape:
+        raise InvalidArgumentError(f"pairwise similarity needs a and b of one shape; got {left.shape}, {right.shape}")
+    scores = np.zeros(len(left), dtype=np.float32)
+    for index in range(len(left)):
+        first, second = left.row(index), right.row(index)
+        x, y = first.values.astype(np.float64), second.values.astype(np.float64)
+        _, at_first, at_second = np.intersect1d(first.indices, second.indices, return_indices=True)
+        dot = float(np.dot(x[at_first], y[at_second]))
+        if fn == "dot":
+            scores[index] = dot
+        elif fn == "cosine":
+            scores[index] = dot / (max(float(np.linalg.norm(x)), 1e-12) * max(float(np.linalg.norm(y)), 1e-12))
+        else:  # |x - y|^p summed: each vector's own terms, the shared ones counted once, as their difference
+            power = 2 if fn == "euclidean" else 1
+            own = (np.abs(x) ** power).sum() + (np.abs(y) ** power).sum()
+            x_shared, y_shared = x[at_first], y[at_second]
+            shared = np.abs(x_shared) ** power + np.abs(y_shared) ** power - np.abs(x_shared - y_shared) ** power
+            distance = max(float(own - shared.sum()), 0.0)
+            scores[index] = -(np.sqrt(distance) if power == 2 else distance)
+    return scores
+
+
+def check_sparse_similarity_fn(fn: str) -> str:
+    if fn not in SPARSE_SIMILARITY_FNS:
+        raise InvalidArgumentError(f"unknown similarity function {fn!r}; choose from {SPARSE_SIMILARITY_FNS}")
+    return fn
+
+
+def _squared_norms(matrix: SparseMatrix) -> np.ndarray:
+    """(rows,) float64 squared L2 norms."""
+    squares = matrix.values.astype(np.float64) ** 2
+    return np.array(
+        [squares[start:stop].sum() for start, stop in zip(matrix.indptr[:-1], matrix.indptr[1:], strict=True)]
+    )
+
+
+def _distances(left: SparseMatrix, right: SparseMatrix, p: int) -> np.ndarray:
+    """Negated L1 (p=1) or L2 (p=2) distances in float64, a dense block of ``left`` at a time, summed without
+    cancelling (|l|^p summed, less |l|^p at r's terms, plus |l - r|^p there): identical rows give 0, as in
+    sentence-transformers."""
+    scores = np.empty((left.shape[0], right.shape[0]), dtype=np.float32)
+    block = max(1, _SCORE_ELEMENTS // max(1, left.dim))
+    for start in range(0, left.shape[0], block):
+        dense = left[start : start + block].to_dense().astype(np.float64)
+        totals = (np.abs(dense) ** p).sum(axis=1)
+        for column, row in enumerate(right.rows()):
+            at_terms = dense[:, row.indices]
+            distance = totals - (np.abs(at_terms) ** p).sum(axis=1) + (np.abs(at_terms - row.values) ** p).sum(axis=1)
+            scores[start : start + block, column] = -(np.sqrt(np.maximum(distance, 0.0)) if p == 2 else distance)
     return scores
 
 

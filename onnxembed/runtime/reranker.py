@@ -300,7 +300,9 @@ class Reranker:
                 )
             return lambda logits: activate(logits, name)
         kind = type(activation_fn)
-        if kind.__module__.startswith("torch.nn") and kind.__name__ in _TORCH_CLASSES:
+        # matched by class, so only where no setting changes the function (GELU(approximate="tanh") is not erf's)
+        exact = getattr(activation_fn, "approximate", "none") == "none"
+        if kind.__module__.startswith("torch.nn") and kind.__name__ in _TORCH_CLASSES and exact:
             name = _TORCH_CLASSES[kind.__name__]
             return lambda logits: activate(logits, name)
         if not callable(activation_fn):

@@ -30,7 +30,15 @@ from onnxembed._checks import (
     resolve_prompt,
 )
 from onnxembed.errors import ArgumentTypeError, InvalidArgumentError, ModelLoadError
-from onnxembed.kernels.sparse import SparseEmbedding, SparseMatrix, as_sparse_matrix, sparse_dot_score, sparse_rows
+from onnxembed.kernels.sparse import (
+    SparseEmbedding,
+    SparseMatrix,
+    as_sparse_matrix,
+    check_sparse_similarity_fn,
+    sparse_rows,
+    sparse_similarity,
+    sparse_similarity_pairwise,
+)
 from onnxembed.manifest import POOLED_OUTPUT, SPARSE, Manifest
 from onnxembed.runtime.batching import Batch, Batcher, default_max_batch_tokens, with_prompt
 from onnxembed.runtime.pipeline import progress_bar
@@ -83,6 +91,7 @@ class SparseEncoder:
                 f"onnxembed.{'Reranker' if self.manifest.task == 'reranker' else 'Encoder'}"
             )
         self.provider = resolve_provider(provider)
+        self._similarity_fn_name = self.manifest.similarity_fn_name
         self.variant, self._session, self._input_names = open_graph(
             self.model_dir, self.manifest, variant, self.provider, threads, POOLED_OUTPUT
         )
@@ -122,8 +131,14 @@ class SparseEncoder:
 
     @property
     def similarity_fn_name(self) -> str:
-        """The model's similarity ("dot" unless it saved another)."""
-        return self.manifest.similarity_fn_name
+        """The similarity of :meth:`similarity`: "dot", "cosine", "euclidean" or "manhattan" (the model's,
+        "dot" unless it saved another, until set, as on sentence-transformers' SparseEncoder)."""
+        return self._similarity_fn_name
+
+    @similarity_fn_name.setter
+    def similarity_fn_name(self, name: Any) -> None:
+        # sentence-transformers' SimilarityFunction enum too, by its value ("cosine", ...)
+        self._similarity_fn_name = check_sparse_similarity_fn(getattr(name, "value", name))
 
     @property
     def default_prompt_name(self) -> str | None:
@@ -267,25 +282,14 @@ class SparseEncoder:
         return decoded[0] if one else decoded
 
     def similarity(self, a: Any, b: Any) -> np.ndarray:
-        """Dot scores of every vector of ``a`` with every vector of ``b``: (len(a), len(b)) float32 (see
-        :func:`onnxembed.kernels.sparse_dot_score`)."""
-        self._check_dot()
-        return sparse_dot_score(a, b)
+        """The model's similarity (:attr:`similarity_fn_name`, dot unless it was saved with another) of every
+        vector of ``a`` with every vector of ``b``: (len(a), len(b)) float32 (see
+        :func:`onnxembed.kernels.sparse_similarity`)."""
+        return sparse_similarity(a, b, self.similarity_fn_name)
 
     def similarity_pairwise(self, a: Any, b: Any) -> np.ndarray:
-        """Dot score of ``a[i]`` with ``b[i]``: (n,) float32, as ``SparseEncoder.similarity_pairwise``."""
-        self._check_dot()
-        left, right = as_sparse_matrix(a, "a"), as_sparse_matrix(b, "b")
-        if left.shape != right.shape:
-            raise InvalidArgumentError(
-                f"pairwise similarity needs a and b of one shape; got {left.shape}, {right.shape}"
-            )
-        scores = np.zeros(len(left), dtype=np.float32)
-        for index in range(len(left)):  # each pair's shared terms only, never a (n, n) block
-            first, second = left.row(index), right.row(index)
-            _, at_first, at_second = np.intersect1d(first.indices, second.indices, return_indices=True)
-            scores[index] = np.dot(first.values[at_first], second.values[at_second])
-        return scores
+        """The model's similarity of ``a[i]`` with ``b[i]``: (n,) float32, as ``SparseEncoder.similarity_pairwise``."""
+        return sparse_similarity_pairwise(a, b, self.similarity_fn_name)
 
     def intersection(self, a: Any, b: Any) -> Any:
         """The terms ``a`` shares with each vector of ``b``, weighted by the product of their weights, as
@@ -311,10 +315,6 @@ class SparseEncoder:
             return {"active_dims": 0.0, "sparsity_ratio": 1.0}
         active = np.diff(matrix.indptr).astype(np.float64)
         return {"active_dims": float(active.mean()), "sparsity_ratio": float((1 - active / matrix.dim).mean())}
-
-    def _check_dot(self) -> None:
-        if self.similarity_fn_name != "dot":
-            raise InvalidArgumentError(f"similarity {self.similarity_fn_name!r} is not supported; only dot is")
 
     def _routes_to_table(self, task: str | None) -> bool:
         route = self.manifest.static_route

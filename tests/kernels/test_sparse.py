@@ -1,4 +1,5 @@
-"""Sparse kernels against sentence-transformers: dot scores (util.dot_score), top-k search (util.semantic_search
+"""Sparse kernels against sentence-transformers: dot scores (util.dot_score) and the other similarities on sparse
+tensors (util.cos_sim, euclidean_sim, manhattan_sim and their pairwise forms), top-k search (util.semantic_search
 with dot_score), max_active_dims (util.select_max_active_dims); chunk sizes that split rows, empty rows."""
 
 from __future__ import annotations
@@ -7,7 +8,14 @@ import numpy as np
 import pytest
 
 from onnxembed import ArgumentTypeError, InvalidArgumentError
-from onnxembed.kernels import SparseEmbedding, SparseMatrix, sparse_dot_score, sparse_search
+from onnxembed.kernels import (
+    SparseEmbedding,
+    SparseMatrix,
+    sparse_dot_score,
+    sparse_search,
+    sparse_similarity,
+    sparse_similarity_pairwise,
+)
 from onnxembed.kernels.sparse import sparse_rows
 
 
@@ -39,6 +47,37 @@ def test_dot_score_and_search_as_sentence_transformers() -> None:
         if len(set(np.round(scores[row], 5))) == len(scores[row]):  # ordered alike where no two scores tie
             assert indices[row].tolist() == [hit["corpus_id"] for hit in expected_hits]
     assert indices[0, :2].tolist() == [40, 41]
+
+
+@pytest.mark.parametrize("fn", ["dot", "cosine", "euclidean", "manhattan"])
+def test_similarities_as_sentence_transformers_on_sparse_tensors(fn: str, monkeypatch) -> None:
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("sklearn")  # sentence-transformers' sparse manhattan
+    from sentence_transformers import util
+
+    queries, corpus = _random_sparse(13, 300, 0.05, 4), _random_sparse(29, 300, 0.05, 5)
+    corpus[3], corpus[5] = queries[2], queries[5]  # distances of 0, in the matrix and in the pairs
+    matrix = {"dot": util.dot_score, "cosine": util.cos_sim, "euclidean": util.euclidean_sim}.get(
+        fn, util.manhattan_sim
+    )
+    pairwise = getattr(
+        util, f"pairwise_{'dot_score' if fn == 'dot' else fn[:3] + '_sim' if fn == 'cosine' else fn + '_sim'}"
+    )
+    left, right = torch.from_numpy(queries).to_sparse(), torch.from_numpy(corpus).to_sparse()
+    # euclidean takes |a|^2 - 2ab + |b|^2, in float32 4e-3 off at a distance of 0 here: the reference is its
+    # float64 result (ours sums without cancelling)
+    exact = (left.to_dense().double(), right.to_dense().double()) if fn == "euclidean" else (left, right)
+    expected = matrix(*exact).float().numpy()
+    import onnxembed.kernels.sparse as kernels
+
+    monkeypatch.setattr(kernels, "_SCORE_ELEMENTS", 300 * 4)  # blocks of 4 query rows
+    np.testing.assert_allclose(sparse_similarity(sparse_rows(queries), corpus, fn), expected, rtol=1e-5, atol=1e-5)
+    expected_pairs = pairwise(left, torch.from_numpy(corpus[:13]).to_sparse()).numpy()
+    np.testing.assert_allclose(
+        sparse_similarity_pairwise(queries, corpus[:13], fn), expected_pairs, rtol=1e-5, atol=1e-5
+    )
+    with pytest.raises(InvalidArgumentError, match="unknown similarity function 'jaccard'"):
+        sparse_similarity(queries, corpus, "jaccard")
 
 
 def test_scipy_round_trip() -> None:

@@ -89,7 +89,8 @@ def test_softmax_and_activations(case: tuple[Any, Reranker]) -> None:
         _close(reference.predict(PAIRS, apply_softmax=True), reranker.predict(PAIRS, apply_softmax=True))
     else:  # softmax over one label: 6.x (and the docstring) leave the scores; 5.x made them all 1.0
         _close(reference.predict(PAIRS), reranker.predict(PAIRS, apply_softmax=True))
-    for module in (torch.nn.Sigmoid(), torch.nn.Tanh()):  # a torch activation is recognised, run in numpy
+    # a torch activation is recognised and run in numpy, with its settings (tanh-approximated GELU is not erf's)
+    for module in (torch.nn.Sigmoid(), torch.nn.Tanh(), torch.nn.GELU(), torch.nn.GELU(approximate="tanh")):
         _close(reference.predict(PAIRS, activation_fn=module), reranker.predict(PAIRS, activation_fn=module))
     _close(reference.predict(PAIRS, activation_fn=torch.nn.Tanh()), reranker.predict(PAIRS, activation_fn=np.tanh))
     # other torch modules and torch's functions get a tensor, as in sentence-transformers

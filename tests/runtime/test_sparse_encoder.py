@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from onnxembed import ArgumentTypeError, Encoder, InvalidArgumentError, ModelLoadError, SparseEncoder
+from onnxembed import ArgumentTypeError, Encoder, InvalidArgumentError, ModelLoadError, SparseEncoder, export
 from onnxembed.kernels import SparseEmbedding
 from tests import sparse
 from tests.replicas import Replica
@@ -148,6 +148,35 @@ def test_pairwise_intersection_and_sparsity_as_sentence_transformers(bert_splade
     with pytest.raises(InvalidArgumentError, match="device='cuda', but this SparseEncoder runs on"):
         model.encode(texts, device="cuda")
     assert model.default_prompt_name == reference.default_prompt_name and model.device == "cpu"
+
+
+def test_a_model_saved_with_another_similarity_scores_as_sentence_transformers(
+    bert_splade: Replica, tmp_path: Path
+) -> None:
+    """similarity_fn_name as saved ("cosine" here) and as set, on the model's own vectors."""
+    import json
+    import shutil
+
+    from sentence_transformers import SparseEncoder as Reference
+
+    src = tmp_path / "src"
+    shutil.copytree(bert_splade.path, src)
+    config = json.loads((src / "config_sentence_transformers.json").read_text())
+    (src / "config_sentence_transformers.json").write_text(json.dumps({**config, "similarity_fn_name": "cosine"}))
+    export(src, tmp_path / "out")
+    reference, model = Reference(str(src), device="cpu"), SparseEncoder(tmp_path / "out", provider="cpu")
+    queries, documents = reference.encode_query(SPARSE_TEXTS[:3]), reference.encode_document(SPARSE_TEXTS[3:9])
+    for name in ("cosine", "dot", "euclidean", "manhattan"):
+        if name != "cosine":
+            reference.similarity_fn_name = model.similarity_fn_name = name
+        assert model.similarity_fn_name == reference.similarity_fn_name == name
+        expected = reference.similarity(queries, documents).numpy()
+        np.testing.assert_allclose(model.similarity(queries, documents), expected, rtol=1e-5, atol=1e-5)
+        expected_pairs = reference.similarity_pairwise(queries.to_dense(), documents.to_dense()[:3]).numpy()
+        actual_pairs = model.similarity_pairwise(queries, documents.to_dense()[:3])
+        np.testing.assert_allclose(actual_pairs, expected_pairs, rtol=1e-5, atol=1e-5)
+    with pytest.raises(InvalidArgumentError, match="unknown similarity function"):
+        model.similarity_fn_name = "jaccard"
 
 
 def test_bad_input(bert_splade: Replica, exports_dir: Path, tiny_export: Path) -> None:
