@@ -252,19 +252,19 @@ def read_pipeline_config(root: Path) -> tuple[dict[str, Any], dict[str, str], st
     return pipeline_config, prompts, default_prompt_name
 
 
-def pooling_modes_from_config(config: dict[str, Any]) -> tuple[str, ...]:
-    """Pooling modes from a 1_Pooling/config.json, in concatenation order."""
+def pooling_modes_from_config(config: dict[str, Any], where: str = "pooling config") -> tuple[str, ...]:
+    """Pooling modes from a 1_Pooling/config.json (``where``, for errors), in concatenation order."""
     if "pooling_mode" in config:
         raw = config["pooling_mode"]
-        modes = (raw,) if isinstance(raw, str) else tuple(raw) if isinstance(raw, list) else (raw,)
+        modes = tuple(raw) if isinstance(raw, list) else (raw,)
         if not modes:
-            raise UnsupportedModelError(f"pooling_mode is an empty list; supported: {POOLING_MODES}")
+            raise UnsupportedModelError(f"{where}: pooling_mode is an empty list; supported: {POOLING_MODES}")
     else:
         modes = tuple(mode for key, mode in _LEGACY_POOLING_KEYS.items() if config.get(key, False))
         modes = modes or ("mean",)
     for mode in modes:
         if mode not in POOLING_MODES:
-            raise UnsupportedModelError(f"pooling mode {mode!r} is not supported; supported: {POOLING_MODES}")
+            raise UnsupportedModelError(f"{where}: pooling mode {mode!r} is not supported; supported: {POOLING_MODES}")
     return modes
 
 
@@ -306,7 +306,8 @@ def read_sentence_transformer_config(root: Path) -> SentenceTransformerConfig:
 
     transformer_dir = root / modules[0]["path"]
     st_config = {} if static else transformer_module_config(transformer_dir)
-    pooling_config = {} if static else read_json_object(root / modules[1]["path"] / "config.json")
+    pooling_path = root / modules[1]["path"] / "config.json"
+    pooling_config = {} if static else read_json_object(pooling_path)
     dense = tuple(
         _dense_config(root / module["path"]) for module, kind in zip(modules, kinds, strict=True) if kind == "Dense"
     )
@@ -321,7 +322,7 @@ def read_sentence_transformer_config(root: Path) -> SentenceTransformerConfig:
         transformer_dir=transformer_dir,
         max_seq_length=st_config.get("max_seq_length"),
         do_lower_case=bool(st_config.get("do_lower_case", False)),
-        pooling_modes=("mean",) if static else pooling_modes_from_config(pooling_config),
+        pooling_modes=("mean",) if static else pooling_modes_from_config(pooling_config, str(pooling_path)),
         include_prompt=bool(pooling_config.get("include_prompt", True)),
         normalize="Normalize" in kinds,
         prompts=prompts,

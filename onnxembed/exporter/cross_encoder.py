@@ -81,9 +81,9 @@ def is_cross_encoder(root: Path) -> bool:
             raise UnsupportedModelError(f"{root} ({architectures[0]}): {_LLM_REFUSAL}")
         return bool(architectures) and architectures[0].endswith("ForSequenceClassification")
     modules = read_json(modules_path)
-    if not isinstance(modules, list):
-        return False
-    kinds = [module_kind(str(module.get("type", ""))) for module in modules if isinstance(module, dict)]
+    if not isinstance(modules, list) or not all(isinstance(module, dict) for module in modules):
+        return False  # not a CrossEncoder's; the SentenceTransformer reader names what is wrong
+    kinds = [module_kind(str(module.get("type", ""))) for module in modules]
     if "LogitScore" in kinds:
         raise UnsupportedModelError(f"{root} has a LogitScore module: {_LLM_REFUSAL}")
     pipeline_path = root / "config_sentence_transformers.json"

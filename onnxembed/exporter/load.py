@@ -15,12 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from onnxembed.errors import InvalidArgumentError, ModelLoadError
-from onnxembed.exporter.config import (
-    DECODER_MODEL_TYPES,
-    SUPPORTED_ARCHITECTURES,
-    SentenceTransformerConfig,
-    read_json_object,
-)
+from onnxembed.exporter.config import DECODER_MODEL_TYPES, SUPPORTED_ARCHITECTURES, SentenceTransformerConfig
 from onnxembed.exporter.errors import UnsupportedModelError
 from onnxembed.exporter.lora import ADAPTER_CONFIG, merge_lora, read_adapter_config
 
@@ -76,11 +71,16 @@ def _resolve_base(adapter_dir: Path, adapter_config: dict[str, Any], base_model:
 def _check_architecture(model_dir: Path, classifier: bool = False, masked_lm: bool = False) -> str:
     from transformers import AutoConfig
 
-    config_path = model_dir / "config.json"
-    if config_path.is_file() and "model_type" not in read_json_object(config_path):
-        # transformers' own error lists every model type it knows
-        raise ModelLoadError(f"{config_path} has no model_type: it is not a transformers model config")
-    config = AutoConfig.from_pretrained(str(model_dir))
+    try:
+        config = AutoConfig.from_pretrained(str(model_dir))
+    except ValueError as error:
+        if not str(error).startswith("Unrecognized model"):
+            raise
+        # transformers' message goes on to list every model type it knows
+        raise ModelLoadError(
+            f"{model_dir / 'config.json'} has no model_type, and the folder's name contains none transformers "
+            "knows: it is not a transformers model config"
+        ) from error
     if masked_lm:
         from onnxembed.exporter.sparse_config import MASKED_LM_ARCHITECTURES
 

@@ -173,7 +173,7 @@ def export(
     optimize: bool = False,
     target: Target = "cpu",
     quantize: Literal["int8"] | None = None,
-    int8_target: str = "host",
+    int8_target: str | None = "host",
     int8_min_cosine: float | None = None,
     int8_min_spearman: float | None = None,
     int8_min_top10_overlap: float | None = None,
@@ -207,7 +207,7 @@ def export(
             ``int8_min_spearman`` and ``int8_min_top10_overlap``.
         int8_target: The CPUs the int8 graph is for, in sentence-transformers' names: "host" (this CPU's kind),
             "avx2" (7-bit weights: exact on every x86-64 CPU, and the only kind a CPU without VNNI can make),
-            "avx512_vnni" or "arm64" (full-range weights, made on a CPU with VNNI or on ARM).
+            "avx512_vnni" or "arm64" (full-range weights, made on a CPU with VNNI or on ARM). None: "host".
         int8_min_cosine: Embedding models: the lowest 1st-percentile cosine of int8 vectors to fp32's (None:
             0.99). Refused for a reranker, whose scores are not vectors.
         int8_min_spearman: Rerankers: the lowest mean Spearman rank correlation per held-out query of int8's
@@ -265,8 +265,9 @@ def export(
     if given and quantize is None:
         raise InvalidArgumentError(f"{given[0]} is the budget of quantize='int8' (--quantize int8); add it")
     # before the export: a target this CPU cannot measure is refused now, not after minutes of tracing
+    int8_target = "host" if int8_target is None else int8_target
     made_for = int8_target_for(int8_target) if quantize == "int8" else None
-    if made_for is None and int8_target != "host":
+    if made_for is None and int8_target_for(int8_target, check_cpu=False) != "host":
         raise InvalidArgumentError(f"int8_target={int8_target!r} says what quantize='int8' is for; add it")
     if target != "cpu" and not optimize:
         raise InvalidArgumentError(f"target={target!r} chooses what optimize fuses for; add optimize=True (--optimize)")

@@ -65,20 +65,21 @@ INT8_RECIPES = (
 )
 
 
-# What an int8 graph is made for, as sentence-transformers names its int8 files (the quantization_config of
-# export_dynamic_quantized_onnx_model). "avx2" graphs have 7-bit weights: exact on every x86-64 CPU.
+# What an int8 graph is made for, named as sentence-transformers names its int8 files (the quantization_config of
+# export_dynamic_quantized_onnx_model; its avx2 weights are full range, ours 7-bit: exact on every x86-64 CPU).
 INT8_TARGETS = ("host", "avx2", "avx512_vnni", "arm64")
 
 
-def int8_target(asked: str) -> str:
+def int8_target(asked: str, check_cpu: bool = True) -> str:
     """The instruction set to make int8 weights for: ``asked``, or for "host" this CPU's (full-range weights
     where onnxruntime's int8 kernel does not saturate on them, runtime/int8.py; 7 bits elsewhere). Full range
-    is refused where the kernel saturates: the recipes' accuracy could not be measured here."""
+    is refused where the kernel saturates: the recipes' accuracy could not be measured here. Without
+    ``check_cpu``, only the name is checked and returned."""
     from onnxembed.runtime.int8 import u8s8_saturates
 
     if asked not in INT8_TARGETS:
         raise InvalidArgumentError(f"int8_target must be one of {', '.join(map(repr, INT8_TARGETS))}; got {asked!r}")
-    if asked == "avx2":
+    if asked == "avx2" or not check_cpu:
         return asked
     if u8s8_saturates():
         if asked == "host":

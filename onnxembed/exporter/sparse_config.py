@@ -82,11 +82,11 @@ def is_sparse_encoder(root: Path) -> bool:
     if not modules_path.is_file():
         return False
     modules = read_json(modules_path)
-    if not isinstance(modules, list):
-        return False
+    if not isinstance(modules, list) or not all(isinstance(module, dict) for module in modules):
+        return False  # not a SparseEncoder's; the SentenceTransformer reader names what is wrong
     kinds = _kinds(modules)
     if (root / "router_config.json").is_file() and "Router" in kinds:
-        router = read_json(root / "router_config.json")
+        router = read_json_object(root / "router_config.json")
         kinds += [module_kind(str(name)) for name in (router.get("types") or {}).values()]
     if "SparseAutoEncoder" in kinds:
         raise UnsupportedModelError(f"{root} has a SparseAutoEncoder module: {_CSR_REFUSAL}")

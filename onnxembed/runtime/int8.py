@@ -5,11 +5,12 @@ Not in scope: choosing a variant from it (variants.py), quantizing (exporter/qua
 
 Why: the int8 graphs quantize activations to uint8 at run time and multiply them by int8 weights. Without VNNI,
 onnxruntime's x86 kernels (AVX2, AVX-512BW) add each pair of products in 16 bits, which saturate once the
-weights use the whole int8 range; the exporter therefore writes 7-bit weights ("reduce_range") on such CPUs and
-full-range ones on CPUs with VNNI. A full-range graph run where the kernel saturates gives other vectors than the
-ones its accuracy was measured on (docs/performance.md#int8-graphs-and-the-cpu-they-run-on). The check runs the
-kernel on one product whose exact value is known, rather than reading CPU flags: it holds wherever onnxruntime
-runs (ARM, Windows, macOS) and for whatever kernel onnxruntime picks there.
+weights use the whole int8 range; the exporter therefore writes 7-bit weights ("reduce_range") on such CPUs,
+and full-range ones on CPUs with VNNI unless asked for 7-bit ones (--int8-target avx2). A full-range graph run
+where the kernel saturates gives other vectors than the ones its accuracy was measured on
+(docs/performance.md#int8-graphs-and-the-cpu-they-run-on). The check runs the kernel on one product whose exact
+value is known, rather than reading CPU flags: it holds wherever onnxruntime runs (ARM, Windows, macOS) and for
+whatever kernel onnxruntime picks there.
 """
 
 from __future__ import annotations

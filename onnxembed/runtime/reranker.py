@@ -300,7 +300,7 @@ class Reranker:
                 )
             return lambda logits: activate(logits, name)
         kind = type(activation_fn)
-        # matched by class, so only where no setting changes the function (GELU(approximate="tanh") is not erf's)
+        # matched by class; GELU's approximate is the one setting among _TORCH_CLASSES that changes the function
         exact = getattr(activation_fn, "approximate", "none") == "none"
         if kind.__module__.startswith("torch.nn") and kind.__name__ in _TORCH_CLASSES and exact:
             name = _TORCH_CLASSES[kind.__name__]

@@ -30,11 +30,11 @@ from onnxembed._checks import (
     resolve_prompt,
 )
 from onnxembed.errors import ArgumentTypeError, InvalidArgumentError, ModelLoadError
+from onnxembed.kernels.similarity import check_similarity_fn
 from onnxembed.kernels.sparse import (
     SparseEmbedding,
     SparseMatrix,
     as_sparse_matrix,
-    check_sparse_similarity_fn,
     sparse_rows,
     sparse_similarity,
     sparse_similarity_pairwise,
@@ -138,7 +138,7 @@ class SparseEncoder:
     @similarity_fn_name.setter
     def similarity_fn_name(self, name: Any) -> None:
         # sentence-transformers' SimilarityFunction enum too, by its value ("cosine", ...)
-        self._similarity_fn_name = check_sparse_similarity_fn(getattr(name, "value", name))
+        self._similarity_fn_name = check_similarity_fn(getattr(name, "value", name))
 
     @property
     def default_prompt_name(self) -> str | None:

@@ -56,6 +56,7 @@ CASES = {
         'module 1 is not an object with a "path"',
     ),
     "module as a string": (_json("modules.json", lambda m: [m[0], "1_Pooling"]), ModelLoadError, "module 1 is not"),
+    "junk before the Transformer": (_json("modules.json", lambda m: ["junk", m[0]]), ModelLoadError, "module 0 is not"),
     "unknown similarity": (
         _set("config_sentence_transformers.json", similarity_fn_name="jaccard"),
         InvalidArgumentError,
@@ -96,4 +97,4 @@ def test_a_malformed_source_is_refused_by_name(chinese_bert: Replica, tmp_path: 
     edit(src)
     with pytest.raises(error, match=message):
         export(src, tmp_path / "out")
-    assert not (tmp_path / "out" / "onnxembed.json").exists()
+    assert not (tmp_path / "out").exists()

@@ -70,12 +70,17 @@ def test_similarities_as_sentence_transformers_on_sparse_tensors(fn: str, monkey
     expected = matrix(*exact).float().numpy()
     import onnxembed.kernels.sparse as kernels
 
-    monkeypatch.setattr(kernels, "_SCORE_ELEMENTS", 300 * 4)  # blocks of 4 query rows
+    monkeypatch.setattr(kernels, "_SCORE_ELEMENTS", 300 * 16)  # blocks of 16 query rows (4 for distances)
     np.testing.assert_allclose(sparse_similarity(sparse_rows(queries), corpus, fn), expected, rtol=1e-5, atol=1e-5)
     expected_pairs = pairwise(left, torch.from_numpy(corpus[:13]).to_sparse()).numpy()
     np.testing.assert_allclose(
         sparse_similarity_pairwise(queries, corpus[:13], fn), expected_pairs, rtol=1e-5, atol=1e-5
     )
+    # one vector against SparseEmbeddings, two single vectors (a 0-d result, as sentence-transformers' tensor)
+    rows = sparse_rows(corpus).rows()
+    np.testing.assert_allclose(sparse_similarity(rows[3], rows, fn), expected[2:3], rtol=1e-5, atol=1e-5)
+    single = sparse_similarity_pairwise(queries[4], corpus[4], fn)
+    assert single.shape == () and np.isclose(single, expected_pairs[4], rtol=1e-5, atol=1e-5)
     with pytest.raises(InvalidArgumentError, match="unknown similarity function 'jaccard'"):
         sparse_similarity(queries, corpus, "jaccard")
 
