@@ -306,8 +306,9 @@ def read_sentence_transformer_config(root: Path) -> SentenceTransformerConfig:
 
     transformer_dir = root / modules[0]["path"]
     st_config = {} if static else transformer_module_config(transformer_dir)
-    pooling_path = root / modules[1]["path"] / "config.json"
-    pooling_config = {} if static else read_json_object(pooling_path)
+    # a StaticEmbedding may stand alone: no second module to read
+    pooling_path = None if static else root / modules[1]["path"] / "config.json"
+    pooling_config = {} if pooling_path is None else read_json_object(pooling_path)
     dense = tuple(
         _dense_config(root / module["path"]) for module, kind in zip(modules, kinds, strict=True) if kind == "Dense"
     )
@@ -322,7 +323,9 @@ def read_sentence_transformer_config(root: Path) -> SentenceTransformerConfig:
         transformer_dir=transformer_dir,
         max_seq_length=st_config.get("max_seq_length"),
         do_lower_case=bool(st_config.get("do_lower_case", False)),
-        pooling_modes=("mean",) if static else pooling_modes_from_config(pooling_config, str(pooling_path)),
+        pooling_modes=("mean",)
+        if pooling_path is None
+        else pooling_modes_from_config(pooling_config, str(pooling_path)),
         include_prompt=bool(pooling_config.get("include_prompt", True)),
         normalize="Normalize" in kinds,
         prompts=prompts,

@@ -123,6 +123,15 @@ def static_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _save(tmp_path_factory.mktemp("static") / "st", [static, models.Normalize()], prompts=PROMPTS)
 
 
+@pytest.fixture(scope="module")
+def static_alone(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A StaticEmbedding with no module after it (modules.json lists one module)."""
+    from sentence_transformers import models
+
+    tokenizer = wordpiece(CORPUS, lowercase=True, specials=BERT_SPECIALS)
+    return _save(tmp_path_factory.mktemp("static-alone") / "st", [models.StaticEmbedding(tokenizer, embedding_dim=16)])
+
+
 def _reference(path: Path, **kwargs: Any) -> Any:
     from sentence_transformers import SentenceTransformer
 
@@ -134,7 +143,7 @@ def _assert_matches(expected: np.ndarray, actual: np.ndarray) -> None:
     assert scores["min_cosine"] >= 0.99999 and scores["max_abs_diff"] <= 1e-4, scores
 
 
-@pytest.mark.parametrize("fixture", ["labse_like", "distiluse_like", "two_dense_gelu", "static_model"])
+@pytest.mark.parametrize("fixture", ["labse_like", "distiluse_like", "two_dense_gelu", "static_model", "static_alone"])
 def test_matches_sentence_transformers(request, fixture: str, tmp_path: Path) -> None:
     source: Path = request.getfixturevalue(fixture)
     reference = _reference(source)
